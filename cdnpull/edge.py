@@ -1,0 +1,223 @@
+"""
+The client-facing resource: route by Host, pull from the origins through the
+failover chain, stream the answer back, and log one access line.  Every error
+becomes an HTTP status here and only here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from .accesslog import AccessLog, AccessRecord
+from .errors import EdgeError
+from .headers import VIA, add_forwarding, end_to_end
+from .pull import OriginRequest, PullResult, Puller
+from .routing import normalise_host, split_target
+from .stream import BodyRelay
+
+__all__ = ["Edge", "EdgeSite"]
+
+NO_BODY_METHODS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE")
+
+
+@dataclass
+class _Context:
+    start: float
+    domain: str = ""
+    cache: str = "BYPASS"
+    group: str = ""
+    origin: str = ""
+    origin_ms: Optional[float] = None
+    pending: Optional[Deferred] = None
+    relay: Optional[BodyRelay] = None
+    gone: bool = False  # the client disconnected before the answer was complete
+
+
+class Edge(Resource):
+    """
+    @param runtime: an object with C{table} (the current
+        L{cdnpull.live.LiveTable}, swapped on change) and C{puller}.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, runtime: Any, clock: IReactorTime,
+                 access_log: Optional[AccessLog] = None) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.clock = clock
+        self.access_log = access_log or AccessLog()
+        self._cooperator = Cooperator(scheduler=lambda f: clock.callLater(0, f))  # type: ignore[attr-defined]
+
+    def render(self, request: Request) -> object:
+        request.setHeader(b"server", b"cdnpull")
+        ctx = _Context(start=self.clock.seconds())
+        request.notifyFinish().addBoth(self._finished, request, ctx)
+        d = Deferred.fromCoroutine(self._serve(request, ctx))
+        d.addErrback(self._failed, request, ctx)
+        return NOT_DONE_YET
+
+    # -- the pipeline ----------------------------------------------------
+
+    async def _serve(self, request: Request, ctx: _Context) -> None:
+        authority, target = split_target(request.uri)
+        if not target.startswith(b"/"):
+            raise EdgeError("request target must be a path", 400)
+        host = normalise_host(authority if authority is not None else request.getHeader(b"host"))
+        if host is None:
+            raise EdgeError("missing or invalid Host header", 400)
+        live = self.runtime.table.route(host)
+        if live is None:
+            raise EdgeError(f"unknown host {host}", 404)
+        ctx.domain = live.name
+
+        headers = end_to_end(request.requestHeaders, drop=(b"host",))
+        scheme = "https" if request.isSecure() else "http"
+        add_forwarding(headers, _client_ip(request), scheme)
+        body = None
+        if request.method not in NO_BODY_METHODS or _has_body(request):
+            body = self._body_producer(request)
+        oreq = OriginRequest(
+            method=request.method,
+            target=target,
+            headers=headers,
+            host=host,
+            client_scheme=scheme,
+            body=body,
+        )
+        ctx.pending = self.runtime.puller.pull(live, oreq)
+        result: PullResult = await ctx.pending
+        ctx.pending = None
+        ctx.group = result.group
+        ctx.origin = str(result.address)
+        ctx.origin_ms = result.elapsed * 1000
+        await self._respond(request, ctx, result)
+
+    def _body_producer(self, request: Request):  # type: ignore[no-untyped-def]
+        content = request.content
+
+        def make():  # type: ignore[no-untyped-def]
+            content.seek(0)
+            return FileBodyProducer(content, cooperator=self._cooperator)
+
+        return make
+
+    async def _respond(self, request: Request, ctx: _Context, result: PullResult) -> None:
+        response = result.response
+        if ctx.gone:
+            # The client left while the origin was answering.
+            response.deliverBody(_Discard())
+            return
+        request.setResponseCode(response.code, response.phrase)
+        out = request.responseHeaders
+        for name, values in end_to_end(response.headers).getAllRawHeaders():
+            out.setRawHeaders(name, list(values))
+        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+            out.setRawHeaders(b"content-length", [b"%d" % response.length])
+        out.setRawHeaders(b"via", [b", ".join(response.headers.getRawHeaders(b"via", []) + [VIA])])
+        out.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
+        relay = BodyRelay(request)
+        ctx.relay = relay
+        response.deliverBody(relay)
+        complete = await relay.done
+        if complete and not ctx.gone:
+            request.finish()
+
+    # -- endings ---------------------------------------------------------
+
+    def _failed(self, failure: Failure, request: Request, ctx: _Context) -> None:
+        if failure.check(CancelledError) or ctx.gone:
+            return
+        if failure.check(EdgeError):
+            error = failure.value
+            status, message = error.status, error.message
+        else:
+            self.log.failure("unexpected error serving {uri}", failure, uri=request.uri)
+            status, message = 500, "internal error"
+        if request.startedWriting:
+            request.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        body = f"{status} {message}\n".encode("utf-8", "replace")
+        request.setResponseCode(status)
+        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        request.responseHeaders.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
+        if status >= 500:
+            self.log.warn(
+                "{status} for {host}{uri}: {message}",
+                status=status,
+                host=ctx.domain or "-",
+                uri=request.uri.decode("ascii", "replace"),
+                message=message,
+            )
+        request.write(body)
+        request.finish()
+
+    def _finished(self, result: object, request: Request, ctx: _Context) -> None:
+        if isinstance(result, Failure):
+            # The client went away before the answer was complete.
+            ctx.gone = True
+            if ctx.pending is not None:
+                ctx.pending.cancel()
+            if ctx.relay is not None:
+                ctx.relay.client_gone()
+        self.access_log.record(
+            AccessRecord(
+                client=_client_ip(request) or "-",
+                method=request.method.decode("ascii", "replace"),
+                uri=request.uri.decode("ascii", "replace"),
+                version=request.clientproto.decode("ascii", "replace"),
+                status=request.code,
+                sent=request.sentLength,
+                referer=(request.getHeader(b"referer") or b"").decode("ascii", "replace"),
+                user_agent=(request.getHeader(b"user-agent") or b"").decode("ascii", "replace"),
+                domain=ctx.domain,
+                cache=ctx.cache,
+                group=ctx.group,
+                origin=ctx.origin,
+                origin_ms=ctx.origin_ms,
+                total_ms=(self.clock.seconds() - ctx.start) * 1000,
+                when=self.clock.seconds(),
+            )
+        )
+
+
+class _Discard:
+    def makeConnection(self, transport: object) -> None:
+        if transport is not None:
+            transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+
+def _client_ip(request: Request) -> Optional[str]:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", None)
+
+
+def _has_body(request: Request) -> bool:
+    return bool(request.getHeader(b"content-length") not in (None, b"0")
+                or request.getHeader(b"transfer-encoding"))
+
+
+class EdgeSite(Site):
+    """A Site whose access log is ours (L{AccessLog}), not twisted.web's."""
+
+    def log(self, request: Request) -> None:
+        pass

@@ -1,0 +1,73 @@
+"""
+The errors a request can end in, each carrying the HTTP status the client
+gets.  L{cdnpull.edge} renders them in one place; an origin's own 5xx is never
+turned into one of these.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EdgeError",
+    "OriginError",
+    "ConnectFailed",
+    "NoResponse",
+    "FirstByteTimeout",
+    "OriginUnavailable",
+    "OriginTimeout",
+]
+
+
+class EdgeError(Exception):
+    """An error answered by cdnpull itself with C{status} and a short text."""
+
+    status = 500
+
+    def __init__(self, message: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args and self.args[0] else type(self).__name__
+
+
+class OriginError(EdgeError):
+    """One try at one origin address failed."""
+
+    status = 502
+
+    def __init__(self, address: object, detail: str) -> None:
+        super().__init__(f"{address}: {detail}")
+        self.address = address
+        self.detail = detail
+
+
+class ConnectFailed(OriginError):
+    """
+    The address could not be reached (refused, unreachable, connect timeout,
+    TLS handshake or certificate failure): nothing was sent, so the request
+    may go to another address, and the address gets blocked.
+    """
+
+
+class NoResponse(OriginError):
+    """The connection was made but broke before a response arrived."""
+
+
+class FirstByteTimeout(OriginError):
+    """The origin accepted the request but did not answer in time."""
+
+    status = 504
+
+
+class OriginUnavailable(EdgeError):
+    """No origin address could be reached: 502."""
+
+    status = 502
+
+
+class OriginTimeout(EdgeError):
+    """The origin (or the request's whole time budget) timed out: 504."""
+
+    status = 504

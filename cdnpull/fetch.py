@@ -1,0 +1,219 @@
+"""
+One origin request: a chosen address, a pooled persistent connection, TLS with
+SNI, a connect timeout and a time-to-first-byte timeout.  Failures come back
+as the L{cdnpull.errors} types that the failover chain decides on.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python.failure import Failure
+from twisted.web import client as _webclient
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseFailed,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from .config import Address
+from .errors import ConnectFailed, FirstByteTimeout, NoResponse
+from .origins.tls import TLSPolicy
+
+__all__ = ["OriginClient", "describe_connect_failure"]
+
+
+def describe_connect_failure(failure: Failure, connect_timeout: float) -> str:
+    """A short reason for the block list: C{connect refused}, ..."""
+    if failure.check(ierror.ConnectionRefusedError):
+        return "connect refused"
+    if failure.check(ierror.TimeoutError, ierror.TCPTimedOutError):
+        return f"connect timeout after {connect_timeout:g} s"
+    if failure.check(ierror.NoRouteError):
+        return "no route to host"
+    return f"connect failed: {failure.getErrorMessage()}"
+
+
+def _tls_failure(failure: Failure) -> Optional[str]:
+    """The TLS error inside a failed response, if that is what it was."""
+    from OpenSSL import SSL
+
+    reasons = getattr(failure.value, "reasons", None) or []
+    for r in reasons:
+        if isinstance(r, Failure) and r.check(SSL.Error):
+            detail = r.getErrorMessage()
+            if "certificate" in detail.lower() or "verify" in detail.lower():
+                return f"TLS certificate refused: {detail}"
+            return f"TLS handshake failed: {detail}"
+        if isinstance(r, Failure) and r.check(ierror.VerifyError, ierror.CertificateError):
+            return f"TLS certificate refused: {r.getErrorMessage()}"
+    return None
+
+
+class _Attempt:
+    """What happened to the connection of one try, for classifying a timeout."""
+
+    connecting = False
+    connected = False
+
+
+@implementer(IStreamClientEndpoint)
+class _TrackingEndpoint:
+    def __init__(self, inner: IStreamClientEndpoint, attempt: _Attempt) -> None:
+        self._inner = inner
+        self._attempt = attempt
+
+    def connect(self, factory):  # type: ignore[no-untyped-def]
+        self._attempt.connecting = True
+
+        def connected(proto):  # type: ignore[no-untyped-def]
+            self._attempt.connected = True
+            return proto
+
+        return self._inner.connect(factory).addCallback(connected)
+
+
+@implementer(IAgentEndpointFactory)
+class _AddressEndpoints:
+    """Endpoints to the one chosen address, whatever the URI says."""
+
+    def __init__(self, client: "OriginClient", attempt: _Attempt, address: Address,
+                 scheme: str, server_name: str, verify: bool, connect_timeout: float) -> None:
+        self._client = client
+        self._attempt = attempt
+        self._address = address
+        self._scheme = scheme
+        self._server_name = server_name
+        self._verify = verify
+        self._connect_timeout = connect_timeout
+
+    def endpointForURI(self, uri):  # type: ignore[no-untyped-def]
+        reactor = self._client.reactor
+        kind = TCP6ClientEndpoint if self._address.is_ipv6 else TCP4ClientEndpoint
+        endpoint = kind(reactor, self._address.host, self._address.port,
+                        timeout=self._connect_timeout)
+        if self._scheme == "https":
+            creator = self._client.tls.creator_for(self._server_name, self._verify)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return _TrackingEndpoint(endpoint, self._attempt)
+
+
+class _QuietPool(HTTPConnectionPool):
+    """
+    A pool whose connection factory does not log "Starting factory" for every
+    new origin connection.  (C{_factory} is a documented-by-use hook of the
+    pool; if a Twisted release drops it we only get the noise back.)
+    """
+
+    _base = getattr(_webclient, "_HTTP11ClientFactory", None)
+    if _base is not None:
+        _factory = type("_QuietHTTP11ClientFactory", (_base,), {"noisy": False})
+
+
+class OriginClient:
+    """
+    Sends requests to origin addresses over pooled persistent connections.
+
+    Plain HTTP connections share one pool (keyed by address and port); TLS
+    connections get one pool per (server name, verify), so a connection set up
+    for one name is never reused for another.
+    """
+
+    def __init__(self, reactor, tls: Optional[TLSPolicy] = None,  # type: ignore[no-untyped-def]
+                 max_per_origin: int = 64, idle_timeout: float = 60.0) -> None:
+        self.reactor = reactor
+        self.tls = tls if tls is not None else TLSPolicy()
+        self._max = max_per_origin
+        self._idle = idle_timeout
+        self._pools: dict = {}
+
+    def _pool(self, scheme: str, server_name: str, verify: bool) -> HTTPConnectionPool:
+        key = None if scheme == "http" else (server_name, verify)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = _QuietPool(self.reactor, persistent=True)
+            pool.maxPersistentPerHost = self._max
+            pool.cachedConnectionTimeout = self._idle
+            self._pools[key] = pool
+        return pool
+
+    def request(
+        self,
+        *,
+        address: Address,
+        scheme: str,
+        server_name: str,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: Optional[IBodyProducer] = None,
+        connect_timeout: float,
+        first_byte_timeout: float,
+        verify: bool = True,
+    ) -> "Deferred[IResponse]":
+        """
+        Send one request to C{address} and fire with the response once its
+        headers have arrived.
+
+        @param target: the origin-form request target (path and query).
+        @param headers: the complete request headers, including Host.
+        @raise ConnectFailed: nothing was sent; the address is unreachable.
+        @raise NoResponse: the connection broke before any response.
+        @raise FirstByteTimeout: no response within C{first_byte_timeout}.
+        """
+        attempt = _Attempt()
+        pool = self._pool(scheme, server_name, verify)
+        factory = _AddressEndpoints(self, attempt, address, scheme, server_name,
+                                    verify, connect_timeout)
+        agent = Agent.usingEndpointFactory(self.reactor, factory, pool=pool)
+        host = f"[{address.host}]" if address.is_ipv6 else address.host
+        url = f"{scheme}://{host}:{address.port}".encode("ascii") + target
+        d = agent.request(method, url, headers, body)
+        timed_out = []
+
+        def on_timeout() -> None:
+            timed_out.append(True)
+            d.cancel()
+
+        timer = self.reactor.callLater(first_byte_timeout, on_timeout)
+
+        def classify(result):  # type: ignore[no-untyped-def]
+            if timer.active():
+                timer.cancel()
+            if not isinstance(result, Failure):
+                return result
+            if timed_out:
+                if attempt.connecting and not attempt.connected:
+                    raise FirstByteTimeout(address, f"no connection within {first_byte_timeout:g} s")
+                raise FirstByteTimeout(address, f"no response within {first_byte_timeout:g} s")
+            if result.check(ierror.ConnectError):
+                raise ConnectFailed(address, describe_connect_failure(result, connect_timeout))
+            if result.check(ResponseFailed):
+                tls = _tls_failure(result)
+                if tls:
+                    raise ConnectFailed(address, tls)
+                inner = [r.getErrorMessage() for r in result.value.reasons if isinstance(r, Failure)]
+                raise NoResponse(address, "connection lost before a response" +
+                                 (f" ({'; '.join(inner)})" if inner else ""))
+            return result
+
+        return d.addBoth(classify)
+
+    def close(self) -> Deferred:
+        """Close every pooled connection (on shutdown)."""
+        pools = list(self._pools.values())
+        self._pools.clear()
+        if not pools:
+            return succeed(None)
+        return DeferredList([p.closeCachedConnections() for p in pools])

@@ -1,0 +1,147 @@
+"""
+The live objects built from a configuration: a L{LiveDomain} is an immutable
+L{Domain} together with the L{OriginGroup}s that carry its live state, and a
+L{LiveTable} is the routing table the edge reads.  A reload or admin change
+builds a new table and swaps it in one assignment; requests in flight keep the
+objects they started with.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable, Optional
+
+from twisted.internet.interfaces import IReactorTime
+
+from .config import Address, BucketOrigin, Domain, DomainOrigin, IPOrigin, parse_address
+from .origins.group import OriginGroup
+from .routing import RoutingTable
+
+__all__ = ["LiveDomain", "LiveTable", "build_group", "build_table"]
+
+
+def static_addresses(origin: object) -> Optional[list[Address]]:
+    """
+    The addresses of an origin known without DNS, or None when they must be
+    resolved (a hostname origin, a bucket endpoint given by name).
+    """
+    if isinstance(origin, IPOrigin):
+        return list(origin.parsed_addresses())
+    if isinstance(origin, BucketOrigin):
+        try:
+            return [parse_address(origin.endpoint_host, origin.port)]
+        except ValueError:
+            return None
+    return None
+
+
+def resolve_name(origin: object) -> Optional[str]:
+    """The hostname to resolve for an origin, if any."""
+    if isinstance(origin, DomainOrigin):
+        return origin.host
+    if isinstance(origin, BucketOrigin) and static_addresses(origin) is None:
+        return origin.endpoint_host
+    return None
+
+
+def origin_port(origin: object) -> int:
+    return getattr(origin, "port", 0) or 0
+
+
+def build_group(role: str, origin: object, domain: Domain, clock: IReactorTime,
+                rng: Optional[random.Random] = None) -> OriginGroup:
+    addresses = static_addresses(origin) or []
+    return OriginGroup(
+        role,
+        addresses,
+        clock,
+        block_for=domain.block_for,
+        rng=rng,
+        probing=domain.probe is not None,
+        domain=domain.name,
+        origin=origin,
+    )
+
+
+class LiveDomain:
+    """
+    A domain as it serves now.
+
+    @ivar config: the effective L{Domain} (config module plus runtime changes).
+    @ivar base: the L{Domain} the config module declares.
+    """
+
+    def __init__(self, config: Domain, primary: OriginGroup,
+                 standby: Optional[OriginGroup], base: Optional[Domain] = None) -> None:
+        self.config = config
+        self.base = base if base is not None else config
+        self.primary = primary
+        self.standby = standby
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def overridden(self) -> bool:
+        return self.config != self.base
+
+    def groups(self) -> list[OriginGroup]:
+        return [g for g in (self.primary, self.standby) if g is not None]
+
+    def origin_host(self, requested_host: str) -> str:
+        """The Host sent to self-owned origins."""
+        return self.config.origin_host or requested_host
+
+
+class LiveTable:
+    """Every live domain, and the routing table over them."""
+
+    def __init__(self, domains: Iterable[LiveDomain]) -> None:
+        self.domains = {d.name: d for d in domains}
+        self.routes: RoutingTable[LiveDomain] = RoutingTable(
+            (d.name, d) for d in self.domains.values()
+        )
+
+    def route(self, host: Optional[str]) -> Optional[LiveDomain]:
+        return self.routes.lookup(host)
+
+    def groups(self) -> list[OriginGroup]:
+        return [g for d in self.domains.values() for g in d.groups()]
+
+
+def build_table(domains: Iterable[Domain], clock: IReactorTime,
+                previous: Optional[LiveTable] = None,
+                bases: Optional[dict] = None,
+                rng: Optional[random.Random] = None) -> LiveTable:
+    """
+    Build live domains for C{domains}.  A group whose origin and blocking
+    settings are unchanged since C{previous} is kept as it is, with its live
+    state (blocks, counters, probe results).
+
+    @param bases: domain name -> the config module's L{Domain}, when
+        C{domains} includes runtime overrides.
+    """
+    old_groups: dict = {}
+    if previous is not None:
+        for d in previous.domains.values():
+            for g in d.groups():
+                key = (d.name, g.origin, d.config.block_for, d.config.probe is not None)
+                old_groups[key] = g
+    live = []
+    for d in domains:
+        groups = []
+        for role, origin in (("primary", d.origin), ("standby", d.standby)):
+            if origin is None:
+                groups.append(None)
+                continue
+            # Keyed without the role: a switch swaps roles, and each group
+            # keeps its live state.
+            key = (d.name, origin, d.block_for, d.probe is not None)
+            group = old_groups.pop(key, None)
+            if group is None:
+                group = build_group(role, origin, d, clock, rng)
+            group.role = role
+            groups.append(group)
+        live.append(LiveDomain(d, groups[0], groups[1], (bases or {}).get(d.name)))
+    return LiveTable(live)

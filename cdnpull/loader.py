@@ -1,0 +1,94 @@
+"""
+Load a config module file: run it, collect C{domains} and C{settings}, and
+validate them.  Every failure becomes one L{ConfigError} line; no traceback
+reaches the user.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, Optional
+
+from .config import Config, ConfigError, Settings, validate
+
+__all__ = ["LoadedConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """
+    A validated config and the optional C{services(reactor)} hook the module
+    declared (the demo uses it to start its sample origins).
+    """
+
+    config: Config
+    path: str
+    services: Optional[Callable[[Any], Any]] = None
+
+
+_counter = [0]
+
+
+def _where(exc: BaseException, path: str) -> str:
+    """C{site.py:12} for the innermost frame of the config file."""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f"{os.path.basename(path)}:{exc.lineno}"
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.path.abspath(frame.filename) == os.path.abspath(path):
+            line = frame.lineno
+    return f"{os.path.basename(path)}:{line}" if line else os.path.basename(path)
+
+
+def _run_module(path: str) -> ModuleType:
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file")
+    _counter[0] += 1
+    name = f"cdnpull_site_{_counter[0]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    # The directory of the config is importable, so a site can split its
+    # config over several files.
+    directory = os.path.dirname(os.path.abspath(path))
+    added = directory not in sys.path
+    if added:
+        sys.path.insert(0, directory)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError:
+        raise
+    except SyntaxError as e:
+        raise ConfigError(f"{_where(e, path)}: syntax error: {e.msg}") from None
+    except Exception as e:
+        raise ConfigError(f"{_where(e, path)}: {type(e).__name__}: {e}") from None
+    finally:
+        if added:
+            sys.path.remove(directory)
+    return module
+
+
+def load_config(path: str, **overrides: Any) -> LoadedConfig:
+    """
+    Run the config module at C{path} and validate it.
+
+    @param overrides: L{Settings} fields to replace (from the command line).
+    @raise ConfigError: one line naming the domain and field of each problem.
+    """
+    module = _run_module(path)
+    if not hasattr(module, "domains"):
+        raise ConfigError(f"{os.path.basename(path)}: must define 'domains', a list of Domain")
+    settings = getattr(module, "settings", Settings())
+    if isinstance(settings, Settings):
+        settings = settings.override(**overrides)
+    services = getattr(module, "services", None)
+    if services is not None and not callable(services):
+        raise ConfigError(f"{os.path.basename(path)}: 'services' must be a function of the reactor")
+    config = validate(module.domains, settings)
+    return LoadedConfig(config=config, path=os.path.abspath(path), services=services)

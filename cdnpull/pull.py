@@ -1,0 +1,304 @@
+"""
+The failover chain of SPEC.md section 4: try the primary group's addresses,
+then the standby, under one time budget per request, and hand back the answer
+the client gets.
+
+Decisions, in order:
+
+ 1. Primary addresses in rotation order.  A connect error or connect timeout
+    blocks the address and moves on; a connection lost before any answer moves
+    on (GET/HEAD only); a time-to-first-byte timeout stops trying primaries.
+ 2. The primary answered with a status in C{Domain.failover_on}, or no primary
+    address answered, and there is a standby: the same request goes to the
+    standby.  Its answer, whatever the status, is the client's.  When the
+    standby cannot be reached, the primary's answer is returned (or 502/504
+    when there was none).
+ 3. Every usable address of the primary is blocked: with a standby, go
+    straight to it; without one, the blocked primaries are tried anyway.
+ 4. Other methods go to the primary only, and move to another address only
+    when the connection failed before anything was sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from twisted.internet.defer import Deferred, CancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse, UNKNOWN_LENGTH
+from zope.interface import implementer
+
+from .config import DEFAULT_PORTS, Address
+from .errors import (
+    ConnectFailed,
+    FirstByteTimeout,
+    NoResponse,
+    OriginError,
+    OriginTimeout,
+    OriginUnavailable,
+)
+from .fetch import OriginClient
+from .live import LiveDomain
+from .origins.group import AddressState, OriginGroup
+
+__all__ = ["OriginRequest", "PullResult", "Puller", "BufferedResponse"]
+
+SAFE_METHODS = (b"GET", b"HEAD")
+
+# How much of a primary's error answer is kept while the standby is asked
+# (it is what the client gets if the standby cannot be reached).
+KEEP_PRIMARY_ANSWER = 1024 * 1024
+
+
+@dataclass
+class OriginRequest:
+    """What the edge asks the origins for."""
+
+    method: bytes
+    target: bytes  # origin-form: path and query
+    headers: Headers  # end-to-end headers, without Host
+    host: str  # the host name the client asked for
+    client_scheme: str = "http"
+    # A fresh body producer for each try (None: no body).
+    body: Optional[Callable[[], Optional[IBodyProducer]]] = None
+
+
+@dataclass
+class PullResult:
+    """The answer for the client and where it came from."""
+
+    response: IResponse
+    group: str
+    address: Address
+    elapsed: float
+    tries: list = field(default_factory=list)
+
+
+@implementer(IResponse)
+class BufferedResponse:
+    """A small origin answer read whole, replayable through C{deliverBody}."""
+
+    def __init__(self, response: IResponse, body: bytes) -> None:
+        self.version = response.version
+        self.code = response.code
+        self.phrase = response.phrase
+        self.headers = response.headers
+        self.length = len(body) if response.length is not UNKNOWN_LENGTH else UNKNOWN_LENGTH
+        self.request = response.request
+        self.previousResponse = None
+        self.body = body
+
+    def deliverBody(self, protocol) -> None:  # type: ignore[no-untyped-def]
+        protocol.makeConnection(None)
+        if self.body:
+            protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+    def setPreviousResponse(self, response) -> None:  # type: ignore[no-untyped-def]
+        self.previousResponse = response
+
+
+class _Collector(Protocol):
+    """Reads a body up to a cap; beyond it, drops the connection."""
+
+    def __init__(self, cap: int, done: Deferred) -> None:
+        self.cap = cap
+        self.done = done
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.cap:
+            self.parts = []
+            self.transport.stopProducing()
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone) and self.size <= self.cap:
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.callback(None)
+
+
+def _buffer(response: IResponse, cap: int) -> "Deferred[Optional[BufferedResponse]]":
+    def cancel(d: Deferred) -> None:
+        if collector.transport is not None:
+            collector.transport.stopProducing()
+
+    done: Deferred = Deferred(cancel)
+    collector = _Collector(cap, done)
+    response.deliverBody(collector)
+
+    def wrap(body: Optional[bytes]) -> Optional[BufferedResponse]:
+        return None if body is None else BufferedResponse(response, body)
+
+    return done.addCallback(wrap)
+
+
+class Puller:
+    """Runs the failover chain for one request at a time."""
+
+    log = Logger()
+
+    def __init__(self, client: OriginClient, clock: IReactorTime,
+                 prepare: Optional[Callable] = None) -> None:
+        self.client = client
+        self.clock = clock
+        # prepare(group, request, scheme, attempt_address) -> (target, host,
+        # server_name, headers); buckets substitute their own.
+        self._prepare = prepare or self.prepare_plain
+
+    @staticmethod
+    def prepare_plain(live: LiveDomain, group: OriginGroup, req: OriginRequest,
+                      now: float) -> tuple[bytes, str, Headers]:
+        host = live.origin_host(req.host)
+        headers = req.headers.copy()
+        headers.setRawHeaders(b"host", [host.encode("idna")])
+        return req.target, host, headers
+
+    def pull(self, live: LiveDomain, req: OriginRequest) -> "Deferred[PullResult]":
+        return Deferred.fromCoroutine(self._pull(live, req))
+
+    async def _pull(self, live: LiveDomain, req: OriginRequest) -> PullResult:
+        domain = live.config
+        start = self.clock.seconds()
+        deadline = start + domain.total_timeout
+        safe = req.method in SAFE_METHODS
+        standby = live.standby if safe else None
+        tries: list = []
+        timed_out = False
+
+        # -- primary ------------------------------------------------------
+        primary_down = live.primary.is_down()
+        order = live.primary.order(include_blocked=standby is None)
+        if not order and standby is not None:
+            tries.append("primary: every address is blocked")
+        outcome = await self._try_group(live, live.primary, order, req, deadline, tries, safe)
+        if isinstance(outcome, PullResult):
+            response = outcome.response
+            if standby is None or response.code not in domain.failover_on:
+                return outcome
+            primary_answer: Optional[Deferred] = _buffer(response, KEEP_PRIMARY_ANSWER)
+            primary_result = outcome
+            tries.append(f"primary {outcome.address}: HTTP {response.code}")
+        else:
+            primary_answer = None
+            primary_result = None
+            timed_out = outcome == "timeout"
+            if standby is None:
+                raise self._give_up(live, req, tries, timed_out)
+
+        # -- standby ------------------------------------------------------
+        self.log.info(
+            "{domain}: failing over to standby for {method} {target}: {why}",
+            domain=live.name,
+            method=req.method.decode("ascii", "replace"),
+            target=req.target.decode("ascii", "replace"),
+            why=tries[-1] if tries else "primary failed",
+        )
+        order = standby.order(include_blocked=primary_answer is None)
+        outcome = await self._try_group(live, standby, order, req, deadline, tries, safe)
+        if isinstance(outcome, PullResult):
+            if primary_answer is not None:
+                primary_answer.addErrback(lambda f: f.trap(CancelledError))
+                primary_answer.cancel()
+            return outcome
+        timed_out = timed_out or outcome == "timeout"
+        if primary_answer is not None and primary_result is not None:
+            buffered = await primary_answer
+            if buffered is not None:
+                primary_result.response = buffered
+                primary_result.tries = tries
+                return primary_result
+        # Last resort: a primary that was skipped because it was down.
+        if primary_down and primary_answer is None:
+            order = live.primary.order(include_blocked=True)
+            outcome = await self._try_group(live, live.primary, order, req, deadline, tries, safe)
+            if isinstance(outcome, PullResult):
+                return outcome
+        raise self._give_up(live, req, tries, timed_out)
+
+    def _give_up(self, live: LiveDomain, req: OriginRequest, tries: list,
+                 timed_out: bool) -> Exception:
+        detail = "; ".join(tries) or "no origin address"
+        self.log.warn(
+            "{domain}: no origin answered {method} {target}: {detail}",
+            domain=live.name,
+            method=req.method.decode("ascii", "replace"),
+            target=req.target.decode("ascii", "replace"),
+            detail=detail,
+        )
+        if timed_out:
+            return OriginTimeout(f"origin timed out: {detail}")
+        return OriginUnavailable(f"no origin could be reached: {detail}")
+
+    async def _try_group(self, live: LiveDomain, group: OriginGroup,
+                         order: list[AddressState], req: OriginRequest,
+                         deadline: float, tries: list, safe: bool):  # type: ignore[no-untyped-def]
+        """
+        Try each address of C{order} at most once.
+
+        @return: a L{PullResult}, or C{"timeout"} / C{"unreachable"}.
+        """
+        domain = live.config
+        origin = group.origin
+        scheme = getattr(origin, "scheme", "http")
+        if scheme == "follow":
+            scheme = req.client_scheme
+        verify = getattr(origin, "verify", True)
+        for state in order:
+            remaining = deadline - self.clock.seconds()
+            if remaining <= 0:
+                tries.append("time budget used up")
+                return "timeout"
+            address = state.address.with_port(DEFAULT_PORTS[scheme])
+            now = self.clock.seconds()
+            target, server_name, headers = self._prepare(live, group, req, now)
+            state.requests += 1
+            started = now
+            try:
+                response = await self.client.request(
+                    address=address,
+                    scheme=scheme,
+                    server_name=server_name.split(":")[0],
+                    method=req.method,
+                    target=target,
+                    headers=headers,
+                    body=req.body() if req.body else None,
+                    connect_timeout=min(domain.connect_timeout, remaining),
+                    first_byte_timeout=min(domain.first_byte_timeout, remaining),
+                    verify=verify,
+                )
+            except ConnectFailed as e:
+                state.failures += 1
+                tries.append(f"{group.role} {address}: {e.detail}")
+                group.block(state, e.detail)
+                continue
+            except NoResponse as e:
+                state.failures += 1
+                tries.append(f"{group.role} {address}: {e.detail}")
+                if not safe:
+                    return "unreachable"
+                continue
+            except FirstByteTimeout as e:
+                state.failures += 1
+                tries.append(f"{group.role} {address}: {e.detail}")
+                return "timeout"
+            except CancelledError:
+                raise
+            except OriginError as e:  # pragma: no cover - every kind is above
+                state.failures += 1
+                tries.append(f"{group.role} {address}: {e.detail}")
+                continue
+            return PullResult(response, group.role, address, self.clock.seconds() - started, tries)
+        return "unreachable"

@@ -1,0 +1,108 @@
+"""
+The running node: a C{MultiService} holding the client listeners, the live
+routing table, probes, DNS and the admin API, and applying a new configuration
+or a runtime change atomically.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterable, Optional
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from .accesslog import AccessLog
+from .config import Config, Domain
+from .edge import Edge, EdgeSite
+from .fetch import OriginClient
+from .live import LiveTable, build_table
+from .loader import LoadedConfig
+from .origins.tls import TLSPolicy
+from .pull import Puller
+
+__all__ = ["Runtime", "CdnService", "build_service"]
+
+
+class Runtime:
+    """
+    The live state every part reads: the current table (swapped whole on
+    change), the origin client and the failover chain.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, config: Config, rng: Optional[random.Random] = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.rng = rng or random.Random()
+        settings = config.settings
+        self.client = OriginClient(
+            reactor,
+            TLSPolicy(settings.origin_ca_file),
+            max_per_origin=settings.max_connections_per_origin,
+        )
+        self.puller = Puller(self.client, reactor)
+        self.table: LiveTable = build_table(config.domains, reactor, rng=self.rng)
+        # Called with (old_table, new_table) after every swap: probes and
+        # resolvers follow the table.
+        self.watchers: list = []
+
+    def apply(self, domains: Iterable[Domain], bases: Optional[dict] = None) -> LiveTable:
+        """Swap in a new table built from C{domains} (already validated)."""
+        old = self.table
+        new = build_table(domains, self.reactor, previous=old, bases=bases, rng=self.rng)
+        self.table = new
+        for watcher in list(self.watchers):
+            watcher(old, new)
+        return new
+
+
+class CdnService(MultiService):
+    log = Logger()
+
+    def __init__(self, runtime: Runtime, loaded: Optional[LoadedConfig] = None) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.loaded = loaded
+
+    def stopService(self) -> Deferred:
+        d = maybeDeferred(super().stopService)
+        d.addBoth(lambda _: self.runtime.client.close())
+        return d
+
+
+def build_service(loaded: LoadedConfig, reactor: Any,
+                  rng: Optional[random.Random] = None) -> CdnService:
+    """
+    Everything C{twistd cdnpull} runs, built from a validated config and an
+    explicit reactor (the only place it comes from is L{cdnpull.tap}).
+    """
+    config = loaded.config
+    settings = config.settings
+    runtime = Runtime(reactor, config, rng)
+    service = CdnService(runtime, loaded)
+    access_log = AccessLog(settings.access_log)
+    edge = Edge(runtime, reactor, access_log)
+    site = EdgeSite(edge, reactor=reactor)
+    site.timeout = 75  # idle keep-alive connections from clients
+    for description in settings.listen:
+        listener = StreamServerEndpointService(serverFromString(reactor, description), site)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(service)
+    if loaded.services is not None:
+        extra = loaded.services(reactor)
+        for s in _as_list(extra):
+            IService(s).setServiceParent(service)
+    return service
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]

@@ -1,0 +1,73 @@
+"""
+Moving an origin body to the client with flow control: the origin transport
+is registered as the client request's push producer, so a slow client pauses
+the origin instead of making cdnpull buffer the body.  A body cut short by the
+origin aborts the client connection, so the client can tell it is short.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.server import Request
+
+__all__ = ["BodyRelay"]
+
+
+class BodyRelay(Protocol):
+    """
+    Receives an origin body (C{IResponse.deliverBody}) and writes it to the
+    client request.
+
+    @ivar done: fires with C{True} when the whole body was relayed, C{False}
+        when it was cut short (the client connection has then been aborted).
+    """
+
+    log = Logger()
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.done: Deferred = Deferred()
+        self.received = 0
+        self._registered = False
+        self._client_gone = False
+
+    def connectionMade(self) -> None:
+        # self.transport is the origin's transport proxy (IPushProducer).
+        if self.transport is not None and not self._client_gone:
+            self.request.registerProducer(self.transport, True)
+            self._registered = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._client_gone:
+            return
+        self.received += len(data)
+        self.request.write(data)
+
+    def client_gone(self) -> None:
+        """The client disconnected: stop reading from the origin."""
+        self._client_gone = True
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._registered:
+            self._registered = False
+            self.request.unregisterProducer()
+        complete = bool(reason.check(ResponseDone, PotentialDataLoss))
+        if not complete and not self._client_gone:
+            self.log.warn(
+                "origin body cut short after {received} bytes: {reason}",
+                received=self.received,
+                reason=reason.getErrorMessage(),
+            )
+            transport: Optional[object] = getattr(self.request, "transport", None)
+            if transport is not None:
+                transport.abortConnection()  # type: ignore[attr-defined]
+        if not self.done.called:
+            self.done.callback(complete and not self._client_gone)
