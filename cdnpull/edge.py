@@ -83,7 +83,9 @@ class Edge(Resource):
             raise EdgeError(f"unknown host {host}", 404)
         ctx.domain = live.name
 
-        headers = end_to_end(request.requestHeaders, drop=(b"host",))
+        # Framing is ours to set (the body is re-framed for the origin).
+        headers = end_to_end(request.requestHeaders,
+                             drop=(b"host", b"content-length", b"expect"))
         scheme = "https" if request.isSecure() else "http"
         add_forwarding(headers, _client_ip(request), scheme)
         body = None

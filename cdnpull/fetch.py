@@ -21,6 +21,7 @@ from twisted.web import client as _webclient
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
+    RequestTransmissionFailed,
     ResponseFailed,
 )
 from twisted.web.http_headers import Headers
@@ -199,7 +200,7 @@ class OriginClient:
                 raise FirstByteTimeout(address, f"no response within {first_byte_timeout:g} s")
             if result.check(ierror.ConnectError):
                 raise ConnectFailed(address, describe_connect_failure(result, connect_timeout))
-            if result.check(ResponseFailed):
+            if result.check(ResponseFailed, RequestTransmissionFailed):
                 tls = _tls_failure(result)
                 if tls:
                     raise ConnectFailed(address, tls)

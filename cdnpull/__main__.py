@@ -1,0 +1,69 @@
+"""
+C{python -m cdnpull check CONFIG}: validate a config module and print what it
+declares, without starting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import BucketOrigin, ConfigError, DomainOrigin, IPOrigin
+from .loader import load_config
+
+
+def describe_origin(origin: object) -> str:
+    if isinstance(origin, IPOrigin):
+        addrs = ", ".join(str(a) for a in origin.parsed_addresses())
+        return f"{origin.scheme} to IPs {addrs}"
+    if isinstance(origin, DomainOrigin):
+        port = f":{origin.port}" if origin.port else ""
+        return f"{origin.scheme} to hostname {origin.host}{port} (resolved by DNS)"
+    if isinstance(origin, BucketOrigin):
+        kind = "private (signed)" if origin.credentials else "public"
+        return f"{kind} bucket {origin.bucket} at {origin.endpoint} ({origin.style} style)"
+    return repr(origin)
+
+
+def check(path: str) -> int:
+    try:
+        loaded = load_config(path)
+    except ConfigError as e:
+        print(f"cdnpull: config error: {e}", file=sys.stderr)
+        return 1
+    config = loaded.config
+    s = config.settings
+    print(f"{path}: OK, {len(config.domains)} domain(s)")
+    print(f"  listen: {', '.join(s.listen)}; admin: {s.admin or 'disabled'}; "
+          f"state: {s.state_file}")
+    for d in config.domains:
+        print(f"  {d.name}")
+        print(f"    primary: {describe_origin(d.origin)}")
+        print(f"    standby: {describe_origin(d.standby) if d.standby else 'none'}")
+        print(f"    origin Host: {d.origin_host or '(the requested host)'}")
+        probe = (f"{d.probe.kind} {d.probe.path} every {d.probe.interval:g}s, "
+                 f"timeout {d.probe.timeout:g}s" if d.probe else "off")
+        print(f"    probe: {probe}; block failing addresses for {d.block_for:g}s")
+        print(f"    timeouts: connect {d.connect_timeout:g}s, first byte "
+              f"{d.first_byte_timeout:g}s, whole request {d.total_timeout:g}s")
+        for rule in d.cache:
+            what = rule.prefix or ""
+            if rule.suffixes:
+                what += "*" + "|".join(rule.suffixes)
+            print(f"    cache {what}: ttl {rule.ttl:g}s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cdnpull")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="validate a config module and print what it declares")
+    p.add_argument("config")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return check(args.config)
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""
+Test helpers: real origin servers on loopback addresses, a real
+C{twistd cdnpull} process, and an HTTP client that leaves no timers behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    s = socket.socket()
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def closed_port(host: str) -> int:
+    """A port on C{host} where nothing listens (connections are refused)."""
+    return free_port(host)
+
+
+# -- origins ---------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: bytes
+    path: bytes
+    headers: dict
+
+
+class _Script(Resource):
+    isLeaf = True
+
+    def __init__(self, origin: "Origin") -> None:
+        super().__init__()
+        self.origin = origin
+
+    def render(self, request):  # type: ignore[no-untyped-def]
+        o = self.origin
+        o.seen.append(Seen(request.method, request.uri,
+                           {k.lower(): v for k, v in request.requestHeaders.getAllRawHeaders()}))
+        request.setHeader(b"x-served-by", o.name.encode())
+        path = request.path.decode()
+        handler = o.routes.get(path) or o.routes.get("*")
+        if handler is None:
+            request.setResponseCode(404)
+            return b"not found on " + o.name.encode()
+        return handler(request)
+
+
+class Origin:
+    """
+    A real HTTP origin on C{ip}: C{routes} maps a path to a function of the
+    request (returning bytes or NOT_DONE_YET); every request is recorded.
+    """
+
+    def __init__(self, ip: str, name: Optional[str] = None) -> None:
+        self.ip = ip
+        self.name = name or ip
+        self.routes: dict[str, Callable] = {}
+        self.seen: list[Seen] = []
+        self.site = Site(_Script(self))
+        self.site.log = lambda request: None  # type: ignore[method-assign]
+        self.site.timeOut = None  # no idle timers on origin connections
+        self.site.noisy = False
+        self.port = None
+        self.transports: set = set()
+        buildProtocol = self.site.buildProtocol
+
+        def build(addr):  # type: ignore[no-untyped-def]
+            proto = buildProtocol(addr)
+            connectionLost, makeConnection = proto.connectionLost, proto.makeConnection
+
+            def made(transport):  # type: ignore[no-untyped-def]
+                self.transports.add(transport)
+                return makeConnection(transport)
+
+            def lost(reason):  # type: ignore[no-untyped-def]
+                self.transports.discard(proto.transport if hasattr(proto, "transport") else None)
+                return connectionLost(reason)
+
+            proto.makeConnection, proto.connectionLost = made, lost
+            return proto
+
+        self.site.buildProtocol = build  # type: ignore[method-assign]
+        self.pending: list = []
+
+    def start(self, port: int = 0) -> "Origin":
+        self.listener = reactor.listenTCP(port, self.site, interface=self.ip)
+        self.port = self.listener.getHost().port
+        return self
+
+    def stop(self) -> Deferred:
+        """Stop listening and drop every open connection, like a dead host."""
+        for transport in list(self.transports):
+            transport.abortConnection()
+        self.transports.clear()
+        for request in self.pending:
+            if not request.finished and not request._disconnected:
+                request.transport.abortConnection()
+        self.pending.clear()
+        return self.listener.stopListening()
+
+    @property
+    def addr(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    # canned behaviours
+
+    def text(self, path: str, body: bytes, status: int = 200, headers: Optional[dict] = None) -> None:
+        def handler(request):  # type: ignore[no-untyped-def]
+            request.setResponseCode(status)
+            for k, v in (headers or {}).items():
+                request.setHeader(k, v)
+            return body
+        self.routes[path] = handler
+
+    def hang(self, path: str) -> None:
+        def handler(request):  # type: ignore[no-untyped-def]
+            self.pending.append(request)
+            return NOT_DONE_YET
+        self.routes[path] = handler
+
+    def count(self, path: str) -> int:
+        return sum(1 for s in self.seen if s.path.split(b"?")[0] == path.encode())
+
+
+class Silent:
+    """A TCP server that accepts and never says anything."""
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.connections: list = []
+        outer = self
+
+        class P(Protocol):
+            def connectionMade(self):  # type: ignore[no-untyped-def]
+                outer.connections.append(self.transport)
+
+        f = Factory.forProtocol(P)
+        f.noisy = False
+        self.listener = reactor.listenTCP(0, f, interface=ip)
+        self.port = self.listener.getHost().port
+
+    def stop(self) -> Deferred:
+        for t in self.connections:
+            t.abortConnection()
+        return self.listener.stopListening()
+
+
+# -- cdnpull under twistd ----------------------------------------------------
+
+
+@dataclass
+class Cdn:
+    """A running C{twistd cdnpull} process."""
+
+    proc: subprocess.Popen
+    port: int
+    logfile: str
+    config: str
+    admin_port: Optional[int] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        with open(self.logfile, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def write_config(directory: str, body: str, name: str = "site.py") -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(body))
+    return path
+
+
+def start_cdn(config: str, directory: str, *extra: str, admin: bool = False,
+              ready_timeout: float = 15.0) -> Cdn:
+    """
+    Start C{twistd -n cdnpull} (the twistd next to this Python) and wait until its client port accepts connections.
+    """
+    port = free_port()
+    args = list(extra)
+    admin_port = None
+    if admin:
+        admin_port = free_port()
+        args += ["--admin", f"tcp:{admin_port}:interface=127.0.0.1"]
+    elif "--admin" not in args:
+        args += ["--admin", "none"]
+    if "--state" not in args:
+        args += ["--state", os.path.join(directory, "state.json")]
+    logfile = os.path.join(directory, f"twistd-{port}.log")
+    cmd = [TWISTD, "-n", "--pidfile=", "cdnpull", "--config", config,
+           "--listen", f"tcp:{port}:interface=127.0.0.1", *args]
+    with open(logfile, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=directory)
+    cdn = Cdn(proc, port, logfile, config, admin_port)
+    deadline = time.monotonic() + ready_timeout
+    ports = [port] + ([admin_port] if admin_port else [])
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"twistd exited with {proc.returncode}:\n{cdn.log()}")
+        if all(_accepts(p) for p in ports):
+            return cdn
+        if time.monotonic() > deadline:
+            cdn.stop()
+            raise AssertionError(f"twistd did not listen within {ready_timeout}s:\n{cdn.log()}")
+        time.sleep(0.05)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+# -- an HTTP client that leaves nothing behind ----------------------------------
+
+
+class Client:
+    """treq over a non-persistent pool: no cached connections, no timers."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+
+    async def get(self, path: str, host: Optional[str] = None, method: str = "GET",
+                  headers: Optional[dict] = None, data: Optional[bytes] = None):  # type: ignore[no-untyped-def]
+        h = dict(headers or {})
+        if host:
+            h["Host"] = host
+        response = await self.http.request(method, self.base + path, headers=h, data=data)
+        body = await response.content()
+        return response, body
