@@ -124,7 +124,9 @@ class Edge(Resource):
             return
         request.setResponseCode(response.code, response.phrase)
         out = request.responseHeaders
-        for name, values in end_to_end(response.headers).getAllRawHeaders():
+        # Like nginx, the origin's Server header is replaced by ours; its
+        # Date stays (it dates the content, and caches compute Age from it).
+        for name, values in end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders():
             out.setRawHeaders(name, list(values))
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             out.setRawHeaders(b"content-length", [b"%d" % response.length])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Optional
 
-from .config import Config, ConfigError, Settings, validate
+from .config import BucketOrigin, Config, ConfigError, DomainOrigin, Settings, validate
 
 __all__ = ["LoadedConfig", "load_config"]
 
@@ -74,6 +74,18 @@ def _run_module(path: str) -> ModuleType:
     return module
 
 
+def _refuse_unbuilt(config: Config) -> None:
+    """Origin kinds this build cannot fetch from fail at load, not silently."""
+    problems = []
+    for d in config.domains:
+        for field, origin in (("origin", d.origin), ("standby", d.standby)):
+            if isinstance(origin, (BucketOrigin, DomainOrigin)):
+                problems.append(f"{d.name}: {field}: {type(origin).__name__} is not "
+                                "supported by this build yet")
+    if problems:
+        raise ConfigError(problems)
+
+
 def load_config(path: str, **overrides: Any) -> LoadedConfig:
     """
     Run the config module at C{path} and validate it.
@@ -91,4 +103,5 @@ def load_config(path: str, **overrides: Any) -> LoadedConfig:
     if services is not None and not callable(services):
         raise ConfigError(f"{os.path.basename(path)}: 'services' must be a function of the reactor")
     config = validate(module.domains, settings)
+    _refuse_unbuilt(config)
     return LoadedConfig(config=config, path=os.path.abspath(path), services=services)
