@@ -234,3 +234,27 @@ def test_config_error_exits_nonzero_naming_domain_and_field(tmp_path):  # type: 
     assert "Traceback" not in out
     assert out.splitlines()[-1].startswith("cdnpull: config error: bad.test.com: origin.addresses[0]")
     assert "99999" in out
+
+
+def test_port_in_use_exits_with_one_line(tmp_path):  # type: ignore[no-untyped-def]
+    import socket
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    config = write_config(str(tmp_path), """
+        from cdnpull.config import Domain, IPOrigin
+        domains = [Domain("ok.test.com", origin=IPOrigin(["127.0.0.2"]))]
+        """)
+    try:
+        result = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "cdnpull", "--config", config,
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--admin", "none"],
+            capture_output=True, text=True, timeout=30, cwd=str(tmp_path),
+        )
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    out = (result.stdout + result.stderr).strip()
+    assert "Traceback" not in out
+    assert f"cdnpull: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use" in out
