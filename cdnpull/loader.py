@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Optional
 
-from .config import BucketOrigin, Config, ConfigError, DomainOrigin, Settings, validate
+from twisted.logger import Logger
+
+from .config import BucketOrigin, Config, ConfigError, Settings, validate
+
+log = Logger()
 
 __all__ = ["LoadedConfig", "load_config"]
 
@@ -79,11 +83,20 @@ def _refuse_unbuilt(config: Config) -> None:
     problems = []
     for d in config.domains:
         for field, origin in (("origin", d.origin), ("standby", d.standby)):
-            if isinstance(origin, (BucketOrigin, DomainOrigin)):
+            if isinstance(origin, BucketOrigin):
                 problems.append(f"{d.name}: {field}: {type(origin).__name__} is not "
                                 "supported by this build yet")
     if problems:
         raise ConfigError(problems)
+
+
+def _warn_unverified(config: Config) -> None:
+    for d in config.domains:
+        for field, origin in (("origin", d.origin), ("standby", d.standby)):
+            if origin is not None and getattr(origin, "verify", True) is False:
+                log.warn("{domain}: {field}: verify=False: origin certificates are NOT "
+                         "checked (anyone on the path can impersonate this origin)",
+                         domain=d.name, field=field)
 
 
 def load_config(path: str, **overrides: Any) -> LoadedConfig:
@@ -104,4 +117,5 @@ def load_config(path: str, **overrides: Any) -> LoadedConfig:
         raise ConfigError(f"{os.path.basename(path)}: 'services' must be a function of the reactor")
     config = validate(module.domains, settings)
     _refuse_unbuilt(config)
+    _warn_unverified(config)
     return LoadedConfig(config=config, path=os.path.abspath(path), services=services)

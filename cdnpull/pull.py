@@ -179,6 +179,10 @@ class Puller:
         timed_out = False
 
         # -- primary ------------------------------------------------------
+        for group in live.groups():
+            # A hostname origin whose first DNS answer is not in yet.
+            if not group.states and group.wait_for_addresses is not None:
+                await group.wait_for_addresses()
         primary_down = live.primary.is_down()
         order = live.primary.order(include_blocked=standby is None)
         if not order and standby is not None:

@@ -23,7 +23,9 @@ from .edge import Edge, EdgeSite
 from .fetch import OriginClient
 from .live import LiveTable, build_table
 from .loader import LoadedConfig
+from .origins.dns import DNSManager, make_resolver
 from .origins.tls import TLSPolicy
+from .probing import HTTPChecker, ProbeManager
 from .pull import Puller
 
 __all__ = ["Runtime", "CdnService", "build_service"]
@@ -49,9 +51,21 @@ class Runtime:
         )
         self.puller = Puller(self.client, reactor)
         self.table: LiveTable = build_table(config.domains, reactor, rng=self.rng)
-        # Called with (old_table, new_table) after every swap: probes and
-        # resolvers follow the table.
-        self.watchers: list = []
+        self.dns = DNSManager(reactor, make_resolver(reactor, settings.nameservers))
+        self.probes = ProbeManager(reactor, HTTPChecker(reactor, self.client), rng=self.rng)
+        # Called with (old_table, new_table) after every swap: resolvers and
+        # probes follow the table (resolvers first: they fill the addresses
+        # that probes watch).
+        self.watchers: list = [self.dns.table_changed, self.probes.table_changed]
+
+    def start(self) -> None:
+        self.dns.start(self.table)
+        self.probes.start(self.table)
+
+    def stop(self) -> Deferred:
+        self.probes.stop()
+        self.dns.stop()
+        return self.client.close()
 
     def apply(self, domains: Iterable[Domain], bases: Optional[dict] = None) -> LiveTable:
         """Swap in a new table built from C{domains} (already validated)."""
@@ -91,9 +105,13 @@ class CdnService(MultiService):
         self.runtime = runtime
         self.loaded = loaded
 
+    def startService(self) -> None:
+        self.runtime.start()
+        super().startService()
+
     def stopService(self) -> Deferred:
         d = maybeDeferred(super().stopService)
-        d.addBoth(lambda _: self.runtime.client.close())
+        d.addBoth(lambda _: self.runtime.stop())
         return d
 
 

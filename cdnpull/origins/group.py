@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -93,6 +94,9 @@ class OriginGroup:
         # Called with (group, state) whenever an address becomes blocked or
         # when the address list changes; the prober listens.
         self.listeners: list[Callable[[str, "OriginGroup", AddressState], None]] = []
+        # Set by the DNS watcher of a hostname origin: returns a Deferred that
+        # fires once the first answer (or failure) is in.
+        self.wait_for_addresses: Optional[Callable[[], "Deferred[None]"]] = None
 
     # -- addresses -------------------------------------------------------
 
