@@ -46,12 +46,15 @@ def describe_connect_failure(failure: Failure, connect_timeout: float) -> str:
     return f"connect failed: {failure.getErrorMessage()}"
 
 
-def _tls_failure(failure: Failure) -> Optional[str]:
+def _tls_failure(failure: Failure, server_name: str) -> Optional[str]:
     """The TLS error inside a failed response, if that is what it was."""
     from OpenSSL import SSL
+    from service_identity import VerificationError
 
     reasons = getattr(failure.value, "reasons", None) or []
     for r in reasons:
+        if isinstance(r, Failure) and r.check(VerificationError):
+            return f"TLS certificate refused: not valid for {server_name}"
         if isinstance(r, Failure) and r.check(SSL.Error):
             detail = r.getErrorMessage()
             if "certificate" in detail.lower() or "verify" in detail.lower():
@@ -201,7 +204,7 @@ class OriginClient:
             if result.check(ierror.ConnectError):
                 raise ConnectFailed(address, describe_connect_failure(result, connect_timeout))
             if result.check(ResponseFailed, RequestTransmissionFailed):
-                tls = _tls_failure(result)
+                tls = _tls_failure(result, server_name)
                 if tls:
                     raise ConnectFailed(address, tls)
                 inner = [r.getErrorMessage() for r in result.value.reasons if isinstance(r, Failure)]
@@ -211,10 +214,28 @@ class OriginClient:
 
         return d.addBoth(classify)
 
-    def close(self) -> Deferred:
-        """Close every pooled connection (on shutdown)."""
+    def close(self, grace: float = 1.0) -> Deferred:
+        """
+        Close every pooled connection (on shutdown).  A TLS peer that does not
+        answer our close_notify within C{grace} seconds is cut off, so that a
+        stuck origin never holds up shutdown.
+        """
         pools = list(self._pools.values())
         self._pools.clear()
         if not pools:
             return succeed(None)
-        return DeferredList([p.closeCachedConnections() for p in pools])
+        protocols = [proto for p in pools for protos in p._connections.values() for proto in protos]
+        d = DeferredList([p.closeCachedConnections() for p in pools])
+        timer = self.reactor.callLater(grace, _abort_all, protocols)
+        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return d
+
+
+def _abort_all(protocols: list) -> None:
+    for proto in protocols:
+        transport = getattr(proto, "transport", None)
+        if transport is not None:
+            try:
+                transport.abortConnection()
+            except Exception:  # already gone
+                pass

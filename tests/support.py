@@ -108,15 +108,24 @@ class Origin:
         self.site.buildProtocol = build  # type: ignore[method-assign]
         self.pending: list = []
 
-    def start(self, port: int = 0) -> "Origin":
-        self.listener = reactor.listenTCP(port, self.site, interface=self.ip)
+    def start(self, port: int = 0, tls=None) -> "Origin":  # type: ignore[no-untyped-def]
+        """Listen (again) on C{port}; with C{tls} (a context factory) over TLS."""
+        if tls is not None:
+            self.tls = tls
+        if getattr(self, "tls", None) is not None:
+            self.listener = reactor.listenSSL(port, self.site, self.tls, interface=self.ip)
+        else:
+            self.listener = reactor.listenTCP(port, self.site, interface=self.ip)
         self.port = self.listener.getHost().port
         return self
 
     def stop(self) -> Deferred:
         """Stop listening and drop every open connection, like a dead host."""
         for transport in list(self.transports):
-            transport.abortConnection()
+            try:
+                transport.abortConnection()
+            except AttributeError:  # a TLS transport whose handshake already died
+                pass
         self.transports.clear()
         for request in self.pending:
             if not request.finished and not request._disconnected:
@@ -272,3 +281,77 @@ class Client:
         response = await self.http.request(method, self.base + path, headers=h, data=data)
         body = await response.content()
         return response, body
+
+
+# -- a DNS server on loopback ---------------------------------------------------
+
+
+class DNSServer:
+    """
+    A real DNS server (twisted.names) on 127.0.0.1 over UDP, answering A and
+    AAAA queries from C{records}: name -> list of IPs.
+    """
+
+    def __init__(self, records: dict, ttl: int = 60) -> None:
+        from twisted.names import common, dns, error, server
+        from twisted.internet import defer
+
+        outer = self
+        self.records = records
+        self.queries: list = []
+
+        class Answers(common.ResolverBase):
+            def _lookup(self, name, cls, type, timeout):  # type: ignore[no-untyped-def]
+                text = name.decode() if isinstance(name, bytes) else str(name)
+                outer.queries.append((text, type))
+                ips = outer.records.get(text)
+                if ips is None:
+                    return defer.fail(error.DomainError(text))
+                answers = []
+                for ip in ips:
+                    if type == dns.A and ":" not in ip:
+                        answers.append(dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A(ip, ttl)))
+                    elif type == dns.AAAA and ":" in ip:
+                        answers.append(dns.RRHeader(name, dns.AAAA, dns.IN, ttl, dns.Record_AAAA(ip, ttl)))
+                return defer.succeed((answers, [], []))
+
+        factory = server.DNSServerFactory(clients=[Answers()])
+        factory.noisy = False
+        self.protocol = dns.DNSDatagramProtocol(factory)
+        self.protocol.noisy = False
+        self.listener = reactor.listenUDP(0, self.protocol, interface="127.0.0.1")
+        self.port = self.listener.getHost().port
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> Deferred:
+        return self.listener.stopListening()
+
+
+def shared_port(*ips: str) -> int:
+    """A port that is free on every one of C{ips}."""
+    for _ in range(50):
+        port = free_port(ips[0])
+        socks = []
+        try:
+            for ip in ips:
+                s = socket.socket()
+                s.bind((ip, port))
+                socks.append(s)
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no shared free port")
+
+
+def tls_server_options(ca, name: str):  # type: ignore[no-untyped-def]
+    """Twisted server TLS options with a certificate for C{name} from a trustme CA."""
+    from twisted.internet import ssl
+
+    cert = ca.issue_cert(name)
+    return ssl.PrivateCertificate.loadPEM(cert.private_key_and_cert_chain_pem.bytes()).options()
