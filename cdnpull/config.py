@@ -192,6 +192,9 @@ class S3Credentials:
     # Environment variables that from_env() found missing; reported by
     # validate() with the domain's name.
     missing: tuple = ()
+    # The prefix from_env() read, so that a runtime change can name it
+    # (keys themselves are never written to the state file).
+    env_prefix: Optional[str] = None
 
     @classmethod
     def from_env(cls, prefix: str) -> "S3Credentials":
@@ -207,6 +210,7 @@ class S3Credentials:
             secret_key=os.environ.get(names[1], ""),
             session_token=os.environ.get(f"{prefix}_SESSION_TOKEN") or None,
             missing=missing,
+            env_prefix=prefix,
         )
 
 
@@ -389,8 +393,8 @@ class Settings:
         object.__setattr__(self, "nameservers", _tuple(self.nameservers))
 
     def override(self, **changes: object) -> "Settings":
-        """A copy with the given fields replaced (C{None} values ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given fields replaced (C{None} is a value: C{admin=None} disables)."""
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

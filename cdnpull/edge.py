@@ -59,6 +59,8 @@ class Edge(Resource):
         self.runtime = runtime
         self.clock = clock
         self.access_log = access_log or AccessLog()
+        # Counts every answer (cdnpull.metrics.Metrics), when set.
+        self.metrics: Optional[Any] = None
         self._cooperator = Cooperator(scheduler=lambda f: clock.callLater(0, f))  # type: ignore[attr-defined]
 
     def render(self, request: Request) -> object:
@@ -177,6 +179,8 @@ class Edge(Resource):
                 ctx.pending.cancel()
             if ctx.relay is not None:
                 ctx.relay.client_gone()
+        if self.metrics is not None:
+            self.metrics.request(ctx.domain, request.code, ctx.cache)
         self.access_log.record(
             AccessRecord(
                 client=_client_ip(request) or "-",

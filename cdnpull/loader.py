@@ -33,6 +33,8 @@ class LoadedConfig:
     config: Config
     path: str
     services: Optional[Callable[[Any], Any]] = None
+    # The Settings fields the command line replaced: a reload applies them again.
+    overrides: Any = None
 
 
 _counter = [0]
@@ -78,14 +80,20 @@ def _run_module(path: str) -> ModuleType:
     return module
 
 
-def _refuse_unbuilt(config: Config) -> None:
+def unbuilt_problem(domain: str, field: str, origin: object) -> Optional[str]:
     """Origin kinds this build cannot fetch from fail at load, not silently."""
+    if isinstance(origin, BucketOrigin):
+        return f"{domain}: {field}: BucketOrigin is not supported by this build yet"
+    return None
+
+
+def _refuse_unbuilt(config: Config) -> None:
     problems = []
     for d in config.domains:
         for field, origin in (("origin", d.origin), ("standby", d.standby)):
-            if isinstance(origin, BucketOrigin):
-                problems.append(f"{d.name}: {field}: {type(origin).__name__} is not "
-                                "supported by this build yet")
+            why = unbuilt_problem(d.name, field, origin)
+            if why:
+                problems.append(why)
     if problems:
         raise ConfigError(problems)
 
@@ -118,4 +126,5 @@ def load_config(path: str, **overrides: Any) -> LoadedConfig:
     config = validate(module.domains, settings)
     _refuse_unbuilt(config)
     _warn_unverified(config)
-    return LoadedConfig(config=config, path=os.path.abspath(path), services=services)
+    return LoadedConfig(config=config, path=os.path.abspath(path), services=services,
+                        overrides=dict(overrides))

@@ -157,6 +157,15 @@ class Puller:
         # prepare(group, request, scheme, attempt_address) -> (target, host,
         # server_name, headers); buckets substitute their own.
         self._prepare = prepare or self.prepare_plain
+        # Told of every try and failover (the metrics): an object with
+        # origin_try(domain, group, address, outcome, seconds) and
+        # failover(domain).
+        self.observer: Optional[object] = None
+
+    def _observe(self, live: LiveDomain, group: OriginGroup, address: Address,
+                 outcome: str, seconds: Optional[float]) -> None:
+        if self.observer is not None:
+            self.observer.origin_try(live.name, group.role, str(address), outcome, seconds)  # type: ignore[attr-defined]
 
     @staticmethod
     def prepare_plain(live: LiveDomain, group: OriginGroup, req: OriginRequest,
@@ -210,6 +219,8 @@ class Puller:
             target=req.target.decode("ascii", "replace"),
             why=tries[-1] if tries else "primary failed",
         )
+        if self.observer is not None:
+            self.observer.failover(live.name)  # type: ignore[attr-defined]
         order = standby.order(include_blocked=primary_answer is None)
         outcome = await self._try_group(live, standby, order, req, deadline, tries, safe)
         if isinstance(outcome, PullResult):
@@ -284,17 +295,20 @@ class Puller:
                     verify=verify,
                 )
             except ConnectFailed as e:
+                self._observe(live, group, address, "connect_error", None)
                 state.failures += 1
                 tries.append(f"{group.role} {address}: {e.detail}")
                 group.block(state, e.detail)
                 continue
             except NoResponse as e:
+                self._observe(live, group, address, "no_response", None)
                 state.failures += 1
                 tries.append(f"{group.role} {address}: {e.detail}")
                 if not safe:
                     return "unreachable"
                 continue
             except FirstByteTimeout as e:
+                self._observe(live, group, address, "timeout", None)
                 state.failures += 1
                 tries.append(f"{group.role} {address}: {e.detail}")
                 return "timeout"
@@ -304,5 +318,7 @@ class Puller:
                 state.failures += 1
                 tries.append(f"{group.role} {address}: {e.detail}")
                 continue
-            return PullResult(response, group.role, address, self.clock.seconds() - started, tries)
+            elapsed = self.clock.seconds() - started
+            self._observe(live, group, address, f"{response.code // 100}xx", elapsed)
+            return PullResult(response, group.role, address, elapsed, tries)
         return "unreachable"

@@ -7,22 +7,30 @@ or a runtime change atomically.
 from __future__ import annotations
 
 import random
+import signal
 import sys
+from dataclasses import fields
 from typing import Any, Iterable, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.web.server import Site
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
-from .config import Config, Domain
+from .admin import AdminResource, read_token
+from .config import Config, ConfigError, Domain
+from .control import Control
 from .edge import Edge, EdgeSite
 from .fetch import OriginClient
 from .live import LiveTable, build_table
-from .loader import LoadedConfig
+from .loader import LoadedConfig, load_config
+from .metrics import Metrics
+from .overrides import StateFile
 from .origins.dns import DNSManager, make_resolver
 from .origins.tls import TLSPolicy
 from .probing import HTTPChecker, ProbeManager
@@ -57,6 +65,7 @@ class Runtime:
         # probes follow the table (resolvers first: they fill the addresses
         # that probes watch).
         self.watchers: list = [self.dns.table_changed, self.probes.table_changed]
+        self.metrics: Any = None
 
     def start(self) -> None:
         self.dns.start(self.table)
@@ -98,21 +107,67 @@ class Listener(StreamServerEndpointService):
 
 
 class CdnService(MultiService):
+    """
+    The node.  On start it re-applies the state file's runtime changes and
+    starts resolvers and probes; on SIGHUP it re-imports the config module.
+    """
+
     log = Logger()
 
-    def __init__(self, runtime: Runtime, loaded: Optional[LoadedConfig] = None) -> None:
+    def __init__(self, runtime: Runtime, loaded: Optional[LoadedConfig] = None,
+                 control: Optional[Control] = None) -> None:
         super().__init__()
         self.runtime = runtime
         self.loaded = loaded
+        self.control = control
+        self._old_sighup: Any = None
 
     def startService(self) -> None:
         self.runtime.start()
         super().startService()
+        if self.loaded is not None and hasattr(signal, "SIGHUP"):
+            reactor = self.runtime.reactor
+            self._old_sighup = signal.signal(
+                signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
 
     def stopService(self) -> Deferred:
+        if self._old_sighup is not None:
+            signal.signal(signal.SIGHUP, self._old_sighup)
+            self._old_sighup = None
         d = maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.runtime.stop())
         return d
+
+    def reload(self) -> Deferred:
+        """
+        Re-import the config module and apply it like an admin change.  An
+        invalid module is logged and the running config stays.
+        """
+        assert self.loaded is not None and self.control is not None
+        path = self.loaded.path
+        self.log.info("SIGHUP: reloading {path}", path=path)
+        try:
+            new = load_config(path, **(self.loaded.overrides or {}))
+        except ConfigError as e:
+            self.log.error("reload of {path} refused, the running config stays: {error}",
+                           path=path, error=str(e))
+            return succeed(None)
+        old_settings = self.runtime.config.settings
+        changed = [f.name for f in fields(old_settings)
+                   if getattr(old_settings, f.name) != getattr(new.config.settings, f.name)]
+        if changed:
+            self.log.warn("reload: settings {fields} changed; they take effect at the next "
+                          "restart", fields=", ".join(changed))
+        d = self.control.reload(new.config)
+
+        def done(_: Any) -> None:
+            self.log.info("reloaded {path}: {n} domains", path=path,
+                          n=len(self.runtime.table.domains))
+
+        def failed(f: Any) -> None:
+            self.log.failure("reload of {path} failed, the running config stays", f, path=path)
+
+        return d.addCallbacks(done, failed)
 
 
 def build_service(loaded: LoadedConfig, reactor: Any,
@@ -120,17 +175,37 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     """
     Everything C{twistd cdnpull} runs, built from a validated config and an
     explicit reactor (the only place it comes from is L{cdnpull.tap}).
+
+    @raise ConfigError: the admin token file cannot be used.
     """
     config = loaded.config
     settings = config.settings
     runtime = Runtime(reactor, config, rng)
-    service = CdnService(runtime, loaded)
+    metrics = Metrics(lambda: runtime.table, reactor)
+    runtime.metrics = metrics
+    runtime.puller.observer = metrics
+    runtime.probes.on_result = metrics.probe
+    control = Control(runtime, StateFile(settings.state_file),
+                      write=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f))
+    control.restore()
+    service = CdnService(runtime, loaded, control)
     access_log = AccessLog(settings.access_log)
     edge = Edge(runtime, reactor, access_log)
+    edge.metrics = metrics
     site = EdgeSite(edge, reactor=reactor)
     site.timeout = 75  # idle keep-alive connections from clients
     for description in settings.listen:
         Listener(description, reactor, site).setServiceParent(service)
+    if settings.admin:
+        try:
+            token = read_token(settings.admin_token_file)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"settings.admin_token_file: {e}") from None
+        admin = AdminResource(runtime, control, metrics, reactor, token)
+        admin_site = Site(admin)
+        admin_site.log = lambda request: None  # type: ignore[method-assign]
+        admin_site.noisy = False
+        Listener(settings.admin, reactor, admin_site).setServiceParent(service)
     if loaded.services is not None:
         extra = loaded.services(reactor)
         for s in _as_list(extra):

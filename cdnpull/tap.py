@@ -61,9 +61,9 @@ def makeService(options: Options):  # type: ignore[no-untyped-def]
 
     try:
         loaded = load_config(options["config"], **overrides(options))
+        return build_service(loaded, reactor)
     except ConfigError as e:
         # One line, no traceback, non-zero exit.
         sys.stderr.write(f"cdnpull: config error: {e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
-    return build_service(loaded, reactor)

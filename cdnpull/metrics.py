@@ -1,0 +1,94 @@
+"""
+Prometheus metrics (SPEC.md section 6, C{GET /metrics} on the admin
+listener), with C{prometheus_client} and a registry of the node's own (not the
+process-global one, so that several nodes in one process never mix).
+
+Counters that the request path moves are prometheus_client objects; what the
+live table already counts (per-address state, blocks) is read at scrape time
+by a collector, so there is one source of truth.
+
+Label values are bounded: a request for a Host that no domain matches is
+counted under C{domain="-"}, never under the Host the client sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+__all__ = ["Metrics"]
+
+
+class _TableCollector:
+    def __init__(self, table: Callable[[], Any], clock: Any) -> None:
+        self._table = table
+        self._clock = clock
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        now = self._clock.seconds()
+        blocked = GaugeMetricFamily(
+            "cdnpull_origin_blocked", "1 when the origin address is blocked, else 0",
+            labels=["domain", "group", "address"])
+        blocks = CounterMetricFamily(
+            "cdnpull_origin_blocks", "Times the origin address was blocked",
+            labels=["domain", "group", "address"])
+        usable = GaugeMetricFamily(
+            "cdnpull_origin_addresses_up", "Usable addresses per origin group",
+            labels=["domain", "group"])
+        table = self._table()
+        for live in table.domains.values():
+            for group in live.groups():
+                up = 0
+                for s in group.states:
+                    labels = [live.name, group.role, str(s.address)]
+                    is_up = s.usable(now)
+                    up += is_up
+                    blocked.add_metric(labels, 0.0 if is_up else 1.0)
+                    blocks.add_metric(labels, float(s.blocks))
+                usable.add_metric([live.name, group.role], float(up))
+        yield blocked
+        yield blocks
+        yield usable
+
+
+class Metrics:
+    def __init__(self, table: Callable[[], Any], clock: Any,
+                 registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "cdnpull_requests", "Client requests answered",
+            ["domain", "status_class", "cache"], registry=r)
+        self.origin_requests = Counter(
+            "cdnpull_origin_requests", "Requests sent to origin addresses, by outcome",
+            ["domain", "group", "address", "outcome"], registry=r)
+        self.failovers = Counter(
+            "cdnpull_failovers", "Requests that went to the standby", ["domain"], registry=r)
+        self.probes = Counter(
+            "cdnpull_probes", "Health probe results",
+            ["domain", "group", "address", "result"], registry=r)
+        self.origin_seconds = Histogram(
+            "cdnpull_origin_seconds", "Time to an origin's response headers",
+            ["domain", "group"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        r.register(_TableCollector(table, clock))
+
+    # -- hooks the other parts call --------------------------------------
+
+    def request(self, domain: Optional[str], status: int, cache: str) -> None:
+        self.requests.labels(domain or "-", f"{status // 100}xx", cache).inc()
+
+    def origin_try(self, domain: str, group: str, address: str, outcome: str,
+                   seconds: Optional[float]) -> None:
+        self.origin_requests.labels(domain, group, address, outcome).inc()
+        if seconds is not None:
+            self.origin_seconds.labels(domain, group).observe(seconds)
+
+    def failover(self, domain: str) -> None:
+        self.failovers.labels(domain).inc()
+
+    def probe(self, group: Any, state: Any, ok: bool) -> None:
+        self.probes.labels(group.domain, group.role, str(state.address),
+                           "ok" if ok else "fail").inc()

@@ -1,0 +1,255 @@
+"""
+Runtime changes to origins (SPEC.md section 6): the JSON shapes of the admin
+API, the effective domains (config module plus changes), and the state file
+that keeps the changes across restarts.
+
+An override replaces a domain's C{origin} and C{standby} as a pair; the rest
+of the domain (probes, cache rules, timeouts) always comes from the module.
+Validation is the config's own (L{cdnpull.config.domain_problems}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Optional
+
+from twisted.logger import Logger
+
+from .config import (
+    BucketOrigin,
+    Domain,
+    DomainOrigin,
+    IPOrigin,
+    S3Credentials,
+    domain_problems,
+)
+
+__all__ = [
+    "BadRequest", "Override", "origin_from_json", "origin_to_json", "effective_domains",
+    "StateFile", "check_domain",
+]
+
+log = Logger()
+
+
+class BadRequest(ValueError):
+    """A change the API refuses: the message is one line naming the field."""
+
+
+@dataclass(frozen=True)
+class Override:
+    """A domain's runtime origins."""
+
+    origin: Any
+    standby: Any  # None: no standby
+
+
+# -- JSON <-> config objects -------------------------------------------------
+
+
+def origin_to_json(origin: Any) -> Optional[dict]:
+    if origin is None:
+        return None
+    if isinstance(origin, IPOrigin):
+        return {"type": "ips", "addresses": list(origin.addresses), "port": origin.port,
+                "scheme": origin.scheme, "verify": origin.verify}
+    if isinstance(origin, DomainOrigin):
+        return {"type": "domain", "host": origin.host, "port": origin.port,
+                "scheme": origin.scheme, "verify": origin.verify}
+    if isinstance(origin, BucketOrigin):
+        out = {"type": "bucket", "endpoint": origin.endpoint, "bucket": origin.bucket,
+               "style": origin.style, "region": origin.region, "verify": origin.verify,
+               "scheme": origin.scheme, "port": origin.port, "signed": origin.credentials is not None}
+        env = getattr(origin.credentials, "env_prefix", None)
+        if env:
+            out["credentials_env"] = env
+        return out
+    raise TypeError(f"not an origin: {origin!r}")
+
+
+_FIELDS = {
+    "ips": {"type", "addresses", "port", "scheme", "verify"},
+    "domain": {"type", "host", "port", "scheme", "verify"},
+    "bucket": {"type", "endpoint", "bucket", "style", "region", "verify", "credentials_env"},
+}
+# What a GET answer shows beside the fields: accepted back and ignored, so
+# that an answer can be edited and PUT.
+_DISPLAY_ONLY = {"role", "down", "dns", "configured_addresses", "signed"}
+_DISPLAY_ONLY_UNLESS_IPS = {"addresses", "scheme", "port"}
+
+_TYPES = {"scheme": str, "verify": bool, "host": str, "endpoint": str, "bucket": str,
+          "style": str, "region": str, "credentials_env": str}
+
+
+def origin_from_json(data: Any, where: str) -> Any:
+    """
+    An origin object from the API's JSON, or L{BadRequest} naming the field.
+    Values are checked for their JSON type here; everything else is checked
+    by the config's own validation.
+    """
+    if not isinstance(data, dict):
+        raise BadRequest(f"{where}: must be a JSON object")
+    kind = data.get("type")
+    if kind not in _FIELDS:
+        raise BadRequest(f"{where}.type: must be 'ips', 'domain' or 'bucket'")
+    data = {k: v for k, v in data.items() if k not in _DISPLAY_ONLY}
+    if kind == "bucket":
+        data = {k: v for k, v in data.items() if k not in _DISPLAY_ONLY_UNLESS_IPS}
+    elif kind == "domain":
+        data.pop("addresses", None)
+    elif isinstance(data.get("addresses"), list):
+        # GET answers list addresses as objects with live state.
+        data["addresses"] = [_address_text(a, f"{where}.addresses[{i}]")
+                             for i, a in enumerate(data["addresses"])]
+    extra = set(data) - _FIELDS[kind]
+    if extra:
+        raise BadRequest(f"{where}.{sorted(extra)[0]}: unknown field for type {kind!r}")
+    for name, t in _TYPES.items():
+        if name in data and not isinstance(data[name], t):
+            raise BadRequest(f"{where}.{name}: must be a {'boolean' if t is bool else 'string'}")
+    if "port" in data and (isinstance(data["port"], bool) or not isinstance(data["port"], int)):
+        raise BadRequest(f"{where}.port: must be a whole number")
+    common = {k: data[k] for k in ("port", "scheme", "verify") if k in data}
+    if kind == "ips":
+        addresses = data.get("addresses")
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise BadRequest(f"{where}.addresses: must be a list of strings")
+        return IPOrigin(addresses, **common)
+    if kind == "domain":
+        if "host" not in data:
+            raise BadRequest(f"{where}.host: is required")
+        return DomainOrigin(data["host"], **common)
+    fields = {k: data[k] for k in ("endpoint", "bucket", "style", "region", "verify") if k in data}
+    creds = None
+    if data.get("credentials_env"):
+        creds = S3Credentials.from_env(data["credentials_env"])
+    return BucketOrigin(credentials=creds, **fields)
+
+
+def _address_text(a: Any, where: str) -> Any:
+    if isinstance(a, dict) and "address" in a:
+        host, port = a.get("address"), a.get("port", 0)
+        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+            raise BadRequest(f"{where}: must be a string such as '10.0.0.1:8080'")
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{port}" if port else host
+    return a
+
+
+# -- effective domains ---------------------------------------------------------
+
+
+def apply_override(base: Domain, override: Optional[Override]) -> Domain:
+    if override is None:
+        return base
+    return replace(base, origin=override.origin, standby=override.standby)
+
+
+def check_domain(domain: Domain) -> None:
+    """The config's own validation of one (changed) domain."""
+    from .loader import unbuilt_problem
+
+    problems = domain_problems(domain)
+    for field, origin in (("origin", domain.origin), ("standby", domain.standby)):
+        why = None if problems else unbuilt_problem(domain.name, field, origin)
+        if why:
+            problems.append(why)
+    if problems:
+        raise BadRequest("; ".join(problems))
+
+
+def effective_domains(bases: Iterable[Domain], overrides: dict) -> list[Domain]:
+    return [apply_override(d, overrides.get(d.name)) for d in bases]
+
+
+# -- the state file ---------------------------------------------------------------
+
+
+class StateFile:
+    """
+    The runtime changes on disk: JSON, written by atomic replace (temporary
+    file, fsync, rename, fsync of the directory) so that a crash leaves the
+    old file or the new one, never a mix.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: Optional[str]) -> None:
+        self.path = path
+
+    def load(self, bases: dict) -> dict:
+        """
+        The overrides kept in the file, for the domains that still exist in
+        C{bases} (name -> Domain).  A file that cannot be read is moved aside
+        (loudly) and the node starts without overrides.
+        """
+        if self.path is None or not os.path.exists(self.path):
+            return {}
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+            if not isinstance(data, dict) or not isinstance(data.get("domains"), dict):
+                raise ValueError("not a cdnpull state file (no 'domains' object)")
+            entries = data["domains"]
+            out = {}
+            for name, entry in entries.items():
+                if name not in bases:
+                    log.warn("state file {path}: dropping the runtime change of {domain}: the "
+                             "config module no longer declares it", path=self.path, domain=name)
+                    continue
+                if not isinstance(entry, dict) or "origin" not in entry:
+                    raise ValueError(f"{name}: entry must have 'origin'")
+                override = Override(
+                    origin_from_json(entry["origin"], f"{name}.origin"),
+                    None if entry.get("standby") is None
+                    else origin_from_json(entry["standby"], f"{name}.standby"),
+                )
+                try:
+                    check_domain(apply_override(bases[name], override))
+                except BadRequest as e:
+                    log.error("state file {path}: dropping the runtime change of {domain}: {why}",
+                              path=self.path, domain=name, why=str(e))
+                    continue
+                out[name] = override
+            return out
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            aside = f"{self.path}.corrupt-{int(time.time())}"
+            try:
+                os.replace(self.path, aside)
+                where = f"moved aside to {aside}"
+            except OSError as move_error:
+                where = f"could not be moved aside: {move_error}"
+            log.critical("STATE FILE {path} IS UNREADABLE ({why}); it was {where}; starting "
+                         "with the config module's origins only", path=self.path, why=str(e),
+                         where=where)
+            return {}
+
+    def dumps(self, overrides: dict) -> bytes:
+        data = {
+            "version": self.VERSION,
+            "domains": {
+                name: {"origin": origin_to_json(o.origin), "standby": origin_to_json(o.standby)}
+                for name, o in sorted(overrides.items())
+            },
+        }
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    def write(self, payload: bytes) -> None:
+        """Atomic replace; runs in a thread (it fsyncs)."""
+        if self.path is None:
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
