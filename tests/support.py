@@ -198,6 +198,10 @@ class Cdn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
     def log(self) -> str:
         with open(self.logfile, encoding="utf-8", errors="replace") as f:
             return f.read()
@@ -281,6 +285,22 @@ class Client:
         response = await self.http.request(method, self.base + path, headers=h, data=data)
         body = await response.content()
         return response, body
+
+    async def api(self, method: str, path: str, body=None, token: Optional[str] = None,  # type: ignore[no-untyped-def]
+                  raw: Optional[bytes] = None):
+        """A JSON call: (status, decoded body)."""
+        import json
+
+        headers = {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        response, content = await self.get(path, method=method, headers=headers, data=data)
+        try:
+            decoded = json.loads(content)
+        except ValueError:
+            decoded = content
+        return response.code, decoded
 
 
 # -- a DNS server on loopback ---------------------------------------------------

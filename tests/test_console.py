@@ -1,0 +1,84 @@
+"""
+The console in a real browser: headless Chromium (Debian's build, driven by
+Playwright) clicks "Switch" and sees the roles swap; the API agrees; an
+invalid edit shows the API's error in the page.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from .support import Client, Origin, start_cdn, write_config
+
+pytestmark = pytest.mark.timeout(120)
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def drive(url: str) -> dict:
+    """Runs in a worker thread: Playwright's sync API owns its own loop."""
+    from playwright.sync_api import expect, sync_playwright
+
+    seen: dict = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            domain = page.locator('[data-domain="www.test.com"]')
+            primary = domain.locator('.group[data-role="primary"] tr.address')
+            standby = domain.locator('.group[data-role="standby"] tr.address')
+            expect(primary).to_have_count(1)
+            seen["primary_before"] = primary.first.get_attribute("data-address")
+            seen["standby_before"] = standby.first.get_attribute("data-address")
+            seen["state_before"] = primary.first.locator("td").nth(1).inner_text()
+            domain.locator('button[data-action="switch"]').click()
+            expect(primary.first).to_have_attribute("data-address", seen["standby_before"])
+            seen["primary_after"] = primary.first.get_attribute("data-address")
+            seen["standby_after"] = standby.first.get_attribute("data-address")
+            seen["badge"] = domain.locator(".badge").inner_text()
+            # An invalid edit: the API's error is shown, nothing changes.
+            domain.locator('button[data-action="edit-primary"]').click()
+            domain.locator('form.editor input[name="addresses"]').fill("300.1.1.1")
+            domain.locator('form.editor button[type="submit"]').click()
+            error = page.locator("#error")
+            expect(error).to_be_visible()
+            seen["error"] = error.inner_text()
+        finally:
+            browser.close()
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_switch_swaps_roles_and_the_api_agrees(tmp_path):  # type: ignore[no-untyped-def]
+    p = Origin("127.0.0.2", "primary").start()
+    sb = Origin("127.0.0.4", "standby").start()
+    for o in (p, sb):
+        o.text("/who", o.name.encode())
+    config = write_config(str(tmp_path), f"""
+        from cdnpull.config import Domain, IPOrigin
+        domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}"]),
+                          standby=IPOrigin(["{sb.addr}"]), probe=None)]
+        """)
+    cdn = start_cdn(config, str(tmp_path), admin=True)
+    try:
+        seen = await deferToThread(drive, cdn.admin_url + "/")
+        assert seen["primary_before"] == p.addr and seen["standby_before"] == sb.addr
+        assert seen["state_before"] == "up"
+        assert seen["primary_after"] == sb.addr and seen["standby_after"] == p.addr
+        assert seen["badge"] == "changed at runtime"
+        assert "origin.addresses[0]" in seen["error"] and "300.1.1.1" in seen["error"]
+        status, d = await Client(cdn.admin_url).api("GET", "/api/domains/www.test.com")
+        assert d["overridden"] is True
+        assert d["origin"]["addresses"][0]["address"] == "127.0.0.4"
+        assert d["standby"]["addresses"][0]["address"] == "127.0.0.2"
+        response, body = await Client(cdn.url).get("/who", host="www.test.com")
+        assert (response.code, body) == (200, b"standby")
+    finally:
+        cdn.stop()
+        await p.stop()
+        await sb.stop()
