@@ -512,6 +512,13 @@ def _origin_problems(origin: object, where: str, domain: Domain) -> list[str]:
             p.append(f"{where}.bucket: {origin.bucket!r} is not a valid bucket name")
         if origin.style not in ("virtual", "path"):
             p.append(f"{where}.style: {origin.style!r} is not 'virtual' or 'path'")
+        elif origin.style == "virtual" and parts is not None and parts.hostname:
+            try:
+                ipaddress.ip_address(parts.hostname)
+                p.append(f"{where}.style: virtual-hosted style needs a host name endpoint, not "
+                         f"{parts.hostname}; use style='path'")
+            except ValueError:
+                pass
         if not isinstance(origin.region, str) or not origin.region:
             p.append(f"{where}.region: a region name is required")
         creds = origin.credentials

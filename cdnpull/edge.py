@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
+from .config import BucketOrigin
 from .errors import EdgeError
 from .headers import VIA, add_forwarding, end_to_end
 from .pull import OriginRequest, PullResult, Puller
@@ -84,6 +85,9 @@ class Edge(Resource):
         if live is None:
             raise EdgeError(f"unknown host {host}", 404)
         ctx.domain = live.name
+        if isinstance(live.primary.origin, BucketOrigin) and request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            raise EdgeError("only GET and HEAD reach a bucket", 405)
 
         # Framing is ours to set (the body is re-framed for the origin).
         headers = end_to_end(request.requestHeaders,

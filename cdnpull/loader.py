@@ -81,9 +81,7 @@ def _run_module(path: str) -> ModuleType:
 
 
 def unbuilt_problem(domain: str, field: str, origin: object) -> Optional[str]:
-    """Origin kinds this build cannot fetch from fail at load, not silently."""
-    if isinstance(origin, BucketOrigin):
-        return f"{domain}: {field}: BucketOrigin is not supported by this build yet"
+    """Origin kinds this build cannot fetch from fail at load, not silently (none now)."""
     return None
 
 

@@ -34,7 +34,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse, UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from .config import DEFAULT_PORTS, Address
+from .config import DEFAULT_PORTS, Address, BucketOrigin
 from .errors import (
     ConnectFailed,
     FirstByteTimeout,
@@ -45,11 +45,23 @@ from .errors import (
 )
 from .fetch import OriginClient
 from .live import LiveDomain
+from .origins.bucket import prepare_bucket, strip_store_headers
 from .origins.group import AddressState, OriginGroup
 
 __all__ = ["OriginRequest", "PullResult", "Puller", "BufferedResponse"]
 
 SAFE_METHODS = (b"GET", b"HEAD")
+# S3 error codes that mean "your credentials or signature are wrong".
+SIGNATURE_ERRORS = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AuthorizationHeaderMalformed",
+                    "InvalidToken", "ExpiredToken", "RequestTimeTooSkewed"}
+
+
+def _s3_error_code(body: bytes) -> str:
+    start = body.find(b"<Code>")
+    end = body.find(b"</Code>", start)
+    if start < 0 or end < 0:
+        return ""
+    return body[start + 6:end].decode("utf-8", "replace")[:64]
 
 # How much of a primary's error answer is kept while the standby is asked
 # (it is what the client gets if the standby cannot be reached).
@@ -170,6 +182,9 @@ class Puller:
     @staticmethod
     def prepare_plain(live: LiveDomain, group: OriginGroup, req: OriginRequest,
                       now: float) -> tuple[bytes, str, Headers]:
+        """(target, Host, headers) for one try: self-owned origin or bucket."""
+        if isinstance(group.origin, BucketOrigin):
+            return prepare_bucket(group.origin, req.method, req.target, req.headers, now)
         host = live.origin_host(req.host)
         headers = req.headers.copy()
         headers.setRawHeaders(b"host", [host.encode("idna")])
@@ -242,6 +257,29 @@ class Puller:
             if isinstance(outcome, PullResult):
                 return outcome
         raise self._give_up(live, req, tries, timed_out)
+
+    async def _bucket_answer(self, live: LiveDomain, origin: BucketOrigin, address: Address,
+                             response: IResponse) -> IResponse:
+        """
+        Strip the store's own headers; when a signed request is refused, say
+        why in the log (the S3 error code is in the small XML body).
+        """
+        strip_store_headers(response.headers)
+        if response.code != 403:
+            return response
+        buffered = await _buffer(response, 64 * 1024)
+        if buffered is None:
+            return response
+        code = _s3_error_code(buffered.body)
+        if origin.credentials is not None and code in SIGNATURE_ERRORS:
+            self.log.error(
+                "{domain}: bucket {bucket} at {address} refused our signature ({code}): check "
+                "the domain's S3Credentials", domain=live.name, bucket=origin.bucket,
+                address=str(address), code=code)
+        else:
+            self.log.warn("{domain}: bucket {bucket} answered 403 ({code})", domain=live.name,
+                          bucket=origin.bucket, code=code or "no error code")
+        return buffered
 
     def _give_up(self, live: LiveDomain, req: OriginRequest, tries: list,
                  timed_out: bool) -> Exception:
@@ -320,5 +358,7 @@ class Puller:
                 continue
             elapsed = self.clock.seconds() - started
             self._observe(live, group, address, f"{response.code // 100}xx", elapsed)
+            if isinstance(origin, BucketOrigin):
+                response = await self._bucket_answer(live, origin, address, response)
             return PullResult(response, group.role, address, elapsed, tries)
         return "unreachable"
