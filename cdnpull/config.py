@@ -286,6 +286,9 @@ class CacheRule:
     prefix: Optional[str] = None
     suffixes: tuple = ()
     ttl: float = 0
+    # Leave the query string out of the cache key for matching paths
+    # (static files whose URLs carry tracking or version parameters).
+    ignore_query: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "suffixes", _tuple(self.suffixes))
@@ -387,6 +390,11 @@ class Settings:
     origin_ca_file: Optional[str] = None
     access_log: Optional[str] = None
     max_connections_per_origin: int = 64
+    # Larger objects are streamed without being stored.
+    cache_max_object: Union[int, str] = "64MiB"
+    # How long past its freshness a cached object may still be served when
+    # every origin fails (0: never); the origin's own stale-if-error counts too.
+    stale_if_error: float = 86400.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", _tuple(self.listen))
@@ -586,6 +594,8 @@ def _domain_problems(d: object) -> list[str]:
             p.append(f"{name}: cache[{i}].prefix: {rule.prefix!r} must start with '/'")
         if not all(isinstance(s, str) and s for s in rule.suffixes):
             p.append(f"{name}: cache[{i}].suffixes: must be non-empty strings")
+        if not isinstance(rule.ignore_query, bool):
+            p.append(f"{name}: cache[{i}].ignore_query: must be True or False")
         if isinstance(rule.ttl, bool) or not isinstance(rule.ttl, (int, float)) or rule.ttl < 0:
             p.append(f"{name}: cache[{i}].ttl: {rule.ttl!r} must be a number >= 0")
     for status in d.failover_on:
@@ -609,7 +619,9 @@ def _settings_problems(s: object) -> list[str]:
             p.append(f"settings.listen[{i}]: {e!r} is not an endpoint string")
     if s.admin is not None and not isinstance(s.admin, str):
         p.append(f"settings.admin: {s.admin!r} is not an endpoint string")
-    for f in ("cache_memory", "cache_disk"):
+    if isinstance(s.stale_if_error, bool) or not isinstance(s.stale_if_error, (int, float)) or s.stale_if_error < 0:
+        p.append("settings.stale_if_error: must be a number of seconds >= 0")
+    for f in ("cache_memory", "cache_disk", "cache_max_object"):
         try:
             parse_size(getattr(s, f))
         except ValueError as e:

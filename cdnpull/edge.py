@@ -105,13 +105,21 @@ class Edge(Resource):
             client_scheme=scheme,
             body=body,
         )
-        ctx.pending = self.runtime.puller.pull(live, oreq)
-        result: PullResult = await ctx.pending
-        ctx.pending = None
-        ctx.group = result.group
-        ctx.origin = str(result.address)
-        ctx.origin_ms = result.elapsed * 1000
-        await self._respond(request, ctx, result)
+
+        async def passthrough() -> None:
+            ctx.pending = self.runtime.puller.pull(live, oreq)
+            result: PullResult = await ctx.pending
+            ctx.pending = None
+            ctx.group = result.group
+            ctx.origin = str(result.address)
+            ctx.origin_ms = result.elapsed * 1000
+            await self._respond(request, ctx, result)
+
+        cache = getattr(self.runtime, "cache", None)
+        if cache is not None and request.method in (b"GET", b"HEAD"):
+            await cache.handle(request, live, oreq, ctx, passthrough)
+        else:
+            await passthrough()
 
     def _body_producer(self, request: Request):  # type: ignore[no-untyped-def]
         content = request.content

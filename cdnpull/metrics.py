@@ -22,9 +22,11 @@ __all__ = ["Metrics"]
 
 
 class _TableCollector:
-    def __init__(self, table: Callable[[], Any], clock: Any) -> None:
+    def __init__(self, table: Callable[[], Any], clock: Any,
+                 cache: Optional[Callable[[], Any]] = None) -> None:
         self._table = table
         self._clock = clock
+        self._cache = cache
 
     def collect(self):  # type: ignore[no-untyped-def]
         now = self._clock.seconds()
@@ -51,11 +53,25 @@ class _TableCollector:
         yield blocked
         yield blocks
         yield usable
+        cache = self._cache() if self._cache is not None else None
+        if cache is not None:
+            size = GaugeMetricFamily("cdnpull_cache_bytes", "Bytes stored in the cache", labels=["store"])
+            count = GaugeMetricFamily("cdnpull_cache_objects", "Objects stored in the cache",
+                                      labels=["store"])
+            stores = [("memory", cache.store.memory)]
+            if cache.store.disk is not None:
+                stores.append(("disk", cache.store.disk))
+            for name, store in stores:
+                size.add_metric([name], float(store.size))
+                count.add_metric([name], float(len(store)))
+            yield size
+            yield count
 
 
 class Metrics:
     def __init__(self, table: Callable[[], Any], clock: Any,
-                 registry: Optional[CollectorRegistry] = None) -> None:
+                 registry: Optional[CollectorRegistry] = None,
+                 cache: Optional[Callable[[], Any]] = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -73,7 +89,7 @@ class Metrics:
             "cdnpull_origin_seconds", "Time to an origin's response headers",
             ["domain", "group"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        r.register(_TableCollector(table, clock))
+        r.register(_TableCollector(table, clock, cache))
 
     # -- hooks the other parts call --------------------------------------
 

@@ -23,7 +23,8 @@ from twisted.logger import Logger
 
 from .accesslog import AccessLog
 from .admin import AdminResource, read_token
-from .config import Config, ConfigError, Domain
+from .cache import Cache, DiskStore, MemoryStore, Store
+from .config import Config, ConfigError, Domain, parse_size
 from .control import Control
 from .edge import Edge, EdgeSite
 from .fetch import OriginClient
@@ -66,6 +67,7 @@ class Runtime:
         # that probes watch).
         self.watchers: list = [self.dns.table_changed, self.probes.table_changed]
         self.metrics: Any = None
+        self.cache: Any = None
 
     def start(self) -> None:
         self.dns.start(self.table)
@@ -181,12 +183,20 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     config = loaded.config
     settings = config.settings
     runtime = Runtime(reactor, config, rng)
-    metrics = Metrics(lambda: runtime.table, reactor)
+    run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
+    disk = None
+    if settings.cache_dir:
+        disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
+        disk.load()
+    runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk),
+                          runtime.puller, reactor, parse_size(settings.cache_max_object),
+                          float(settings.stale_if_error))
+    metrics = Metrics(lambda: runtime.table, reactor, cache=lambda: runtime.cache)
     runtime.metrics = metrics
     runtime.puller.observer = metrics
     runtime.probes.on_result = metrics.probe
     control = Control(runtime, StateFile(settings.state_file),
-                      write=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f))
+                      write=run_in_thread)
     control.restore()
     service = CdnService(runtime, loaded, control)
     access_log = AccessLog(settings.access_log)

@@ -1,0 +1,564 @@
+"""
+The edge cache (SPEC.md section 5): what the edge does with a GET or HEAD of
+a domain, between routing and the failover chain.
+
+    lookup ─► fresh ─────────────────────────────► HIT (full, range, 304, HEAD)
+       │      stale, stale-while-revalidate ok ──► STALE + refresh in background
+       │      stale ─► conditional pull ─► 304 ──► HIT (headers refreshed)
+       │                         │        ─► new answer ─► MISS (stored)
+       │                         └─ every origin failed ──► STALE (stale-if-error)
+       └─ none ─► collapsed pull (one per key) ─► MISS, streamed to every waiter
+
+The key is host + path + query (the query is left out when the matching
+C{CacheRule} says C{ignore_query}); never the origin address, so the
+standby's answer is cached like the primary's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from ..errors import EdgeError, OriginTimeout, OriginUnavailable
+from ..headers import VIA, end_to_end
+from ..pull import OriginRequest
+from .fill import Fill, Reader, StaticSource
+from .policy import (
+    current_age,
+    match_rule,
+    not_modified,
+    parse_cache_control,
+    parse_range,
+    storable,
+    vary_key,
+    vary_names,
+)
+from .store import Entry, Store
+
+__all__ = ["Cache"]
+
+# Headers a 304 carries from the stored answer (RFC 9110 section 15.4.5).
+NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag", b"expires",
+                        b"vary", b"last-modified")
+# Request headers the cache takes out of the origin request: it asks for
+# the whole object (to store it) and answers ranges and conditionals itself.
+CLIENT_ONLY = (b"range", b"if-range", b"if-none-match", b"if-modified-since", b"if-match",
+               b"if-unmodified-since")
+
+
+def _map(headers: Headers) -> dict:
+    return {k.lower(): list(v) for k, v in headers.getAllRawHeaders()}
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.ready: Deferred = Deferred()
+
+
+class Cache:
+    """
+    @param puller: the failover chain (L{cdnpull.pull.Puller}).
+    @param clock: the injected clock.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: Store, puller: Any, clock: Any, max_object: int,
+                 stale_if_error: float) -> None:
+        self.store = store
+        self.puller = puller
+        self.clock = clock
+        self.max_object = max_object
+        self.stale_if_error = stale_if_error
+        self.inflight: dict[str, _Flight] = {}
+
+    # -- the key ---------------------------------------------------------
+
+    @staticmethod
+    def key_of(host: str, target: bytes, ignore_query: bool) -> str:
+        path, _, query = target.partition(b"?")
+        text = host + path.decode("latin-1")
+        if query and not ignore_query:
+            text += "?" + query.decode("latin-1")
+        return text
+
+    def purge(self, urls: list, prefixes: list) -> dict:
+        """Drop stored answers by full URL or URL prefix (memory and disk)."""
+        def strip(url: str) -> str:
+            rest = url.split("://", 1)[1]
+            host, slash, path = rest.partition("/")
+            return host.lower().split(":")[0] + slash + path
+
+        n = self.store.purge([strip(u) for u in urls], [strip(p) for p in prefixes])
+        self.log.info("cache: purged {n} objects", n=n)
+        return {"purged": n}
+
+    # -- one request -------------------------------------------------------
+
+    async def handle(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any,
+                     passthrough: Callable) -> None:
+        path = oreq.target.split(b"?", 1)[0].decode("latin-1")
+        rule = match_rule(live.config.cache, path)
+        if rule is not None and rule.ttl == 0:
+            ctx.cache = "BYPASS"
+            return await passthrough()
+        key = self.key_of(oreq.host, oreq.target, bool(rule and rule.ignore_query))
+        reqh = _map(request.requestHeaders)
+        authorized = bool(reqh.get(b"authorization"))
+        now = self.clock.seconds()
+
+        entry = None
+        for candidate in self.store.variants(key):
+            if vary_key(candidate.vary, reqh) == candidate.variant and (candidate.auth_ok or not authorized):
+                entry = candidate
+                break
+
+        if entry is not None:
+            headers = entry.header_map()
+            age = current_age(headers, entry.request_time, entry.response_time, now)
+            if age < entry.lifetime:
+                return await self._serve_entry(request, ctx, entry, "HIT", age)
+            stale_for = age - entry.lifetime
+            cc = parse_cache_control(headers.get(b"cache-control"))
+            swr = cc.seconds("stale-while-revalidate")
+            if swr is not None and stale_for <= swr and not cc.has("must-revalidate"):
+                self._refresh_in_background(live, oreq, key, entry, rule, reqh)
+                return await self._serve_entry(request, ctx, entry, "STALE", age)
+            return await self._revalidate(request, live, oreq, ctx, key, entry, rule, reqh, age)
+
+        if request.method == b"HEAD":
+            # Not filled from a HEAD (there is no body to store).
+            ctx.cache = "MISS"
+            return await passthrough()
+        return await self._miss(request, live, oreq, ctx, key, rule, reqh)
+
+    # -- serving a stored answer ------------------------------------------------
+
+    async def _serve_entry(self, request: Any, ctx: Any, entry: Entry, status: str,
+                           age: float) -> None:
+        full = await self.store.body(entry)
+        if full is None:
+            raise EdgeError("cached object vanished", 503)
+        ctx.cache = status
+        ctx.group, ctx.origin = "cache", "-"
+        reqh = _map(request.requestHeaders)
+        out = request.responseHeaders
+        headers = entry.header_map()
+        if not_modified(reqh, headers) and entry.status == 200:
+            request.setResponseCode(304)
+            for name in NOT_MODIFIED_HEADERS:
+                if name in headers:
+                    out.setRawHeaders(name, headers[name])
+            self._common(out, status, age)
+            request.finish()
+            return
+        request.setResponseCode(entry.status, entry.phrase)
+        for name, values in headers.items():
+            if name not in (b"age", b"content-length"):
+                out.setRawHeaders(name, values)
+        self._common(out, status, age)
+        first, last = 0, None
+        size = full.length
+        if entry.status == 200:
+            out.setRawHeaders(b"accept-ranges", [b"bytes"])
+            try:
+                wanted = self._range(reqh, headers, size)
+            except ValueError:
+                request.setResponseCode(416)
+                for name in (b"content-type", b"etag", b"last-modified", b"cache-control", b"expires"):
+                    out.removeHeader(name)
+                out.setRawHeaders(b"content-range", [b"bytes */%d" % size])
+                out.setRawHeaders(b"content-length", [b"0"])
+                request.finish()
+                return
+            if wanted is not None:
+                first, last = wanted
+                request.setResponseCode(206)
+                out.setRawHeaders(b"content-range", [b"bytes %d-%d/%d" % (first, last, size)])
+                size = last - first + 1
+        out.setRawHeaders(b"content-length", [b"%d" % size])
+        if request.method == b"HEAD" or size == 0:
+            request.finish()
+            return
+        reader = Reader(StaticSource(full.body or b""), request, first, last)
+        ctx.relay = reader
+        reader.pump()
+        await reader.done
+
+    @staticmethod
+    def _range(reqh: dict, headers: dict, size: int) -> Optional[tuple[int, int]]:
+        ranges = reqh.get(b"range")
+        if not ranges:
+            return None
+        if_range = reqh.get(b"if-range")
+        if if_range:
+            validator = if_range[0].strip()
+            etag = (headers.get(b"etag") or [None])[0]
+            modified = (headers.get(b"last-modified") or [None])[0]
+            if validator.startswith(b"W/") or validator not in (etag, modified):
+                return None
+        return parse_range(ranges[0], size)
+
+    @staticmethod
+    def _common(out: Headers, status: str, age: float) -> None:
+        out.setRawHeaders(b"age", [b"%d" % int(age)])
+        out.setRawHeaders(b"via", [b", ".join(out.getRawHeaders(b"via", []) + [VIA])])
+        out.setRawHeaders(b"x-cache", [status.encode("ascii")])
+
+    # -- misses and revalidation ------------------------------------------------------
+
+    def _origin_request(self, oreq: OriginRequest, extra: Optional[dict] = None) -> OriginRequest:
+        headers = oreq.headers.copy()
+        for name in CLIENT_ONLY:
+            headers.removeHeader(name)
+        for name, value in (extra or {}).items():
+            headers.setRawHeaders(name, [value])
+        return replace(oreq, method=b"GET", headers=headers)
+
+    async def _miss(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any, key: str,
+                    rule: Any, reqh: dict, stale: Optional[tuple] = None) -> None:
+        flight = self.inflight.get(key)
+        leader = flight is None
+        if leader:
+            flight = _Flight(self, key)
+            self.inflight[key] = flight
+            flight.launch(live, self._origin_request(oreq), rule, reqh)
+        waiter = flight.join()
+        ctx.pending = waiter.ready  # a client that leaves stops waiting
+        try:
+            fill = await waiter.ready
+        except CancelledError:
+            raise
+        except (OriginUnavailable, OriginTimeout) as e:
+            if stale is not None:
+                return await self._serve_stale(request, ctx, stale, e)
+            raise
+        finally:
+            ctx.pending = None
+            flight.leave(waiter)
+        if not flight.shared and not leader:
+            # A private answer is not shared: ask the origin ourselves.
+            ctx.cache = "MISS"
+            return await self._own_pull(request, live, oreq, ctx, key, rule, reqh)
+        if fill.result.response.code >= 500 and stale is not None and self._stale_ok(stale[0], stale[1]):
+            return await self._serve_stale(request, ctx, stale, None)
+        if not leader and flight.vary and flight.variant != vary_key(flight.vary, reqh):
+            # The answer varies on a header this request has another value of.
+            return await self._own_pull(request, live, oreq, ctx, key, rule, reqh)
+        await self._stream(request, ctx, fill, reqh, "MISS")
+
+    async def _own_pull(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any, key: str,
+                        rule: Any, reqh: dict) -> None:
+        flight = _Flight(self, key, register=False)
+        waiter = flight.join()
+        flight.launch(live, self._origin_request(oreq), rule, reqh)
+        ctx.pending = waiter.ready
+        try:
+            fill = await waiter.ready
+        finally:
+            ctx.pending = None
+            flight.leave(waiter)
+        await self._stream(request, ctx, fill, reqh, "MISS")
+
+    async def _stream(self, request: Any, ctx: Any, fill: Fill, reqh: dict, status: str) -> None:
+        result = fill.result
+        response = result.response
+        ctx.cache = status
+        ctx.group = result.group
+        ctx.origin = str(result.address)
+        ctx.origin_ms = result.elapsed * 1000
+        out = request.responseHeaders
+        headers = {k.lower(): list(v) for k, v in end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders()}
+        if response.code == 200 and not_modified(reqh, headers):
+            request.setResponseCode(304)
+            for name in NOT_MODIFIED_HEADERS:
+                if name in headers:
+                    out.setRawHeaders(name, headers[name])
+            self._common(out, status, 0)
+            out.removeHeader(b"age")
+            request.finish()
+            return
+        request.setResponseCode(response.code, response.phrase)
+        for name, values in headers.items():
+            out.setRawHeaders(name, values)
+        out.setRawHeaders(b"via", [b", ".join(out.getRawHeaders(b"via", []) + [VIA])])
+        out.setRawHeaders(b"x-cache", [status.encode("ascii")])
+        first, last = 0, None
+        length = response.length
+        if response.code == 200 and length is not UNKNOWN_LENGTH:
+            out.setRawHeaders(b"accept-ranges", [b"bytes"])
+            try:
+                wanted = self._range(reqh, headers, length)
+            except ValueError:
+                request.setResponseCode(416)
+                out.setRawHeaders(b"content-range", [b"bytes */%d" % length])
+                out.setRawHeaders(b"content-length", [b"0"])
+                request.finish()
+                return
+            if wanted is not None:
+                first, last = wanted
+                request.setResponseCode(206)
+                out.setRawHeaders(b"content-range", [b"bytes %d-%d/%d" % (first, last, length)])
+                length = last - first + 1
+        if length is not UNKNOWN_LENGTH:
+            out.setRawHeaders(b"content-length", [b"%d" % length])
+        if request.method == b"HEAD":
+            request.finish()
+            return
+        if first < fill.base:
+            raise EdgeError("joined too late to share this answer", 503)
+        reader = Reader(fill, request, first, last)
+        ctx.relay = reader
+        reader.pump()
+        await reader.done
+
+    async def _revalidate(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any, key: str,
+                          entry: Entry, rule: Any, reqh: dict, age: float) -> None:
+        headers = entry.header_map()
+        extra = {}
+        if headers.get(b"etag"):
+            extra[b"if-none-match"] = headers[b"etag"][0]
+        if headers.get(b"last-modified"):
+            extra[b"if-modified-since"] = headers[b"last-modified"][0]
+        if not extra:
+            return await self._miss(request, live, oreq, ctx, key, rule, reqh, stale=(entry, age))
+        request_time = self.clock.seconds()
+        ctx.pending = self.puller.pull(live, self._origin_request(oreq, extra))
+        try:
+            result = await ctx.pending
+        except (OriginUnavailable, OriginTimeout) as e:
+            return await self._serve_stale(request, ctx, (entry, age), e)
+        finally:
+            ctx.pending = None
+        if result.response.code == 304:
+            result.response.deliverBody(_Discard())
+            fresh = self._refreshed(entry, result, request_time, rule, reqh)
+            now = self.clock.seconds()
+            new_age = current_age(fresh.header_map(), fresh.request_time, fresh.response_time, now)
+            return await self._serve_entry(request, ctx, fresh, "HIT", new_age)
+        if result.response.code >= 500 and self._stale_ok(entry, age):
+            result.response.deliverBody(_Discard())
+            return await self._serve_stale(request, ctx, (entry, age), None)
+        # A new answer: share it and store it like a miss.
+        flight = _Flight(self, key, register=False)
+        waiter = flight.join()
+        flight.adopt(result, rule, reqh, request_time)
+        try:
+            fill = await waiter.ready
+        finally:
+            flight.leave(waiter)
+        await self._stream(request, ctx, fill, reqh, "MISS")
+
+    def _refreshed(self, entry: Entry, result: Any, request_time: float, rule: Any,
+                   reqh: dict) -> Entry:
+        """The stored entry with the 304's headers and new times (RFC 9111 4.3.4)."""
+        update = _map(end_to_end(result.response.headers, drop=(b"server",)))
+        for name in (b"content-length", b"content-encoding", b"transfer-encoding", b"content-range"):
+            update.pop(name, None)
+        merged = entry.header_map()
+        merged.update(update)
+        response_time = self.clock.seconds()
+        verdict = storable(b"GET", reqh, entry.status, merged, rule, response_time)
+        fresh = replace(entry, headers=[(n, v) for n, vs in merged.items() for v in vs],
+                        request_time=request_time, response_time=response_time,
+                        lifetime=verdict.lifetime if verdict.ok else 0.0)
+        body = self.store.memory.get(entry.ident)
+        if body is not None and body.body is not None:
+            fresh = replace(fresh, body=body.body)
+        self.store.update(fresh)
+        return fresh
+
+    def _stale_ok(self, entry: Entry, age: float) -> bool:
+        headers = entry.header_map()
+        cc = parse_cache_control(headers.get(b"cache-control"))
+        limit = self.stale_if_error
+        own = cc.seconds("stale-if-error")
+        if own is not None:
+            limit = max(limit, own)
+        elif cc.has("must-revalidate") or cc.has("proxy-revalidate") or cc.has("s-maxage"):
+            return False
+        return limit > 0 and age - entry.lifetime <= limit
+
+    async def _serve_stale(self, request: Any, ctx: Any, stale: tuple, error: Optional[Exception]) -> None:
+        entry, age = stale
+        if not self._stale_ok(entry, age):
+            if error is not None:
+                raise error
+            raise OriginUnavailable("origin failed and the stored copy is too old to serve")
+        self.log.warn("cache: serving a stale copy of {key} ({stale:.0f} s past its freshness): {why}",
+                      key=entry.key, stale=age - entry.lifetime,
+                      why=str(error) if error else "origin answered 5xx")
+        now = self.clock.seconds()
+        await self._serve_entry(request, ctx, entry, "STALE",
+                                current_age(entry.header_map(), entry.request_time, entry.response_time, now))
+
+    def _refresh_in_background(self, live: Any, oreq: OriginRequest, key: str, entry: Entry,
+                               rule: Any, reqh: dict) -> None:
+        if key in self.inflight:
+            return
+        headers = entry.header_map()
+        extra = {}
+        if headers.get(b"etag"):
+            extra[b"if-none-match"] = headers[b"etag"][0]
+        if headers.get(b"last-modified"):
+            extra[b"if-modified-since"] = headers[b"last-modified"][0]
+        flight = _Flight(self, key)
+        self.inflight[key] = flight
+        request_time = self.clock.seconds()
+
+        async def run() -> None:
+            try:
+                result = await self.puller.pull(live, self._origin_request(oreq, extra))
+            except Exception as e:  # noqa: BLE001 - logged, the stale copy stays
+                self.log.warn("cache: background refresh of {key} failed: {why}", key=key, why=str(e))
+                flight.close()
+                return
+            if result.response.code == 304:
+                result.response.deliverBody(_Discard())
+                self._refreshed(entry, result, request_time, rule, reqh)
+                flight.close()
+                return
+            flight.adopt(result, rule, reqh, request_time)
+
+        Deferred.fromCoroutine(run())
+
+
+class _Discard:
+    def makeConnection(self, transport: Any) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+class _Flight:
+    """
+    One collapsed origin pull for a key: the waiters, the pull, and the fill
+    once the answer's headers are in.
+    """
+
+    log = Logger()
+
+    def __init__(self, cache: Cache, key: str, register: bool = True) -> None:
+        self.cache = cache
+        self.key = key
+        self.registered = register
+        self.waiters: list[_Waiter] = []
+        self.pending: Optional[Deferred] = None
+        self.fill: Optional[Fill] = None
+        self.failure: Optional[Failure] = None
+        self.shared = True
+        self.vary: Optional[tuple] = None
+        self.variant: Optional[tuple] = None
+        self.entry_base: Optional[Entry] = None
+        self.closed = False
+
+    def join(self) -> _Waiter:
+        w = _Waiter()
+        if self.fill is not None:
+            w.ready.callback(self.fill)
+        elif self.failure is not None:
+            w.ready.errback(self.failure)
+        else:
+            self.waiters.append(w)
+        return w
+
+    def leave(self, waiter: _Waiter) -> None:
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+        if not self.waiters and self.pending is not None and self.fill is None:
+            # Everyone left before the answer came: stop asking.
+            pending, self.pending = self.pending, None
+            pending.cancel()
+
+    def launch(self, live: Any, oreq: OriginRequest, rule: Any, reqh: dict) -> None:
+        request_time = self.cache.clock.seconds()
+        d = self.pending = self.cache.puller.pull(live, oreq)
+
+        def got(result: Any) -> None:
+            self.pending = None
+            self.adopt(result, rule, reqh, request_time)
+
+        def failed(f: Failure) -> None:
+            self.pending = None
+            self.failure = f
+            self.close()
+            waiters, self.waiters = self.waiters, []
+            for w in waiters:
+                w.ready.errback(f)
+
+        d.addCallbacks(got, failed)
+        d.addErrback(lambda f: self.log.failure("cache flight for {key}", f, key=self.key))
+
+    def adopt(self, result: Any, rule: Any, reqh: dict, request_time: float) -> None:
+        """The origin's answer is in: decide storing and sharing, start the fill."""
+        cache = self.cache
+        response = result.response
+        headers = _map(response.headers)
+        response_time = cache.clock.seconds()
+        verdict = storable(b"GET", reqh, response.code, headers, rule, response_time)
+        too_big = response.length is not UNKNOWN_LENGTH and response.length > cache.max_object
+        storing = verdict.ok and not too_big
+        cc = parse_cache_control(headers.get(b"cache-control"))
+        # Answers that belong to one client are never handed to another.
+        self.shared = not (cc.has("private") or cc.has("no-store") or headers.get(b"set-cookie")
+                           or vary_names(headers) is None) or storing
+        self.vary = vary_names(headers)
+        self.variant = vary_key(self.vary, reqh) if self.vary is not None else None
+        fill = Fill(self.key, cache.max_object)
+        self.fill = fill
+        if not storing and self.registered:
+            # Nothing to store: later requests start their own pull.
+            self.close()
+        stored_headers = [(n, v) for n, vs in
+                          end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders()
+                          for v in vs
+                          if not (verdict.strip_cookies and n.lower() == b"set-cookie")]
+
+        def complete(f: Fill) -> None:
+            self.close()
+            if not (f.storing and f.complete and f.failed is None):
+                return
+            if response.length is not UNKNOWN_LENGTH and f.size != response.length:
+                return
+            entry = Entry(
+                key=self.key, variant=self.variant or (), vary=self.vary or (),
+                status=response.code, phrase=response.phrase,
+                headers=[(n.lower(), v) for n, v in stored_headers
+                         if n.lower() not in (b"content-length",)],
+                length=f.size, request_time=request_time, response_time=response_time,
+                lifetime=verdict.lifetime, auth_ok=verdict.auth_ok, body=f.body(),
+            )
+            cache.store.put(entry)
+            self.log.debug("cache: stored {key} ({n} bytes, fresh for {t} s)", key=self.key,
+                           n=f.size, t=verdict.lifetime)
+
+        def idle(f: Fill) -> None:
+            if not f.storing and not self.waiters:
+                f.cancel()
+
+        fill.on_complete = complete
+        fill.on_idle = idle
+        fill.prepare(result, storing)
+        # Waiters attach their readers first, then the body flows (a
+        # buffered answer is delivered all at once).
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            w.ready.callback(fill)
+        fill.start()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.registered and self.cache.inflight.get(self.key) is self:
+            del self.cache.inflight[self.key]
