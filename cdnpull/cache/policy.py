@@ -298,8 +298,10 @@ def parse_range(value: Optional[bytes], size: int) -> Optional[tuple[int, int]]:
         if str(e) == "unsatisfiable":
             raise
         return None
-    if first < 0 or last < first:
+    if first < 0:
         return None
     if first >= size:
         raise ValueError("unsatisfiable")
+    if last < first:
+        return None
     return first, min(last, size - 1)
