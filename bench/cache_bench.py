@@ -1,0 +1,185 @@
+"""
+The cache benchmark: cdnpull and nginx (proxy_cache) side by side, same
+machine, same run.
+
+ 1. Memory of the twistd process while 4 clients stream a 1 GiB object
+    through it (larger than cache_max_object, so it is streamed, not stored).
+ 2. Requests/s of 1 KiB cache hits with wrk, cdnpull against nginx
+    proxy_cache in front of the same origin.
+
+Needs nginx and wrk (apt-get install nginx wrk).  Everything runs on
+loopback: the origin is an nginx serving files on 127.0.0.2.
+
+    python bench/cache_bench.py [--seconds 10] [--connections 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    s = socket.socket()
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port}")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wrk(url: str, host: str, seconds: int, connections: int) -> tuple[float, str]:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          "-H", f"Host: {host}", url], capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    return rps, p50.group(1) if p50 else "?"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="cdnpull-bench-")
+    os.chmod(work, 0o755)  # nginx workers run as another user
+    www = os.path.join(work, "www")
+    os.makedirs(www)
+    with open(os.path.join(www, "1k.bin"), "wb") as f:
+        f.write(os.urandom(1024))
+    with open(os.path.join(www, "big.bin"), "wb") as f:
+        f.truncate(args.size_mib * 1024 * 1024)  # sparse: the disk is not the bottleneck
+    origin_port, nginx_cache_port, cdn_port = free_port("127.0.0.2"), free_port(), free_port()
+    nginx_conf = os.path.join(work, "nginx.conf")
+    with open(nginx_conf, "w") as f:
+        f.write(textwrap.dedent(f"""
+            worker_processes 1;
+            error_log {work}/nginx-error.log;
+            pid {work}/nginx.pid;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                proxy_cache_path {work}/nginx-cache keys_zone=c:10m max_size=1g;
+                client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
+                fastcgi_temp_path {work}/tmp; uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+                server {{
+                    listen 127.0.0.2:{origin_port};
+                    root {www};
+                    location / {{ add_header Cache-Control "max-age=3600"; }}
+                }}
+                server {{
+                    listen 127.0.0.1:{nginx_cache_port};
+                    location / {{
+                        proxy_pass http://127.0.0.2:{origin_port};
+                        proxy_cache c;
+                        proxy_http_version 1.1;
+                        proxy_set_header Connection "";
+                        add_header X-Cache $upstream_cache_status;
+                    }}
+                }}
+            }}
+            """))
+    site = os.path.join(work, "site.py")
+    with open(site, "w") as f:
+        f.write(textwrap.dedent(f"""
+            from cdnpull.config import Domain, IPOrigin, Settings
+            settings = Settings(access_log=None)
+            domains = [Domain("bench.test", origin=IPOrigin(["127.0.0.2:{origin_port}"]), probe=None)]
+            """))
+    nginx = subprocess.Popen(["nginx", "-c", nginx_conf, "-g", "daemon off;"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(os.path.join(work, "twistd.log"), "w")
+    cdn = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "cdnpull",
+                            "--config", site, "--listen", f"tcp:{cdn_port}:interface=127.0.0.1",
+                            "--admin", "none", "--state", os.path.join(work, "state.json")],
+                           stdout=log, stderr=subprocess.STDOUT, cwd=work)
+    try:
+        wait_port(origin_port, "127.0.0.2")
+        wait_port(nginx_cache_port)
+        wait_port(cdn_port)
+        print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+              f"{subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}")
+
+        # -- 1. memory while streaming -------------------------------------
+        time.sleep(1)
+        idle = rss_kib(cdn.pid)
+        peak = [idle]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_kib(cdn.pid))
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        started = time.monotonic()
+        curls = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}",
+                                   "-H", "Host: bench.test", f"http://127.0.0.1:{cdn_port}/big.bin"],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(4)]
+        sizes = [int(c.communicate()[0] or 0) for c in curls]
+        assert sizes == [args.size_mib * 2**20] * 4, sizes
+        elapsed = time.monotonic() - started
+        done.set()
+        sampler.join()
+        total = sum(sizes)
+        print(f"\n1. 4 clients x {args.size_mib} MiB through cdnpull (streamed, not stored)")
+        print(f"   received {total / 2**20:.0f} MiB in {elapsed:.1f} s "
+              f"({total / 2**20 / elapsed:.0f} MiB/s in all)")
+        print(f"   twistd RSS idle {idle / 1024:.1f} MiB, peak {peak[0] / 1024:.1f} MiB, "
+              f"growth {(peak[0] - idle) / 1024:.1f} MiB")
+
+        # -- 2. 1 KiB hits ----------------------------------------------------
+        for port in (cdn_port, nginx_cache_port):  # warm both caches
+            out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "-H", "Host: bench.test",
+                                  f"http://127.0.0.1:{port}/1k.bin"], capture_output=True, text=True).stdout
+            out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "-H", "Host: bench.test",
+                                  f"http://127.0.0.1:{port}/1k.bin"], capture_output=True, text=True).stdout
+            status = re.search(r"(?i)x-cache: (\w+)", out)
+            assert status and status.group(1) == "HIT", out
+        print(f"\n2. 1 KiB cache hits, wrk -t2 -c{args.connections} -d{args.seconds}s")
+        for name, port in (("cdnpull (1 process)", cdn_port), ("nginx proxy_cache (1 worker)", nginx_cache_port)):
+            rps, p50 = wrk(f"http://127.0.0.1:{port}/1k.bin", "bench.test", args.seconds, args.connections)
+            print(f"   {name:30s} {rps:10.0f} req/s   p50 {p50}")
+    finally:
+        cdn.send_signal(signal.SIGTERM)
+        nginx.send_signal(signal.SIGQUIT)
+        cdn.wait(10)
+        nginx.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
