@@ -395,6 +395,15 @@ class Settings:
     # How long past its freshness a cached object may still be served when
     # every origin fails (0: never); the origin's own stale-if-error counts too.
     stale_if_error: float = 86400.0
+    # Client connections (see cdnpull/httpserver.py for what each refusal is).
+    client_max_request_line: int = 8192
+    client_max_header_line: int = 8192
+    client_max_header_bytes: int = 32768
+    client_max_headers: int = 100
+    client_max_body: Union[int, str] = "1GiB"
+    client_header_timeout: float = 30.0
+    client_idle_timeout: float = 75.0
+    client_send_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", _tuple(self.listen))
@@ -621,7 +630,15 @@ def _settings_problems(s: object) -> list[str]:
         p.append(f"settings.admin: {s.admin!r} is not an endpoint string")
     if isinstance(s.stale_if_error, bool) or not isinstance(s.stale_if_error, (int, float)) or s.stale_if_error < 0:
         p.append("settings.stale_if_error: must be a number of seconds >= 0")
-    for f in ("cache_memory", "cache_disk", "cache_max_object"):
+    for f in ("client_max_request_line", "client_max_header_line", "client_max_header_bytes",
+              "client_max_headers"):
+        v = getattr(s, f)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            p.append(f"settings.{f}: must be a whole number >= 1")
+    for f in ("client_header_timeout", "client_idle_timeout", "client_send_timeout"):
+        if (e := _positive(getattr(s, f))):
+            p.append(f"settings.{f}: {e}")
+    for f in ("cache_memory", "cache_disk", "cache_max_object", "client_max_body"):
         try:
             parse_size(getattr(s, f))
         except ValueError as e:

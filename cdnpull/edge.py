@@ -7,6 +7,7 @@ becomes an HTTP status here and only here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -22,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .accesslog import AccessLog, AccessRecord
 from .config import BucketOrigin
 from .errors import EdgeError
+from .httpserver import ClientLimits, EdgeChannel
 from .headers import VIA, add_forwarding, end_to_end
 from .pull import OriginRequest, PullResult, Puller
 from .routing import normalise_host, split_target
@@ -237,7 +239,17 @@ def _has_body(request: Request) -> bool:
 
 
 class EdgeSite(Site):
-    """A Site whose access log is ours (L{AccessLog}), not twisted.web's."""
+    """
+    A Site whose connections are L{EdgeChannel}s (strict framing, limits,
+    timeouts) and whose access log is ours (L{AccessLog}), not twisted.web's.
+    """
+
+    def __init__(self, resource: Resource, limits: Optional[ClientLimits] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.limits = limits or ClientLimits()
+        self.protocol = partial(EdgeChannel, self.limits)  # type: ignore[assignment]
+        self.timeout = self.limits.idle_timeout
 
     def log(self, request: Request) -> None:
         pass

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from .config import Address
 from .errors import ConnectFailed, FirstByteTimeout, NoResponse
+from .origins.framing import InvalidOriginResponse, StrictClientProtocol
 from .origins.tls import TLSPolicy
 
 __all__ = ["OriginClient", "describe_connect_failure"]
@@ -115,14 +116,18 @@ class _AddressEndpoints:
 
 class _QuietPool(HTTPConnectionPool):
     """
-    A pool whose connection factory does not log "Starting factory" for every
-    new origin connection.  (C{_factory} is a documented-by-use hook of the
+    A pool whose connections read responses strictly and whose connection
+    factory does not log "Starting factory" for every new origin connection.  (C{_factory} is a documented-by-use hook of the
     pool; if a Twisted release drops it we only get the noise back.)
     """
 
-    _base = getattr(_webclient, "_HTTP11ClientFactory", None)
-    if _base is not None:
-        _factory = type("_QuietHTTP11ClientFactory", (_base,), {"noisy": False})
+    # Private in Twisted, but used by the pool since 11.1; if it ever goes,
+    # this fails at import instead of silently losing strict parsing.
+    _factory = type("_StrictHTTP11ClientFactory", (_webclient._HTTP11ClientFactory,), {
+        "noisy": False,
+        # Every origin connection reads responses strictly (framing.py).
+        "buildProtocol": lambda self, addr: StrictClientProtocol(self._quiescentCallback),
+    })
 
 
 class OriginClient:
@@ -204,6 +209,9 @@ class OriginClient:
             if result.check(ierror.ConnectError):
                 raise ConnectFailed(address, describe_connect_failure(result, connect_timeout))
             if result.check(ResponseFailed, RequestTransmissionFailed):
+                for r in result.value.reasons:
+                    if isinstance(r, Failure) and r.check(InvalidOriginResponse):
+                        raise NoResponse(address, f"invalid response: {r.getErrorMessage()}")
                 tls = _tls_failure(result, server_name)
                 if tls:
                     raise ConnectFailed(address, tls)

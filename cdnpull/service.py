@@ -27,6 +27,7 @@ from .cache import Cache, DiskStore, MemoryStore, Store
 from .config import Config, ConfigError, Domain, parse_size
 from .control import Control
 from .edge import Edge, EdgeSite
+from .httpserver import ClientLimits
 from .fetch import OriginClient
 from .live import LiveTable, build_table
 from .loader import LoadedConfig, load_config
@@ -202,8 +203,17 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     access_log = AccessLog(settings.access_log)
     edge = Edge(runtime, reactor, access_log)
     edge.metrics = metrics
-    site = EdgeSite(edge, reactor=reactor)
-    site.timeout = 75  # idle keep-alive connections from clients
+    limits = ClientLimits(
+        max_request_line=settings.client_max_request_line,
+        max_header_line=settings.client_max_header_line,
+        max_header_bytes=settings.client_max_header_bytes,
+        max_headers=settings.client_max_headers,
+        max_body=parse_size(settings.client_max_body),
+        header_timeout=float(settings.client_header_timeout),
+        idle_timeout=float(settings.client_idle_timeout),
+        send_timeout=float(settings.client_send_timeout),
+    )
+    site = EdgeSite(edge, limits=limits, reactor=reactor)
     for description in settings.listen:
         Listener(description, reactor, site).setServiceParent(service)
     if settings.admin:

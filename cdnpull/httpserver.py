@@ -1,0 +1,231 @@
+"""
+The client-facing HTTP/1.1 connection: Twisted's C{HTTPChannel} with strict
+framing, limits and timeouts for a node that faces the whole internet.
+
+Refused with a status and the connection closed, never forwarded:
+
+ - 400: a request or header line with a bare CR or LF, NUL or another
+   control character; obsolete line folding; a header name that is not a
+   token; C{Transfer-Encoding} other than exactly C{chunked}; C{Content-Length}
+   together with C{Transfer-Encoding}, repeated, or not digits; a bad chunk
+   (these last ones are Twisted's own checks, answered the same way);
+ - 414: a request line over C{client_max_request_line};
+ - 431: a header line over C{client_max_header_line}, all headers over
+   C{client_max_header_bytes}, or more than C{client_max_headers} of them;
+ - 413: a body over C{client_max_body} (by its C{Content-Length} at once, or
+   as chunks arrive);
+ - 408: request headers not complete within C{client_header_timeout} of the
+   request's first byte (slowloris).
+
+An idle keep-alive connection is closed after C{client_idle_timeout}; a
+client that stops reading is cut off when nothing could be written to it
+for C{client_send_timeout} (the node never buffers for it: bodies are
+produced only as fast as the client reads).  Whatever reaches an origin is
+re-framed by the node (one clean request per client request).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel, RESPONSES
+from twisted.web.server import Request
+
+__all__ = ["ClientLimits", "EdgeChannel", "EdgeRequest"]
+
+_CTL_LINE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    max_request_line: int = 8192
+    max_header_line: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    max_body: int = 1024 * 1024 * 1024
+    header_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    send_timeout: float = 60.0
+
+
+class EdgeRequest(Request):
+    """Counts a chunked body as it arrives (C{Content-Length} is checked before)."""
+
+    _body_seen = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        self._body_seen += len(data)
+        if channel is not None and self._body_seen > channel.limits.max_body:
+            channel.refuse(413, f"request body larger than {channel.limits.max_body} bytes")
+            return
+        super().handleContentChunk(data)
+
+
+class EdgeChannel(HTTPChannel):
+    log = Logger()
+    limits = ClientLimits()
+    requestFactory = EdgeRequest
+
+    _header_timer: Any = None
+    _send_timer: Any = None
+    _refused = False
+    _head_lines = 0
+    _head_bytes = 0
+    _in_head = False
+
+    def __init__(self, limits: Optional[ClientLimits] = None) -> None:
+        super().__init__()
+        if limits is not None:
+            self.limits = limits
+        self.MAX_LENGTH = max(self.limits.max_request_line, self.limits.max_header_line)
+        self.totalHeadersSize = self.limits.max_request_line + self.limits.max_header_bytes + 1024
+        self.maxHeaders = self.limits.max_headers + 1
+
+    # -- refusing --------------------------------------------------------
+
+    def _peer(self) -> str:
+        peer = getattr(self.transport, "getPeer", lambda: None)()
+        return getattr(peer, "host", "-")
+
+    def refuse(self, status: int, why: str) -> None:
+        """Answer C{status} with a short text, log it, and close the connection."""
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_header_timer()
+        self.log.info("refused a request from {peer}: {status} {why}", peer=self._peer(),
+                      status=status, why=why)
+        body = f"{status} {why}\n".encode("utf-8", "replace")
+        phrase = RESPONSES.get(status, b"Error")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nServer: cdnpull\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, phrase, len(body), body))
+        self.setRawMode()
+        self.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own framing checks (CL + TE, repeated or non-digit CL,
+        # bad chunks, bad request line) end here.
+        self.refuse(400, "malformed request")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if not self._in_head or self._head_lines == 0:
+            self.refuse(414, f"request line longer than {self.limits.max_request_line} bytes")
+        else:
+            self.refuse(431, f"header line longer than {self.limits.max_header_line} bytes")
+
+    # -- reading -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._handlingRequest and self._header_timer is None and data:
+            self._in_head = True
+            self._head_lines = 0
+            self._head_bytes = 0
+            self._header_timer = self.callLater(self.limits.header_timeout, self._header_timeout)
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().rawDataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        limits = self.limits
+        first = self._head_lines == 0
+        if first and not line:
+            # An empty line before a request (tolerated once by Twisted).
+            return super().lineReceived(line)
+        if b"\r" in line or b"\n" in line:
+            return self.refuse(400, "bare CR or LF in the request head")
+        if first:
+            if len(line) > limits.max_request_line:
+                return self.refuse(414, f"request line longer than {limits.max_request_line} bytes")
+            if _CTL_LINE.search(line) or b"\t" in line:
+                return self.refuse(400, "control character in the request line")
+        elif line:
+            if line[:1] in (b" ", b"\t"):
+                return self.refuse(400, "obsolete line folding")
+            if len(line) > limits.max_header_line:
+                return self.refuse(431, f"header line longer than {limits.max_header_line} bytes")
+            name, sep, value = line.partition(b":")
+            if not sep or not _HEADER_NAME.fullmatch(name):
+                return self.refuse(400, "invalid header line")
+            if _CTL_LINE.search(value):
+                return self.refuse(400, f"control character in the {name.decode('latin-1')} header")
+            if name.lower() == b"transfer-encoding" and value.strip(b" ") != b"chunked":
+                return self.refuse(400, "Transfer-Encoding other than exactly 'chunked'")
+            self._head_bytes += len(line)
+            if self._head_bytes > limits.max_header_bytes:
+                return self.refuse(431, f"headers larger than {limits.max_header_bytes} bytes")
+            if self._head_lines > limits.max_headers:
+                return self.refuse(431, f"more than {limits.max_headers} header fields")
+        self._head_lines += 1
+        super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_header_timer()
+        self._in_head = False
+        self._head_lines = 0
+        self._head_bytes = 0
+        if self.length is not None and self.length > self.limits.max_body:
+            self.refuse(413, f"request body larger than {self.limits.max_body} bytes")
+            return
+        super().allHeadersReceived()
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        self.refuse(408, f"request headers not received within {self.limits.header_timeout:g} s")
+        # A client this slow may not read either: do not wait for it.
+        self.callLater(1.0, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None and self.transport.connected:
+            self.transport.abortConnection()
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            if self._header_timer.active():
+                self._header_timer.cancel()
+            self._header_timer = None
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return  # never dispatch a request that was refused mid-body
+        super().allContentReceived()
+
+    # -- writing: a client that stops reading -----------------------------------
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        if self._send_timer is None:
+            self._send_timer = self.callLater(self.limits.send_timeout, self._send_timeout)
+
+    def resumeProducing(self) -> None:
+        if self._send_timer is not None:
+            if self._send_timer.active():
+                self._send_timer.cancel()
+            self._send_timer = None
+        super().resumeProducing()
+
+    def _send_timeout(self) -> None:
+        self._send_timer = None
+        self.log.info("cut off {peer}: it read nothing for {t:g} s", peer=self._peer(),
+                      t=self.limits.send_timeout)
+        self._abort()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_header_timer()
+        if self._send_timer is not None:
+            if self._send_timer.active():
+                self._send_timer.cancel()
+            self._send_timer = None
+        super().connectionLost(reason)

@@ -1,0 +1,152 @@
+"""
+Strict reading of origin responses.  Twisted's HTTP client is lenient (bare
+LF line ends, folded headers, any header size); a CDN node must not be, or a
+broken or hostile origin can make one answer look like another.
+
+Every response head is checked before Twisted's parser sees it:
+
+ - a status line C{HTTP/1.0|1.1 NNN reason} and CRLF line ends, no bare CR
+   or LF, no obsolete line folding, header names that are tokens, no control
+   characters in values;
+ - C{Content-Length} digits only, repeated only with the same value;
+   C{Transfer-Encoding} only C{chunked}, never together with
+   C{Content-Length};
+ - the whole head within a size limit.
+
+A head that fails is refused: the connection is aborted (never returned to
+the pool) and the request fails with the reason, which the failover chain
+turns into a 502 (or the next address).  Bytes after a complete response
+also end the connection, so nothing an origin sends can leak into the next
+response on a pooled connection.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web._newclient import HTTP11ClientProtocol
+
+__all__ = ["InvalidOriginResponse", "StrictClientProtocol", "check_head", "MAX_HEAD"]
+
+MAX_HEAD = 64 * 1024
+MAX_HEADERS = 200
+
+_STATUS = re.compile(rb"HTTP/1\.[01] [1-5][0-9]{2}(?: [\t\x20-\x7e\x80-\xff]*)?")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class InvalidOriginResponse(Exception):
+    """An origin's response was refused; the message says why."""
+
+
+def check_head(head: bytes, max_headers: int = MAX_HEADERS) -> Optional[str]:
+    """
+    Why a response head (status line to the empty line, CRLFs included) is
+    invalid, or None.
+    """
+    lines = head[:-4].split(b"\r\n") if head.endswith(b"\r\n\r\n") else None
+    if lines is None:
+        return "response head does not end with CRLF CRLF"
+    if not _STATUS.fullmatch(lines[0]):
+        return f"invalid status line {lines[0][:80]!r}"
+    if len(lines) - 1 > max_headers:
+        return f"more than {max_headers} header fields"
+    lengths: list[bytes] = []
+    encodings: list[bytes] = []
+    for line in lines[1:]:
+        if b"\r" in line or b"\n" in line:
+            return "bare CR or LF in the response head"
+        if line[:1] in (b" ", b"\t"):
+            return "obsolete line folding in the response head"
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name):
+            return f"invalid header line {line[:80]!r}"
+        if _CTL.search(value):
+            return f"control character in the {name.decode('latin-1')} header"
+        lname = name.lower()
+        if lname == b"content-length":
+            lengths += [v.strip(b" \t") for v in value.split(b",")]
+        elif lname == b"transfer-encoding":
+            encodings.append(value.strip(b" \t"))
+    if lengths:
+        if not all(v.isdigit() for v in lengths):
+            return f"invalid Content-Length {b','.join(lengths)[:40]!r}"
+        if len({int(v) for v in lengths}) > 1:
+            return f"contradictory Content-Length {b','.join(lengths)[:40]!r}"
+    if encodings:
+        if len(encodings) > 1 or encodings[0].lower() != b"chunked":
+            return f"unsupported Transfer-Encoding {b','.join(encodings)[:40]!r}"
+        if lengths:
+            return "both Transfer-Encoding and Content-Length"
+    return None
+
+
+class StrictClientProtocol(HTTP11ClientProtocol):
+    """L{HTTP11ClientProtocol} that refuses invalid response heads."""
+
+    log = Logger()
+    max_head = MAX_HEAD
+    _reading_head = False
+
+    def request(self, request):  # type: ignore[no-untyped-def]
+        self._head = bytearray()
+        self._reading_head = True
+        return super().request(request)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._parser is None:
+            # Bytes while no request is outstanding: never reuse this connection.
+            self.transport.abortConnection()
+            return
+        if not self._reading_head:
+            super().dataReceived(data)
+            return
+        self._head += data
+        head = self._head
+        end = head.find(b"\r\n\r\n")
+        scan = head if end < 0 else head[:end + 4]
+        bare = scan.replace(b"\r\n", b"")
+        if b"\n" in bare or b"\r" in bare[:-1]:
+            self._refuse("bare CR or LF in the response head")
+            return
+        if end < 0:
+            if len(head) > self.max_head:
+                self._refuse(f"response head larger than {self.max_head} bytes")
+            return
+        if end + 4 > self.max_head:
+            self._refuse(f"response head larger than {self.max_head} bytes")
+            return
+        first, rest = bytes(head[:end + 4]), bytes(head[end + 4:])
+        why = check_head(first)
+        if why is not None:
+            self._refuse(why)
+            return
+        self._head = bytearray()
+        if first[9:10] == b"1":
+            # An interim (1xx) answer: the final head follows and is checked too.
+            super().dataReceived(first)
+            if rest:
+                self.dataReceived(rest)
+            return
+        self._reading_head = False
+        super().dataReceived(first + rest)
+
+    def _refuse(self, why: str) -> None:
+        self.log.warn("refused an origin response: {why}", why=why)
+        self._reading_head = False
+        transport = self.transport
+        self._giveUp(Failure(InvalidOriginResponse(why)))
+        transport.abortConnection()
+
+    def _finishResponse_WAITING(self, rest: bytes) -> None:
+        super()._finishResponse_WAITING(rest)
+        if rest and self.transport is not None:
+            # More bytes than the response framing said: the connection is
+            # not trusted with another request.
+            self.log.warn("origin sent {n} bytes after a complete response; connection dropped",
+                          n=len(rest))
+            self.transport.abortConnection()
