@@ -23,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .accesslog import AccessLog, AccessRecord
 from .config import BucketOrigin
 from .errors import EdgeError
-from .httpserver import ClientLimits, EdgeChannel
+from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
 from .headers import VIA, add_forwarding, end_to_end
 from .pull import OriginRequest, PullResult, Puller
 from .routing import normalise_host, split_target
@@ -249,7 +249,9 @@ class EdgeSite(Site):
         super().__init__(resource, **kwargs)
         self.limits = limits or ClientLimits()
         self.protocol = partial(EdgeChannel, self.limits)  # type: ignore[assignment]
-        self.timeout = self.limits.idle_timeout
+        self.requestFactory = EdgeRequest
+        # HTTPFactory hands this to every channel as its idle timeout.
+        self.timeOut = self.limits.idle_timeout
 
     def log(self, request: Request) -> None:
         pass

@@ -124,7 +124,8 @@ class EdgeChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._handlingRequest and self._header_timer is None and data:
+        if (self.line_mode and not self._handlingRequest and self._header_timer is None
+                and data):
             self._in_head = True
             self._head_lines = 0
             self._head_bytes = 0

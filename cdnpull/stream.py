@@ -16,7 +16,26 @@ from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.server import Request
 
-__all__ = ["BodyRelay"]
+__all__ = ["BodyRelay", "end_truncated"]
+
+
+def end_truncated(request: Request) -> None:
+    """
+    End a client response whose body was cut short so that the client can
+    tell: when the framing shows it (a Content-Length not reached, or a
+    chunked body without its last chunk) what was sent is flushed and the
+    connection closed; a body delimited only by the close is aborted (RST).
+    """
+    transport: Optional[object] = getattr(request, "transport", None)
+    if transport is None:
+        return
+    framed = bool(getattr(request, "chunked", False)) or request.responseHeaders.hasHeader(
+        b"content-length")
+    channel = getattr(request, "channel", None)
+    if framed and channel is not None:
+        channel.loseConnection()  # flushes; aborts after its own timeout
+    else:
+        transport.abortConnection()  # type: ignore[attr-defined]
 
 
 class BodyRelay(Protocol):
@@ -66,8 +85,6 @@ class BodyRelay(Protocol):
                 received=self.received,
                 reason=reason.getErrorMessage(),
             )
-            transport: Optional[object] = getattr(self.request, "transport", None)
-            if transport is not None:
-                transport.abortConnection()  # type: ignore[attr-defined]
+            end_truncated(self.request)
         if not self.done.called:
             self.done.callback(complete and not self._client_gone)

@@ -375,3 +375,97 @@ def tls_server_options(ca, name: str):  # type: ignore[no-untyped-def]
 
     cert = ca.issue_cert(name)
     return ssl.PrivateCertificate.loadPEM(cert.private_key_and_cert_chain_pem.bytes()).options()
+
+
+# -- raw sockets ------------------------------------------------------------------
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0, pause: float = 0.0,
+                 read: bool = True) -> tuple[bytes, float, bool]:
+    """
+    Send C{data} over a fresh connection and read until the server closes it
+    or C{timeout} passes.  Blocking: run it in a thread (deferToThread) when an
+    in-process origin must answer.
+
+    @return: (bytes read, seconds until the close, whether the server closed).
+    """
+    start = time.monotonic()
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        if pause:
+            time.sleep(pause)
+        out = b""
+        closed = False
+        s.settimeout(timeout)
+        while read:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            out += chunk
+        return out, time.monotonic() - start, closed
+    finally:
+        s.close()
+
+
+class RawOrigin:
+    """
+    An origin that answers each request with canned bytes chosen by its path:
+    C{script[path]} is a list of (bytes, then) where then is None (keep going),
+    "close", "abort" or a float (sleep before the next piece, in the reactor).
+    Counts connections and requests, so tests can tell a reused connection.
+    """
+
+    def __init__(self, ip: str) -> None:
+        outer = self
+        self.script: dict = {}
+        self.requests: list = []
+        self.connections = 0
+
+        class P(Protocol):
+            def connectionMade(self):  # type: ignore[no-untyped-def]
+                outer.connections += 1
+                self.buf = b""
+                self.conn = outer.connections
+
+            def dataReceived(self, data):  # type: ignore[no-untyped-def]
+                self.buf += data
+                while b"\r\n\r\n" in self.buf:
+                    head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+                    path = head.split(b" ")[1].decode()
+                    outer.requests.append((self.conn, path))
+                    self.play(list(outer.script.get(path, [(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", None)])))
+
+            def play(self, steps):  # type: ignore[no-untyped-def]
+                while steps:
+                    data, then = steps.pop(0)
+                    if data:
+                        self.transport.write(data)
+                    if then == "close":
+                        self.transport.loseConnection()
+                        return
+                    if then == "abort":
+                        self.transport.abortConnection()
+                        return
+                    if isinstance(then, float):
+                        reactor.callLater(then, self.play, steps)
+                        return
+
+        f = Factory.forProtocol(P)
+        f.noisy = False
+        self.listener = reactor.listenTCP(0, f, interface=ip)
+        self.port = self.listener.getHost().port
+        self.addr = f"{ip}:{self.port}"
+
+    def count(self, path: str) -> int:
+        return sum(1 for _, p in self.requests if p == path)
+
+    def stop(self) -> Deferred:
+        return self.listener.stopListening()

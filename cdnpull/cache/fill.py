@@ -29,6 +29,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from zope.interface import implementer
 
+from ..stream import end_truncated
+
 __all__ = ["Fill", "Reader", "StaticSource", "HIGH_WATER", "LOW_WATER", "WRITE_SIZE"]
 
 HIGH_WATER = 1024 * 1024
@@ -125,9 +127,7 @@ class Reader:
         except Exception:  # the request may be gone already
             pass
         if abort:
-            transport = getattr(self.request, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+            end_truncated(self.request)
         elif ok and self.finish and not getattr(self.request, "_disconnected", False):
             self.request.finish()
         if not self.done.called:

@@ -92,14 +92,19 @@ class StrictClientProtocol(HTTP11ClientProtocol):
     max_head = MAX_HEAD
     _reading_head = False
 
+    _between = False
+
     def request(self, request):  # type: ignore[no-untyped-def]
         self._head = bytearray()
         self._reading_head = True
+        self._between = False
         return super().request(request)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._parser is None:
+        if self._parser is None or self._between:
             # Bytes while no request is outstanding: never reuse this connection.
+            self.log.warn("origin sent {n} bytes between responses; connection dropped",
+                          n=len(data))
             self.transport.abortConnection()
             return
         if not self._reading_head:
@@ -143,6 +148,7 @@ class StrictClientProtocol(HTTP11ClientProtocol):
         transport.abortConnection()
 
     def _finishResponse_WAITING(self, rest: bytes) -> None:
+        self._between = True
         super()._finishResponse_WAITING(rest)
         if rest and self.transport is not None:
             # More bytes than the response framing said: the connection is
