@@ -290,6 +290,18 @@ async def test_disk_cache_survives_a_restart_and_kill_9_never_leaves_a_corrupt_h
         assert o.count("/big.bin") == 2
         r, b = await client.get("/big.bin", host="disk.test.com")
         assert (xcache(r), len(b), b == BIG) == ("HIT", len(BIG), True)
+        for _ in range(200):  # the disk write runs in a thread
+            if len(glob.glob(str(cache_dir / "*" / "*" / "*.obj"))) == 2:
+                break
+            await sleep(0.05)
+        cdn.stop()
+        # Once more from a cold start: the HIT is read from disk, its
+        # checksum verified on the way.
+        cdn = start_cdn(config, str(tmp_path))
+        client = Client(cdn.url)
+        r, b = await client.get("/big.bin", host="disk.test.com")
+        assert (xcache(r), b == BIG) == ("HIT", True)
+        assert o.count("/big.bin") == 2
         cdn.stop()
     finally:
         for c in o.pending_calls:
