@@ -25,7 +25,7 @@ from .config import BucketOrigin
 from .errors import EdgeError
 from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
 from .headers import VIA, add_forwarding, end_to_end
-from .pull import OriginRequest, PullResult, Puller
+from .pull import OriginRequest, PullResult
 from .routing import normalise_host, split_target
 from .stream import BodyRelay
 

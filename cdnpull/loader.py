@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
-from .config import BucketOrigin, Config, ConfigError, Settings, validate
+from .config import Config, ConfigError, Settings, validate
 
 log = Logger()
 

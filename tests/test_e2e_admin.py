@@ -6,7 +6,6 @@ C{twistd cdnpull} (SPEC.md sections 6 and 7).
 from __future__ import annotations
 
 import glob
-import os
 import signal
 import time
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import os
 import signal
-import time
 
 import pytest
 import pytest_twisted

@@ -326,7 +326,6 @@ async def test_bytes_after_a_response_never_reach_the_next_one(world, delay):  #
 
 @pytest_twisted.ensureDeferred
 async def test_the_admin_api_is_not_on_the_client_port(world):  # type: ignore[no-untyped-def]
-    o = world["o"]
     for path in ("/api/domains", "/metrics", "/"):
         response, body = await Client(world["cdn"].url).get(path, host="www.test.com")
         assert body == b"ok " + path.encode()  # an ordinary path of the site

@@ -78,7 +78,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 @pytest_twisted.ensureDeferred
 async def test_probe_blocks_a_stopped_origin_without_traffic_and_it_rejoins_after_the_block(world):  # type: ignore[no-untyped-def]
-    cdn, client, p1, p2 = world["cdn"], world["client"], world["p1"], world["p2"]
+    cdn, client, p2 = world["cdn"], world["client"], world["p2"]
     await sleep(1.0)
     assert p2.count("/health") >= 1  # probes run with no client traffic
     port = p2.port

@@ -5,16 +5,13 @@ and real origin servers on 127.0.0.2 and up (SPEC.md sections 3 and 4).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections import Counter
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, gatherResults
+from twisted.internet.defer import DeferredList
 
 from .support import TWISTD, Client, Origin, Silent, closed_port, start_cdn, write_config
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 

@@ -39,7 +39,6 @@ def test_signing_time_comes_from_the_caller():
 
 @pytest.mark.parametrize("seed", range(20))
 def test_same_signature_as_botocore(seed):  # type: ignore[no-untyped-def]
-    from unittest import mock
 
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest

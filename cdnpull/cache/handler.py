@@ -52,6 +52,16 @@ CLIENT_ONLY = (b"range", b"if-range", b"if-none-match", b"if-modified-since", b"
                b"if-unmodified-since")
 
 
+def _validators(headers: dict) -> dict:
+    """The conditional headers that revalidate a stored answer."""
+    extra = {}
+    if headers.get(b"etag"):
+        extra[b"if-none-match"] = headers[b"etag"][0]
+    if headers.get(b"last-modified"):
+        extra[b"if-modified-since"] = headers[b"last-modified"][0]
+    return extra
+
+
 def _map(headers: Headers) -> dict:
     return {k.lower(): list(v) for k, v in headers.getAllRawHeaders()}
 
@@ -151,37 +161,19 @@ class Cache:
         out = request.responseHeaders
         headers = entry.header_map()
         if not_modified(reqh, headers) and entry.status == 200:
-            request.setResponseCode(304)
-            for name in NOT_MODIFIED_HEADERS:
-                if name in headers:
-                    out.setRawHeaders(name, headers[name])
-            self._common(out, status, age)
-            request.finish()
+            self._answer_304(request, headers, status, age)
             return
         request.setResponseCode(entry.status, entry.phrase)
         for name, values in headers.items():
             if name not in (b"age", b"content-length"):
                 out.setRawHeaders(name, values)
         self._common(out, status, age)
-        first, last = 0, None
-        size = full.length
+        first, last, size = 0, None, full.length
         if entry.status == 200:
-            out.setRawHeaders(b"accept-ranges", [b"bytes"])
-            try:
-                wanted = self._range(reqh, headers, size)
-            except ValueError:
-                request.setResponseCode(416)
-                for name in (b"content-type", b"etag", b"last-modified", b"cache-control", b"expires"):
-                    out.removeHeader(name)
-                out.setRawHeaders(b"content-range", [b"bytes */%d" % size])
-                out.setRawHeaders(b"content-length", [b"0"])
-                request.finish()
+            chosen = self._apply_range(request, reqh, headers, size)
+            if chosen is None:
                 return
-            if wanted is not None:
-                first, last = wanted
-                request.setResponseCode(206)
-                out.setRawHeaders(b"content-range", [b"bytes %d-%d/%d" % (first, last, size)])
-                size = last - first + 1
+            first, last, size = chosen
         out.setRawHeaders(b"content-length", [b"%d" % size])
         if request.method == b"HEAD" or size == 0:
             request.finish()
@@ -190,6 +182,31 @@ class Cache:
         ctx.relay = reader
         reader.pump()
         await reader.done
+
+    def _apply_range(self, request: Any, reqh: dict, headers: dict,
+                     size: int) -> Optional[tuple[int, Optional[int], int]]:
+        """
+        Answer the client's Range on a 200 of C{size} bytes: returns (first,
+        last, length to send), or None when a 416 was answered.
+        """
+        out = request.responseHeaders
+        out.setRawHeaders(b"accept-ranges", [b"bytes"])
+        try:
+            wanted = self._range(reqh, headers, size)
+        except ValueError:
+            request.setResponseCode(416)
+            for name in (b"content-type", b"etag", b"last-modified", b"cache-control", b"expires"):
+                out.removeHeader(name)
+            out.setRawHeaders(b"content-range", [b"bytes */%d" % size])
+            out.setRawHeaders(b"content-length", [b"0"])
+            request.finish()
+            return None
+        if wanted is None:
+            return 0, None, size
+        first, last = wanted
+        request.setResponseCode(206)
+        out.setRawHeaders(b"content-range", [b"bytes %d-%d/%d" % (first, last, size)])
+        return first, last, last - first + 1
 
     @staticmethod
     def _range(reqh: dict, headers: dict, size: int) -> Optional[tuple[int, int]]:
@@ -204,6 +221,17 @@ class Cache:
             if validator.startswith(b"W/") or validator not in (etag, modified):
                 return None
         return parse_range(ranges[0], size)
+
+    def _answer_304(self, request: Any, headers: dict, status: str, age: Optional[float]) -> None:
+        out = request.responseHeaders
+        request.setResponseCode(304)
+        for name in NOT_MODIFIED_HEADERS:
+            if name in headers:
+                out.setRawHeaders(name, headers[name])
+        self._common(out, status, age or 0)
+        if age is None:
+            out.removeHeader(b"age")
+        request.finish()
 
     @staticmethod
     def _common(out: Headers, status: str, age: float) -> None:
@@ -276,36 +304,19 @@ class Cache:
         out = request.responseHeaders
         headers = {k.lower(): list(v) for k, v in end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders()}
         if response.code == 200 and not_modified(reqh, headers):
-            request.setResponseCode(304)
-            for name in NOT_MODIFIED_HEADERS:
-                if name in headers:
-                    out.setRawHeaders(name, headers[name])
-            self._common(out, status, 0)
-            out.removeHeader(b"age")
-            request.finish()
+            self._answer_304(request, headers, status, None)
             return
         request.setResponseCode(response.code, response.phrase)
         for name, values in headers.items():
             out.setRawHeaders(name, values)
         out.setRawHeaders(b"via", [b", ".join(out.getRawHeaders(b"via", []) + [VIA])])
         out.setRawHeaders(b"x-cache", [status.encode("ascii")])
-        first, last = 0, None
-        length = response.length
+        first, last, length = 0, None, response.length
         if response.code == 200 and length is not UNKNOWN_LENGTH:
-            out.setRawHeaders(b"accept-ranges", [b"bytes"])
-            try:
-                wanted = self._range(reqh, headers, length)
-            except ValueError:
-                request.setResponseCode(416)
-                out.setRawHeaders(b"content-range", [b"bytes */%d" % length])
-                out.setRawHeaders(b"content-length", [b"0"])
-                request.finish()
+            chosen = self._apply_range(request, reqh, headers, length)
+            if chosen is None:
                 return
-            if wanted is not None:
-                first, last = wanted
-                request.setResponseCode(206)
-                out.setRawHeaders(b"content-range", [b"bytes %d-%d/%d" % (first, last, length)])
-                length = last - first + 1
+            first, last, length = chosen
         if length is not UNKNOWN_LENGTH:
             out.setRawHeaders(b"content-length", [b"%d" % length])
         if request.method == b"HEAD":
@@ -321,11 +332,7 @@ class Cache:
     async def _revalidate(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any, key: str,
                           entry: Entry, rule: Any, reqh: dict, age: float) -> None:
         headers = entry.header_map()
-        extra = {}
-        if headers.get(b"etag"):
-            extra[b"if-none-match"] = headers[b"etag"][0]
-        if headers.get(b"last-modified"):
-            extra[b"if-modified-since"] = headers[b"last-modified"][0]
+        extra = _validators(headers)
         if not extra:
             return await self._miss(request, live, oreq, ctx, key, rule, reqh, stale=(entry, age))
         request_time = self.clock.seconds()
@@ -403,11 +410,7 @@ class Cache:
         if key in self.inflight:
             return
         headers = entry.header_map()
-        extra = {}
-        if headers.get(b"etag"):
-            extra[b"if-none-match"] = headers[b"etag"][0]
-        if headers.get(b"last-modified"):
-            extra[b"if-modified-since"] = headers[b"last-modified"][0]
+        extra = _validators(headers)
         flight = _Flight(self, key)
         self.inflight[key] = flight
         request_time = self.clock.seconds()
