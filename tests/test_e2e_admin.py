@@ -315,3 +315,38 @@ async def test_sighup_adds_a_domain_and_an_invalid_module_keeps_the_old_config(t
         assert cdn.proc.poll() is None
     finally:
         cdn.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_in_flight_finish_on_the_origins_they_started_with(tmp_path, origins):  # type: ignore[no-untyped-def]
+    from twisted.internet.defer import Deferred
+    from twisted.web.server import NOT_DONE_YET
+
+    p, sb = origins["p"], origins["sb"]
+    held = []
+
+    def slow(request):  # type: ignore[no-untyped-def]
+        request.setHeader(b"content-length", b"12")
+        request.write(b"primary-")
+        held.append(request)
+        return NOT_DONE_YET
+
+    p.routes["/slow"] = slow
+    sb.text("/slow", b"standby-slow")
+    cdn = start_cdn(site(tmp_path, origins), str(tmp_path), admin=True)
+    try:
+        in_flight = Deferred.fromCoroutine(Client(cdn.url).get("/slow", host="www.test.com"))
+        while not held:
+            await sleep(0.02)
+        status, _ = await Client(cdn.admin_url).api("POST", "/api/domains/www.test.com/switch")
+        assert status == 200
+        # New requests see the new primary at once...
+        assert (await who(cdn)) == (200, b"standby")
+        # ...while the one in flight finishes on the old one.
+        held[0].write(b"body")
+        held[0].finish()
+        response, body = await in_flight
+        assert (response.code, body) == (200, b"primary-body")
+    finally:
+        cdn.stop()
+        del p.routes["/slow"]

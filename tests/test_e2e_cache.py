@@ -306,3 +306,45 @@ async def test_disk_cache_survives_a_restart_and_kill_9_never_leaves_a_corrupt_h
             if c.active():
                 c.cancel()
         await o.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_while_revalidate_and_ignore_query(tmp_path):  # type: ignore[no-untyped-def]
+    o = Origin("127.0.0.6", "swr").start()
+    version = {"n": 1}
+
+    def swr(request):  # type: ignore[no-untyped-def]
+        request.setHeader(b"cache-control", b"max-age=1, stale-while-revalidate=60")
+        return b"v%d" % version["n"]
+
+    o.routes["/swr.txt"] = swr
+    o.routes["/static/app.js"] = lambda r: (r.setHeader(b"cache-control", b"max-age=600"), r.uri)[1]
+    config = write_config(str(tmp_path), f"""
+        from cdnpull.config import CacheRule, Domain, IPOrigin
+        domains = [Domain("swr.test.com", origin=IPOrigin(["{o.addr}"]), probe=None,
+                          cache=[CacheRule(prefix="/static/", ttl=600, ignore_query=True)])]
+        """)
+    cdn = start_cdn(config, str(tmp_path))
+    client = Client(cdn.url)
+    try:
+        r, b = await client.get("/swr.txt", host="swr.test.com")
+        assert (b, xcache(r)) == (b"v1", "MISS")
+        version["n"] = 2
+        await sleep(1.5)
+        r, b = await client.get("/swr.txt", host="swr.test.com")
+        assert (b, xcache(r)) == (b"v1", "STALE")  # served at once, refreshed behind
+        for _ in range(50):
+            if o.count("/swr.txt") == 2:
+                break
+            await sleep(0.05)
+        r, b = await client.get("/swr.txt", host="swr.test.com")
+        assert (b, xcache(r)) == (b"v2", "HIT")
+        # ignore_query: one object whatever the query string.
+        r1, b1 = await client.get("/static/app.js?v=1", host="swr.test.com")
+        r2, b2 = await client.get("/static/app.js?v=2&utm=x", host="swr.test.com")
+        assert (xcache(r1), xcache(r2)) == ("MISS", "HIT")
+        assert b1 == b2 == b"/static/app.js?v=1"
+        assert o.count("/static/app.js") == 1
+    finally:
+        cdn.stop()
+        await o.stop()
