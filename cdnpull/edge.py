@@ -148,6 +148,8 @@ class Edge(Resource):
             out.setRawHeaders(b"content-length", [b"%d" % response.length])
         out.setRawHeaders(b"via", [b", ".join(response.headers.getRawHeaders(b"via", []) + [VIA])])
         out.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
+        if not out.hasHeader(b"age"):
+            out.setRawHeaders(b"age", [b"0"])  # SPEC §5: every answer says its Age
         relay = BodyRelay(request)
         ctx.relay = relay
         response.deliverBody(relay)
@@ -174,6 +176,7 @@ class Edge(Resource):
         request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
         request.responseHeaders.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
+        request.responseHeaders.setRawHeaders(b"age", [b"0"])
         if status >= 500:
             self.log.warn(
                 "{status} for {host}{uri}: {message}",

@@ -129,6 +129,7 @@ async def test_second_get_is_a_hit_with_age_and_no_origin_request(world):  # typ
     o = world["o"]
     r1, b1 = await get(world, "/c.jpg")
     assert (r1.code, b1, xcache(r1)) == (200, b"cached image", "MISS")
+    assert r1.headers.getRawHeaders("age") == ["0"]  # every answer says its Age
     await sleep(1.1)
     r2, b2 = await get(world, "/c.jpg")
     assert (r2.code, b2, xcache(r2)) == (200, b"cached image", "HIT")

@@ -229,8 +229,6 @@ class Cache:
             if name in headers:
                 out.setRawHeaders(name, headers[name])
         self._common(out, status, age or 0)
-        if age is None:
-            out.removeHeader(b"age")
         request.finish()
 
     @staticmethod
@@ -304,13 +302,15 @@ class Cache:
         out = request.responseHeaders
         headers = {k.lower(): list(v) for k, v in end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders()}
         if response.code == 200 and not_modified(reqh, headers):
-            self._answer_304(request, headers, status, None)
+            self._answer_304(request, headers, status, 0)
             return
         request.setResponseCode(response.code, response.phrase)
         for name, values in headers.items():
             out.setRawHeaders(name, values)
         out.setRawHeaders(b"via", [b", ".join(out.getRawHeaders(b"via", []) + [VIA])])
         out.setRawHeaders(b"x-cache", [status.encode("ascii")])
+        if not out.hasHeader(b"age"):
+            out.setRawHeaders(b"age", [b"0"])  # fresh from the origin (SPEC §5: every answer)
         first, last, length = 0, None, response.length
         if response.code == 200 and length is not UNKNOWN_LENGTH:
             chosen = self._apply_range(request, reqh, headers, length)
