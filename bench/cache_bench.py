@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--stream-only", action="store_true", help="skip the wrk part")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="cdnpull-bench-")
     os.chmod(work, 0o755)  # nginx workers run as another user
@@ -162,6 +163,8 @@ def main() -> None:
               f"growth {(peak[0] - idle) / 1024:.1f} MiB")
 
         # -- 2. 1 KiB hits ----------------------------------------------------
+        if args.stream_only:
+            return
         for port in (cdn_port, nginx_cache_port):  # warm both caches
             out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "-H", "Host: bench.test",
                                   f"http://127.0.0.1:{port}/1k.bin"], capture_output=True, text=True).stdout

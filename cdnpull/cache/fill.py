@@ -19,6 +19,7 @@ A L{StaticSource} serves a stored body through the same L{Reader}.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
@@ -164,8 +165,12 @@ class Fill:
         self.key = key
         self.max_object = max_object
         self.result: Any = None  # the PullResult, once headers are in
-        self.buf = bytearray()
-        self.base = 0  # absolute offset of buf[0]
+        # The body as received, chunk by chunk (no copies: a reader writes
+        # the very bytes objects the origin connection delivered).
+        self._chunks: list[bytes] = []
+        self._starts: list[int] = []  # absolute offset of each chunk
+        self._head = 0  # index of the first chunk still kept
+        self.base = 0  # absolute offset of the first byte still kept
         self.size = 0
         self.done = False
         self.failed: Optional[Failure] = None
@@ -190,7 +195,10 @@ class Fill:
     # -- the origin side ---------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        self.buf += data
+        if not data:
+            return
+        self._chunks.append(data)
+        self._starts.append(self.size)
         self.size += len(data)
         if self.storing and self.size > self.max_object:
             self.log.info("cache: {key} is larger than {limit} bytes; streamed, not stored",
@@ -224,22 +232,31 @@ class Fill:
 
     def body(self) -> bytes:
         assert self.base == 0
-        return bytes(self.buf)
+        return b"".join(self._chunks)
 
     # -- the reader side ---------------------------------------------------
 
     def read(self, offset: int, limit: int) -> bytes:
-        start = offset - self.base
-        return bytes(self.buf[start:start + limit])
+        i = bisect_right(self._starts, offset, lo=self._head) - 1
+        chunk = self._chunks[i]
+        start = offset - self._starts[i]
+        if start == 0 and len(chunk) <= limit:
+            return chunk
+        return chunk[start:start + limit]
 
     def progressed(self) -> None:
         """Drop what every reader has written (when not storing) and pace the origin."""
         if self.storing:
             return
         low = min((r.offset for r in self.readers), default=self.size)
-        if low > self.base:
-            del self.buf[:low - self.base]
-            self.base = low
+        chunks, starts = self._chunks, self._starts
+        while self._head < len(chunks) and starts[self._head] + len(chunks[self._head]) <= low:
+            chunks[self._head] = b""  # let it go
+            self._head += 1
+        if self._head > 256 and self._head * 2 > len(chunks):
+            del chunks[:self._head], starts[:self._head]
+            self._head = 0
+        self.base = starts[self._head] if self._head < len(starts) else self.size
         backlog = self.size - low
         transport = self.origin_transport
         if transport is None or self.done:
