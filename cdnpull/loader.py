@@ -72,7 +72,9 @@ def _run_module(path: str) -> ModuleType:
         raise
     except SyntaxError as e:
         raise ConfigError(f"{_where(e, path)}: syntax error: {e.msg}") from None
-    except Exception as e:
+    except (Exception, SystemExit) as e:
+        # SystemExit too: a config module that calls sys.exit() must not end
+        # a running node on SIGHUP.
         raise ConfigError(f"{_where(e, path)}: {type(e).__name__}: {e}") from None
     finally:
         if added:

@@ -170,6 +170,10 @@ def test_loader_reports_module_errors_with_line(tmp_path):  # type: ignore[no-un
         load_config(path)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(str(tmp_path / "missing.py"))
+    # A module that exits must not take a running node with it (SIGHUP).
+    path = write_config(str(tmp_path), "import sys\nsys.exit(3)\n", name="exits.py")
+    with pytest.raises(ConfigError, match=r"exits.py:2: SystemExit: 3"):
+        load_config(path)
 
 
 def test_loader_applies_command_line_overrides(tmp_path):  # type: ignore[no-untyped-def]
