@@ -97,7 +97,10 @@ class Edge(Resource):
         scheme = "https" if request.isSecure() else "http"
         add_forwarding(headers, _client_ip(request), scheme)
         body = None
-        if request.method not in NO_BODY_METHODS or _has_body(request):
+        pipe = getattr(request, "body_pipe", None)
+        if pipe is not None:
+            body = lambda: pipe  # noqa: E731 - streamed; sent at most once
+        elif request.method not in NO_BODY_METHODS or _has_body(request):
             body = self._body_producer(request)
         oreq = OriginRequest(
             method=request.method,
@@ -162,6 +165,8 @@ class Edge(Resource):
     def _failed(self, failure: Failure, request: Request, ctx: _Context) -> None:
         if failure.check(CancelledError) or ctx.gone:
             return
+        if getattr(request.channel, "_refused", False):
+            return  # the connection already answered (413 mid-upload) and is closing
         if failure.check(EdgeError):
             error = failure.value
             status, message = error.status, error.message
@@ -196,15 +201,17 @@ class Edge(Resource):
                 ctx.pending.cancel()
             if ctx.relay is not None:
                 ctx.relay.client_gone()
+        # nginx's 499: the client closed the connection before any answer.
+        status = 499 if isinstance(result, Failure) and not request.startedWriting else request.code
         if self.metrics is not None:
-            self.metrics.request(ctx.domain, request.code, ctx.cache)
+            self.metrics.request(ctx.domain, status, ctx.cache)
         self.access_log.record(
             AccessRecord(
                 client=_client_ip(request) or "-",
                 method=request.method.decode("ascii", "replace"),
                 uri=request.uri.decode("ascii", "replace"),
                 version=request.clientproto.decode("ascii", "replace"),
-                status=request.code,
+                status=status,
                 sent=request.sentLength,
                 referer=(request.getHeader(b"referer") or b"").decode("ascii", "replace"),
                 user_agent=(request.getHeader(b"user-agent") or b"").decode("ascii", "replace"),

@@ -71,3 +71,10 @@ class OriginTimeout(EdgeError):
     """The origin (or the request's whole time budget) timed out: 504."""
 
     status = 504
+
+
+class ClientBodyInterrupted(EdgeError):
+    """The client's request body stopped before it was complete."""
+
+    def __init__(self, message: str = "the request body was not complete") -> None:
+        super().__init__(message, 400)

@@ -21,6 +21,7 @@ from twisted.web import client as _webclient
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
+    RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseFailed,
 )
@@ -29,7 +30,8 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from .config import Address
-from .errors import ConnectFailed, FirstByteTimeout, NoResponse
+from .errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse
+from .upload import BodyInterrupted
 from .origins.framing import InvalidOriginResponse, StrictClientProtocol
 from .origins.tls import TLSPolicy
 
@@ -208,6 +210,10 @@ class OriginClient:
                 raise FirstByteTimeout(address, f"no response within {first_byte_timeout:g} s")
             if result.check(ierror.ConnectError):
                 raise ConnectFailed(address, describe_connect_failure(result, connect_timeout))
+            if result.check(RequestGenerationFailed) and any(
+                    isinstance(r, Failure) and r.check(BodyInterrupted)
+                    for r in result.value.reasons):
+                raise ClientBodyInterrupted()
             if result.check(ResponseFailed, RequestTransmissionFailed):
                 for r in result.value.reasons:
                     if isinstance(r, Failure) and r.check(InvalidOriginResponse):

@@ -34,6 +34,8 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, RESPONSES
 from twisted.web.server import Request
 
+from .upload import BodyPipe
+
 __all__ = ["ClientLimits", "EdgeChannel", "EdgeRequest"]
 
 _CTL_LINE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -53,17 +55,40 @@ class ClientLimits:
 
 
 class EdgeRequest(Request):
-    """Counts a chunked body as it arrives (C{Content-Length} is checked before)."""
+    """
+    Counts a body as it arrives (its C{Content-Length} is checked before),
+    and, when the request was dispatched early, streams it through
+    C{body_pipe} instead of spooling it.
+    """
 
     _body_seen = 0
+    body_pipe: Optional[BodyPipe] = None
 
     def handleContentChunk(self, data: bytes) -> None:
         channel = self.channel
         self._body_seen += len(data)
         if channel is not None and self._body_seen > channel.limits.max_body:
             channel.refuse(413, f"request body larger than {channel.limits.max_body} bytes")
+            if self.body_pipe is not None:
+                self.body_pipe.fail()  # after the 413: the edge then writes nothing
+            return
+        if self.body_pipe is not None:
+            self.body_pipe.write(data)
             return
         super().handleContentChunk(data)
+
+    def finish(self) -> None:
+        pipe = self.body_pipe
+        if pipe is not None and not pipe.done and self.channel is not None:
+            # Answered before the body was complete: the rest of it cannot be
+            # told from a next request, so this connection ends here.
+            self.channel.persistent = False
+        super().finish()
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.body_pipe is not None:
+            self.body_pipe.fail()
+        super().connectionLost(reason)
 
 
 class EdgeChannel(HTTPChannel):
@@ -181,6 +206,14 @@ class EdgeChannel(HTTPChannel):
             self.refuse(413, f"request body larger than {self.limits.max_body} bytes")
             return
         super().allHeadersReceived()
+        if self._refused or not self.requests:
+            return
+        if self.length != 0 and self._command.upper() not in (b"GET", b"HEAD"):
+            # A body to stream: dispatch now, the body follows through a pipe.
+            request = self.requests[-1]
+            request.body_pipe = BodyPipe(self.transport, self.length)
+            self._early = request
+            request.requestReceived(self._command, self._path, self._version)
 
     def _header_timeout(self) -> None:
         self._header_timer = None
@@ -198,10 +231,33 @@ class EdgeChannel(HTTPChannel):
                 self._header_timer.cancel()
             self._header_timer = None
 
+    _early: Any = None
+
     def allContentReceived(self) -> None:
         if self._refused:
             return  # never dispatch a request that was refused mid-body
-        super().allContentReceived()
+        early, self._early = self._early, None
+        if early is None:
+            super().allContentReceived()
+            return
+        # The request was dispatched when its headers were complete: reset
+        # the parser as HTTPChannel.allContentReceived does, then tell the
+        # pipe the body is complete instead of dispatching again.
+        self.length = 0
+        self._receivedHeaderCount = 0
+        self._receivedHeaderSize = 0
+        self._HTTPChannel__first_line = 1
+        self._transferDecoder = None
+        del self._command, self._path, self._version
+        if early.finished or not self.requests:
+            # Answered already (and the connection is ending): nothing to do.
+            early.body_pipe.finish()
+            return
+        if self.timeOut:
+            self._savedTimeOut = self.setTimeout(None)
+        self._handlingRequest = True
+        self.setRawMode()
+        early.body_pipe.finish()
 
     # -- writing: a client that stops reading -----------------------------------
 

@@ -428,6 +428,7 @@ class RawOrigin:
         self.script: dict = {}
         self.requests: list = []
         self.connections = 0
+        self.bytes_received = 0
 
         class P(Protocol):
             def connectionMade(self):  # type: ignore[no-untyped-def]
@@ -436,6 +437,7 @@ class RawOrigin:
                 self.conn = outer.connections
 
             def dataReceived(self, data):  # type: ignore[no-untyped-def]
+                outer.bytes_received += len(data)
                 self.buf += data
                 while b"\r\n\r\n" in self.buf:
                     head, self.buf = self.buf.split(b"\r\n\r\n", 1)

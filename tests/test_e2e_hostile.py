@@ -121,8 +121,9 @@ async def test_a_good_chunked_body_is_reframed_and_pipelined_requests_answered_i
     assert answer.count(b"HTTP/1.1 200 ") == 2
     assert answer.index(b"got abcdefg") < answer.index(b"ok /second")
     seen = [s for s in o.seen if s.path == b"/echo"][-1]
-    assert seen.headers.get(b"content-length") == [b"7"]  # re-framed by the node
-    assert b"transfer-encoding" not in seen.headers
+    # Re-framed by the node: its own chunks, never the client's bytes.
+    assert seen.headers.get(b"transfer-encoding") == [b"chunked"]
+    assert b"content-length" not in seen.headers
 
 
 # -- limits --------------------------------------------------------------------------
@@ -329,3 +330,63 @@ async def test_the_admin_api_is_not_on_the_client_port(world):  # type: ignore[n
     for path in ("/api/domains", "/metrics", "/"):
         response, body = await Client(world["cdn"].url).get(path, host="www.test.com")
         assert body == b"ok " + path.encode()  # an ordinary path of the site
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_streams_to_the_origin_while_it_arrives(world):  # type: ignore[no-untyped-def]
+    import socket
+
+    raw = world["raw"]
+    # The origin answers 1.5 s after the request's head; meanwhile it counts
+    # the body bytes that reach it.
+    raw.script["/upload"] = [(b"", 1.5), (b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone", None)]
+    half = 100000
+    seen = []
+
+    def client() -> bytes:
+        s = socket.create_connection(("127.0.0.1", world["cdn"].port))
+        start = raw.bytes_received
+        s.sendall(b"PUT /upload HTTP/1.1\r\nHost: raw.test.com\r\nContent-Length: %d\r\n\r\n" % (2 * half)
+                  + b"x" * half)
+        time.sleep(0.7)
+        seen.append(raw.bytes_received - start)  # before the second half is sent
+        s.sendall(b"y" * half)
+        s.settimeout(5)
+        out = b""
+        while b"done" not in out:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        s.close()
+        return out
+
+    answer = await deferToThread(client)
+    assert answer.startswith(b"HTTP/1.1 201 ") and answer.endswith(b"done")
+    assert seen[0] >= half  # the first half was at the origin before the rest was sent
+    assert raw.bytes_received >= 2 * half
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_before_the_upload_ends_closes_the_connection(world):  # type: ignore[no-untyped-def]
+    raw = world["raw"]
+    raw.script["/early"] = [(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno", None)]
+    head = b"PUT /early HTTP/1.1\r\nHost: raw.test.com\r\nContent-Length: 1000000\r\n\r\n"
+    answer, took, closed = await send(world, head + b"z" * 1000, timeout=5, pause=0.3)
+    assert answer.startswith(b"HTTP/1.1 403 ") and answer.endswith(b"no")
+    assert closed  # the rest of the body can never be taken for a next request
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_leaves_mid_upload_ends_the_origin_request(world):  # type: ignore[no-untyped-def]
+    raw = world["raw"]
+    raw.script["/left"] = [(b"", 5.0), (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", None)]
+    before = raw.connections
+    head = b"PUT /left HTTP/1.1\r\nHost: raw.test.com\r\nContent-Length: 1000000\r\n\r\n"
+    await send(world, head + b"z" * 5000, timeout=0.5, read=False)
+    await sleep(0.5)
+    # The node is fine and serves the next request.
+    raw.script["/after"] = ok(b"clean")
+    response, body = await Client(world["cdn"].url).get("/after", host="raw.test.com")
+    assert (response.code, body) == (200, b"clean")
+    assert raw.connections >= before

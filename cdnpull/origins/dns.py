@@ -75,8 +75,34 @@ class ServersResolver:
         pass
 
 
+class LazyResolver:
+    """Builds the real resolver at its first query: a node with no hostname
+    origin never reads /etc/resolv.conf nor keeps its re-read timer."""
+
+    def __init__(self, reactor: Any, nameservers: Sequence[str] = ()) -> None:
+        self._reactor = reactor
+        self._nameservers = tuple(nameservers)
+        self._real: Any = None
+
+    def _get(self) -> Any:
+        if self._real is None:
+            self._real = (ServersResolver(self._reactor, self._nameservers) if self._nameservers
+                          else SystemResolver(self._reactor))
+        return self._real
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> Deferred:
+        return self._get().lookupAddress(name, timeout)
+
+    def lookupIPV6Address(self, name: str, timeout: Any = None) -> Deferred:
+        return self._get().lookupIPV6Address(name, timeout)
+
+    def close(self) -> None:
+        if self._real is not None:
+            self._real.close()
+
+
 def make_resolver(reactor: Any, nameservers: Sequence[str] = ()) -> Any:
-    return ServersResolver(reactor, nameservers) if nameservers else SystemResolver(reactor)
+    return LazyResolver(reactor, nameservers)
 
 
 def _records(result: Any, kind: int) -> tuple[list[str], Optional[float]]:
