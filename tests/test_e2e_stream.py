@@ -156,3 +156,59 @@ async def test_client_leaving_cancels_pending_origin_request(world):  # type: ig
     await client.closed
     await settle(lambda: len(stats["lost"]), quiet=0.3, deadline=5)
     assert stats["lost"] == [b"/hang"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_origin_that_stops_reading_pauses_the_uploading_client(tmp_path):  # type: ignore[no-untyped-def]
+    import socket
+    import time
+
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.threads import deferToThread
+
+    from .support import start_cdn, write_config
+
+    class Deaf(Protocol):
+        """Reads the request head, then stops reading (an origin that stalls)."""
+
+        def dataReceived(self, data):  # type: ignore[no-untyped-def]
+            self.transport.pauseProducing()
+
+    factory = Factory.forProtocol(Deaf)
+    factory.noisy = False
+    listener = reactor.listenTCP(0, factory, interface="127.0.0.7")
+    port = listener.getHost().port
+    config = write_config(str(tmp_path), f"""
+        from cdnpull.config import Domain, IPOrigin, Settings
+        settings = Settings(client_max_body="1GiB")
+        domains = [Domain("up.test.com", origin=IPOrigin(["127.0.0.7:{port}"]), probe=None,
+                          first_byte_timeout=30.0)]
+        """)
+    cdn = start_cdn(config, str(tmp_path))
+    try:
+        idle = rss_kib(cdn.proc.pid)
+
+        def upload() -> int:
+            s = socket.create_connection(("127.0.0.1", cdn.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            s.sendall(b"PUT /big HTTP/1.1\r\nHost: up.test.com\r\nContent-Length: %d\r\n\r\n" % (256 << 20))
+            s.settimeout(0.5)
+            sent, block = 0, b"u" * 65536
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                try:
+                    sent += s.send(block)
+                except socket.timeout:
+                    continue
+            s.close()
+            return sent
+
+        sent = await deferToThread(upload)
+        grown = rss_kib(cdn.proc.pid) - idle
+        # Without back-pressure the node would take the whole 256 MiB as fast
+        # as the client sends; with it, only socket buffers' worth.
+        assert sent < 64 << 20, sent
+        assert grown < 32 * 1024, f"twistd grew by {grown} KiB"
+    finally:
+        cdn.stop()
+        await listener.stopListening()
