@@ -55,10 +55,18 @@ class AccessLog:
     log = Logger(namespace="cdnpull.access")
 
     def __init__(self, path: Optional[str] = None) -> None:
+        self.path = path
         self._file: Optional[IO[str]] = None
         if path:
             # Line-buffered append: one small write per request, as nginx does.
             self._file = open(path, "a", buffering=1, encoding="utf-8")
+
+    def reopen(self) -> None:
+        """After logrotate moved the file (SIGHUP): continue in a new one."""
+        if self.path:
+            old, self._file = self._file, open(self.path, "a", buffering=1, encoding="utf-8")
+            if old is not None:
+                old.close()
 
     def record(self, r: AccessRecord) -> None:
         line = format_record(r)

@@ -69,6 +69,7 @@ class Runtime:
         self.watchers: list = [self.dns.table_changed, self.probes.table_changed]
         self.metrics: Any = None
         self.cache: Any = None
+        self.access_log: Any = None
 
     def start(self) -> None:
         self.dns.start(self.table)
@@ -149,6 +150,13 @@ class CdnService(MultiService):
         assert self.loaded is not None and self.control is not None
         path = self.loaded.path
         self.log.info("SIGHUP: reloading {path}", path=path)
+        access_log = getattr(self.runtime, "access_log", None)
+        if access_log is not None:
+            try:
+                access_log.reopen()
+            except OSError as e:
+                self.log.error("could not reopen the access log {path}: {why}",
+                               path=access_log.path, why=str(e))
         try:
             new = load_config(path, **(self.loaded.overrides or {}))
         except ConfigError as e:
@@ -201,6 +209,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     control.restore()
     service = CdnService(runtime, loaded, control)
     access_log = AccessLog(settings.access_log)
+    runtime.access_log = access_log
     edge = Edge(runtime, reactor, access_log)
     edge.metrics = metrics
     limits = ClientLimits(

@@ -6,6 +6,7 @@ C{twistd cdnpull} (SPEC.md sections 6 and 7).
 from __future__ import annotations
 
 import glob
+import os
 import signal
 import time
 
@@ -350,3 +351,34 @@ async def test_requests_in_flight_finish_on_the_origins_they_started_with(tmp_pa
     finally:
         cdn.stop()
         del p.routes["/slow"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_log_file_and_reopen_on_sighup(tmp_path, origins):  # type: ignore[no-untyped-def]
+    log_path = tmp_path / "access.log"
+    body = SITE.replace("domains = [", f"settings = Settings(access_log={str(log_path)!r})\ndomains = [")
+    cdn = start_cdn(site(tmp_path, origins, body), str(tmp_path))
+    try:
+        assert (await who(cdn)) == (200, b"primary")
+        for _ in range(50):
+            if log_path.exists() and b"GET /who" in log_path.read_bytes():
+                break
+            await sleep(0.05)
+        line = log_path.read_text().splitlines()[-1]
+        assert '"GET /who HTTP/1.1" 200 7' in line
+        assert "domain=www.test.com cache=MISS group=primary" in line
+        # logrotate: move the file away, SIGHUP, and the node writes a new one.
+        os.rename(log_path, tmp_path / "access.log.1")
+        cdn.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded " not in cdn.log():
+            assert time.monotonic() < deadline
+            await sleep(0.05)
+        assert (await who(cdn)) == (200, b"primary")
+        for _ in range(50):
+            if log_path.exists() and b"GET /who" in log_path.read_bytes():
+                break
+            await sleep(0.05)
+        assert log_path.read_text().count("GET /who") == 1
+    finally:
+        cdn.stop()
