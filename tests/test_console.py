@@ -82,3 +82,48 @@ async def test_console_switch_swaps_roles_and_the_api_agrees(tmp_path):  # type:
         cdn.stop()
         await p.stop()
         await sb.stop()
+
+
+def drive_with_token(url: str, token: str) -> dict:
+    from playwright.sync_api import expect, sync_playwright
+
+    seen: dict = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            login = page.locator("#login")
+            expect(login).to_be_visible()
+            seen["domains_before"] = page.locator("[data-domain]").count()
+            page.locator("#token").fill(token)
+            page.locator('#login button[type="submit"]').click()
+            expect(page.locator('[data-domain="www.test.com"]')).to_have_count(1)
+            expect(login).to_be_hidden()
+            # Asked once: a reload keeps it for the tab.
+            page.reload()
+            expect(page.locator('[data-domain="www.test.com"]')).to_have_count(1)
+            seen["login_after_reload"] = login.is_visible()
+        finally:
+            browser.close()
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_asks_for_the_token_once(tmp_path):  # type: ignore[no-untyped-def]
+    p = Origin("127.0.0.2", "primary").start()
+    token_file = tmp_path / "token"
+    token_file.write_text("console-secret\n")
+    config = write_config(str(tmp_path), f"""
+        from cdnpull.config import Domain, IPOrigin, Settings
+        settings = Settings(admin_token_file={str(token_file)!r})
+        domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}"]), probe=None)]
+        """)
+    cdn = start_cdn(config, str(tmp_path), admin=True)
+    try:
+        seen = await deferToThread(drive_with_token, cdn.admin_url + "/", "console-secret")
+        assert seen["domains_before"] == 0  # nothing shown without the token
+        assert seen["login_after_reload"] is False
+    finally:
+        cdn.stop()
+        await p.stop()
