@@ -147,3 +147,53 @@ async def test_https_standby_takes_over_from_a_failing_http_primary(world):  # t
     assert response.code == 200
     assert body == b"secret via TLS, Host origin.test"
     assert world["broken"].count("/x") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_client_listener_and_scheme_follow(tmp_path):  # type: ignore[no-untyped-def]
+    import socket
+    import ssl
+
+    from twisted.internet.threads import deferToThread
+
+    from .support import free_port
+
+    ca = trustme.CA()
+    ca_file = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    edge_cert = ca.issue_cert("www.test.com")
+    key_file, cert_file = str(tmp_path / "edge.key"), str(tmp_path / "edge.pem")
+    edge_cert.private_key_pem.write_to_path(key_file)
+    edge_cert.cert_chain_pems[0].write_to_path(cert_file)
+    origin = Origin("127.0.0.9", "tls-origin").start(tls=tls_server_options(ca, "origin.test"))
+    origin.routes["*"] = lambda r: b"over TLS both ways, Host " + (r.getHeader(b"host") or b"-")
+    config = write_config(str(tmp_path), f"""
+        from cdnpull.config import Domain, IPOrigin, Settings
+        settings = Settings(origin_ca_file={ca_file!r})
+        domains = [Domain("www.test.com", origin=IPOrigin(["{origin.addr}"], scheme="follow"),
+                          origin_host="origin.test", probe=None)]
+        """)
+    tls_port = free_port()
+    cdn = start_cdn(config, str(tmp_path), "--listen",
+                    f"ssl:{tls_port}:privateKey={key_file}:certKey={cert_file}:interface=127.0.0.1")
+
+    def fetch() -> bytes:
+        context = ssl.create_default_context(cafile=ca_file)
+        with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="www.test.com") as s:
+                s.sendall(b"GET /x HTTP/1.1\r\nHost: www.test.com\r\nConnection: close\r\n\r\n")
+                out = b""
+                while chunk := s.recv(65536):
+                    out += chunk
+                return out
+
+    try:
+        answer = await deferToThread(fetch)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.endswith(b"over TLS both ways, Host origin.test")
+        assert b"X-Forwarded-Proto: https" not in answer  # a request header, not echoed
+        seen = origin.seen[-1]
+        assert seen.headers.get(b"x-forwarded-proto") == [b"https"]
+    finally:
+        cdn.stop()
+        await origin.stop()
