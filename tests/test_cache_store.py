@@ -85,3 +85,20 @@ def test_disk_lru_by_bytes(tmp_path):  # type: ignore[no-untyped-def]
     assert disk.size <= 3000
     assert disk.get(("h/a", ((b"accept-encoding", b"gzip"),))) is None
     assert len(glob.glob(str(tmp_path / "*" / "*" / "*.obj"))) == len(disk)
+
+
+def test_answers_being_stored_share_a_byte_budget():
+    from cdnpull.cache.fill import Fill, FillBudget
+
+    budget = FillBudget(1000)
+    a, b = Fill("h/a", 800, budget), Fill("h/b", 800, budget)
+    for f in (a, b):
+        f.prepare(result=None, storing=True)
+    a.feed(b"a" * 600)
+    assert a.storing and budget.used == 600
+    b.feed(b"b" * 300)
+    assert b.storing and budget.used == 900
+    b.feed(b"b" * 200)  # 1100 > 1000: b stops storing and gives its bytes back
+    assert not b.storing and a.storing and budget.used == 600
+    a.feed(b"a" * 300)  # over its own max_object: streamed, not stored
+    assert not a.storing and budget.used == 0

@@ -32,11 +32,23 @@ from zope.interface import implementer
 
 from ..stream import end_truncated
 
-__all__ = ["Fill", "Reader", "StaticSource", "HIGH_WATER", "LOW_WATER", "WRITE_SIZE"]
+__all__ = ["Fill", "FillBudget", "Reader", "StaticSource", "HIGH_WATER", "LOW_WATER", "WRITE_SIZE"]
 
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 WRITE_SIZE = 64 * 1024
+
+
+class FillBudget:
+    """
+    The bytes all answers being stored hold at once.  Each is bounded by
+    C{cache_max_object}; this bounds their sum: past it, a fill stops
+    storing and is streamed (and paced) like an answer that is not kept.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
 
 
 class StaticSource:
@@ -161,9 +173,11 @@ class Fill:
 
     log = Logger()
 
-    def __init__(self, key: str, max_object: int) -> None:
+    def __init__(self, key: str, max_object: int, budget: Optional[FillBudget] = None) -> None:
         self.key = key
         self.max_object = max_object
+        self.budget = budget
+        self._held = 0  # bytes counted in the budget
         self.result: Any = None  # the PullResult, once headers are in
         # The body as received, chunk by chunk (no copies: a reader writes
         # the very bytes objects the origin connection delivered).
@@ -181,6 +195,7 @@ class Fill:
         self.paused = False
         self.on_complete: Optional[Callable[["Fill"], None]] = None
         self.on_idle: Optional[Callable[["Fill"], None]] = None
+        self.on_unstored: Optional[Callable[["Fill"], None]] = None
 
     def prepare(self, result: Any, storing: bool) -> None:
         """The answer's headers are in; readers may attach before the body flows."""
@@ -204,6 +219,13 @@ class Fill:
             self.log.info("cache: {key} is larger than {limit} bytes; streamed, not stored",
                           key=self.key, limit=self.max_object)
             self.stop_storing()
+        elif self.storing and self.budget is not None:
+            self._held += len(data)
+            self.budget.used += len(data)
+            if self.budget.used > self.budget.limit:
+                self.log.warn("cache: answers being stored hold more than {limit} bytes; {key} "
+                              "is streamed, not stored", limit=self.budget.limit, key=self.key)
+                self.stop_storing()
         for reader in list(self.readers):
             reader.pump()
         self.progressed()
@@ -225,10 +247,20 @@ class Fill:
             reader.pump()
         if self.on_complete is not None:
             self.on_complete(self)
+        self.release()  # stored (the store has its own bound) or dropped
 
     def stop_storing(self) -> None:
         self.storing = False
+        self.release()
+        if self.on_unstored is not None:
+            self.on_unstored(self)  # later requests must not join a trimmed answer
         self.progressed()
+
+    def release(self) -> None:
+        """Give back what this fill held of the budget (idempotent)."""
+        if self.budget is not None and self._held:
+            self.budget.used -= self._held
+            self._held = 0
 
     def body(self) -> bytes:
         assert self.base == 0

@@ -28,7 +28,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from ..errors import EdgeError, OriginTimeout, OriginUnavailable
 from ..headers import VIA, end_to_end
 from ..pull import OriginRequest
-from .fill import Fill, Reader, StaticSource
+from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
     current_age,
     match_rule,
@@ -87,6 +87,8 @@ class Cache:
         self.max_object = max_object
         self.stale_if_error = stale_if_error
         self.inflight: dict[str, _Flight] = {}
+        # Answers being stored hold at most as much as the memory cache.
+        self.budget = FillBudget(max(max_object, store.memory.limit))
 
     # -- the key ---------------------------------------------------------
 
@@ -517,7 +519,7 @@ class _Flight:
                            or vary_names(headers) is None) or storing
         self.vary = vary_names(headers)
         self.variant = vary_key(self.vary, reqh) if self.vary is not None else None
-        fill = Fill(self.key, cache.max_object)
+        fill = Fill(self.key, cache.max_object, cache.budget)
         self.fill = fill
         if not storing and self.registered:
             # Nothing to store: later requests start their own pull.
@@ -551,6 +553,7 @@ class _Flight:
 
         fill.on_complete = complete
         fill.on_idle = idle
+        fill.on_unstored = lambda f: self.close()
         fill.prepare(result, storing)
         # Waiters attach their readers first, then the body flows (a
         # buffered answer is delivered all at once).
