@@ -84,6 +84,9 @@ def services(reactor):
                 return b"404 not found on " + self.name.encode() + b"\n"
             kind = next((t for s, t in TYPES.items() if path.endswith(s)), b"text/plain")
             request.setHeader(b"content-type", kind)
+            if request.method == b"HEAD":  # the node's health probes
+                request.setHeader(b"content-length", b"%d" % len(body))
+                return b""
             return body
 
     out = []
