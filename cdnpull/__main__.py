@@ -40,7 +40,10 @@ def check(path: str) -> int:
         print(f"  {d.name}")
         print(f"    primary: {describe_origin(d.origin)}")
         print(f"    standby: {describe_origin(d.standby) if d.standby else 'none'}")
-        print(f"    origin Host: {d.origin_host or '(the requested host)'}")
+        if isinstance(d.origin, BucketOrigin):
+            print(f"    origin Host: {d.origin.host_header} (the bucket's own)")
+        else:
+            print(f"    origin Host: {d.origin_host or '(the requested host)'}")
         probe = (f"{d.probe.kind} {d.probe.path} every {d.probe.interval:g}s, "
                  f"timeout {d.probe.timeout:g}s" if d.probe else "off")
         print(f"    probe: {probe}; block failing addresses for {d.block_for:g}s")

@@ -208,3 +208,14 @@ def test_check_command(tmp_path):  # type: ignore[no-untyped-def]
         "cdnpull: config error: a.test: origin.addresses[0]: "
         "'127.0.0.300' is not an IPv4 or IPv6 address")
     assert "Traceback" not in result.stderr
+
+
+def test_the_production_example_validates():
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "site.py")
+    result = subprocess.run([sys.executable, "-m", "cdnpull", "check", path],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "4 domain(s)" in result.stdout
+    assert "example-static-assets.s3.eu-west-1.amazonaws.com (the bucket's own)" in result.stdout
