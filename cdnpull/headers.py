@@ -6,11 +6,18 @@ direction; C{X-Forwarded-For} and C{Via} are added on the way to the origin.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Optional
 
 from twisted.web.http_headers import Headers
 
-__all__ = ["HOP_BY_HOP", "connection_tokens", "end_to_end", "VIA"]
+__all__ = ["HOP_BY_HOP", "connection_tokens", "end_to_end", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
+
+# A header field name: an RFC 9110 token.
+FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What may not appear in a field value (or a request/status line): control
+# characters other than HTAB, and DEL.
+CONTROL_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 HOP_BY_HOP = frozenset(
     b.lower()

@@ -26,7 +26,6 @@ re-framed by the node (one clean request per client request).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -34,12 +33,11 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, RESPONSES
 from twisted.web.server import Request
 
+from .headers import CONTROL_CHAR, FIELD_NAME
 from .upload import BodyPipe
 
 __all__ = ["ClientLimits", "EdgeChannel", "EdgeRequest"]
 
-_CTL_LINE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @dataclass(frozen=True)
@@ -175,7 +173,7 @@ class EdgeChannel(HTTPChannel):
         if first:
             if len(line) > limits.max_request_line:
                 return self.refuse(414, f"request line longer than {limits.max_request_line} bytes")
-            if _CTL_LINE.search(line) or b"\t" in line:
+            if CONTROL_CHAR.search(line) or b"\t" in line:
                 return self.refuse(400, "control character in the request line")
         elif line:
             if line[:1] in (b" ", b"\t"):
@@ -183,9 +181,9 @@ class EdgeChannel(HTTPChannel):
             if len(line) > limits.max_header_line:
                 return self.refuse(431, f"header line longer than {limits.max_header_line} bytes")
             name, sep, value = line.partition(b":")
-            if not sep or not _HEADER_NAME.fullmatch(name):
+            if not sep or not FIELD_NAME.fullmatch(name):
                 return self.refuse(400, "invalid header line")
-            if _CTL_LINE.search(value):
+            if CONTROL_CHAR.search(value):
                 return self.refuse(400, f"control character in the {name.decode('latin-1')} header")
             if name.lower() == b"transfer-encoding" and value.strip(b" ") != b"chunked":
                 return self.refuse(400, "Transfer-Encoding other than exactly 'chunked'")

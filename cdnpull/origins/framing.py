@@ -29,14 +29,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol
 
+from ..headers import CONTROL_CHAR, FIELD_NAME
+
 __all__ = ["InvalidOriginResponse", "StrictClientProtocol", "check_head", "MAX_HEAD"]
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 200
 
 _STATUS = re.compile(rb"HTTP/1\.[01] [1-5][0-9]{2}(?: [\t\x20-\x7e\x80-\xff]*)?")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class InvalidOriginResponse(Exception):
@@ -63,9 +63,9 @@ def check_head(head: bytes, max_headers: int = MAX_HEADERS) -> Optional[str]:
         if line[:1] in (b" ", b"\t"):
             return "obsolete line folding in the response head"
         name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.fullmatch(name):
+        if not sep or not FIELD_NAME.fullmatch(name):
             return f"invalid header line {line[:80]!r}"
-        if _CTL.search(value):
+        if CONTROL_CHAR.search(value):
             return f"control character in the {name.decode('latin-1')} header"
         lname = name.lower()
         if lname == b"content-length":
