@@ -27,7 +27,7 @@ from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
 from .headers import VIA, add_forwarding, end_to_end
 from .pull import OriginRequest, PullResult
 from .routing import normalise_host, split_target
-from .stream import BodyRelay
+from .stream import BodyRelay, Discard
 
 __all__ = ["Edge", "EdgeSite"]
 
@@ -139,7 +139,7 @@ class Edge(Resource):
         response = result.response
         if ctx.gone:
             # The client left while the origin was answering.
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard(stop=True))
             return
         request.setResponseCode(response.code, response.phrase)
         out = request.responseHeaders
@@ -226,16 +226,6 @@ class Edge(Resource):
         )
 
 
-class _Discard:
-    def makeConnection(self, transport: object) -> None:
-        if transport is not None:
-            transport.stopProducing()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure) -> None:
-        pass
 
 
 def _client_ip(request: Request) -> Optional[str]:

@@ -41,6 +41,7 @@ from .config import DEFAULT_PORTS, Address, BucketOrigin, Probe
 from .errors import ConnectFailed, FirstByteTimeout, NoResponse
 from .live import LiveDomain, LiveTable
 from .origins.group import AddressState, OriginGroup, ProbeResult
+from .stream import Discard
 
 __all__ = ["ProbeTarget", "ProbeManager", "HTTPChecker", "JITTER"]
 
@@ -115,7 +116,7 @@ class HTTPChecker:
 
         def answered(response):  # type: ignore[no-untyped-def]
             # HEAD has no body; make sure the connection goes back to the pool.
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             if response.code >= 500:
                 raise ProbeFailed(f"HTTP {response.code}")
             return f"HTTP {response.code}"
@@ -149,11 +150,6 @@ class HTTPChecker:
             return f
 
         return d.addCallbacks(connected, failed)
-
-
-class _Discard(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        pass
 
 
 class _AddressProber:

@@ -16,7 +16,28 @@ from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.server import Request
 
-__all__ = ["BodyRelay", "end_truncated"]
+__all__ = ["BodyRelay", "Discard", "end_truncated"]
+
+
+class Discard(Protocol):
+    """
+    Receives a body nobody wants.  By default reads it to its end (a 304, a
+    HEAD answer, a stale-if-error 5xx: the connection can go back to the
+    pool); with C{stop=True} stops the origin at once (the client is gone).
+    """
+
+    def __init__(self, stop: bool = False) -> None:
+        self.stop = stop
+
+    def makeConnection(self, transport: object) -> None:
+        if self.stop and transport is not None:
+            transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
 
 
 def end_truncated(request: Request) -> None:

@@ -28,6 +28,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from ..errors import EdgeError, OriginTimeout, OriginUnavailable
 from ..headers import VIA, end_to_end
 from ..pull import OriginRequest
+from ..stream import Discard
 from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
     current_age,
@@ -346,13 +347,13 @@ class Cache:
         finally:
             ctx.pending = None
         if result.response.code == 304:
-            result.response.deliverBody(_Discard())
+            result.response.deliverBody(Discard())
             fresh = self._refreshed(entry, result, request_time, rule, reqh)
             now = self.clock.seconds()
             new_age = current_age(fresh.header_map(), fresh.request_time, fresh.response_time, now)
             return await self._serve_entry(request, ctx, fresh, "HIT", new_age)
         if result.response.code >= 500 and self._stale_ok(entry, age):
-            result.response.deliverBody(_Discard())
+            result.response.deliverBody(Discard())
             return await self._serve_stale(request, ctx, (entry, age), None)
         # A new answer: share it and store it like a miss.
         flight = _Flight(self, key, register=False)
@@ -425,24 +426,13 @@ class Cache:
                 flight.close()
                 return
             if result.response.code == 304:
-                result.response.deliverBody(_Discard())
+                result.response.deliverBody(Discard())
                 self._refreshed(entry, result, request_time, rule, reqh)
                 flight.close()
                 return
             flight.adopt(result, rule, reqh, request_time)
 
         Deferred.fromCoroutine(run())
-
-
-class _Discard:
-    def makeConnection(self, transport: Any) -> None:
-        pass
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-    def connectionLost(self, reason: Any) -> None:
-        pass
 
 
 class _Flight:
