@@ -225,18 +225,22 @@ class Cache:
                 return None
         return parse_range(ranges[0], size)
 
-    def _answer_304(self, request: Any, headers: dict, status: str, age: Optional[float]) -> None:
+    def _answer_304(self, request: Any, headers: dict, status: str, age: float) -> None:
         out = request.responseHeaders
         request.setResponseCode(304)
         for name in NOT_MODIFIED_HEADERS:
             if name in headers:
                 out.setRawHeaders(name, headers[name])
-        self._common(out, status, age or 0)
+        self._common(out, status, age)
         request.finish()
 
     @staticmethod
-    def _common(out: Headers, status: str, age: float) -> None:
-        out.setRawHeaders(b"age", [b"%d" % int(age)])
+    def _common(out: Headers, status: str, age: Optional[float]) -> None:
+        """Age (None: keep the origin's, else 0; SPEC §5 wants it on every answer), Via, X-Cache."""
+        if age is not None:
+            out.setRawHeaders(b"age", [b"%d" % int(age)])
+        elif not out.hasHeader(b"age"):
+            out.setRawHeaders(b"age", [b"0"])
         out.setRawHeaders(b"via", [b", ".join(out.getRawHeaders(b"via", []) + [VIA])])
         out.setRawHeaders(b"x-cache", [status.encode("ascii")])
 
@@ -303,17 +307,14 @@ class Cache:
         ctx.origin = str(result.address)
         ctx.origin_ms = result.elapsed * 1000
         out = request.responseHeaders
-        headers = {k.lower(): list(v) for k, v in end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders()}
+        headers = _map(end_to_end(response.headers, drop=(b"server",)))
         if response.code == 200 and not_modified(reqh, headers):
             self._answer_304(request, headers, status, 0)
             return
         request.setResponseCode(response.code, response.phrase)
         for name, values in headers.items():
             out.setRawHeaders(name, values)
-        out.setRawHeaders(b"via", [b", ".join(out.getRawHeaders(b"via", []) + [VIA])])
-        out.setRawHeaders(b"x-cache", [status.encode("ascii")])
-        if not out.hasHeader(b"age"):
-            out.setRawHeaders(b"age", [b"0"])  # fresh from the origin (SPEC §5: every answer)
+        self._common(out, status, None)  # fresh from the origin: its own Age, or 0
         first, last, length = 0, None, response.length
         if response.code == 200 and length is not UNKNOWN_LENGTH:
             chosen = self._apply_range(request, reqh, headers, length)
@@ -454,7 +455,6 @@ class _Flight:
         self.shared = True
         self.vary: Optional[tuple] = None
         self.variant: Optional[tuple] = None
-        self.entry_base: Optional[Entry] = None
         self.closed = False
 
     def join(self) -> _Waiter:
@@ -504,11 +504,11 @@ class _Flight:
         too_big = response.length is not UNKNOWN_LENGTH and response.length > cache.max_object
         storing = verdict.ok and not too_big
         cc = parse_cache_control(headers.get(b"cache-control"))
-        # Answers that belong to one client are never handed to another.
-        self.shared = not (cc.has("private") or cc.has("no-store") or headers.get(b"set-cookie")
-                           or vary_names(headers) is None) or storing
         self.vary = vary_names(headers)
         self.variant = vary_key(self.vary, reqh) if self.vary is not None else None
+        # Answers that belong to one client are never handed to another.
+        self.shared = not (cc.has("private") or cc.has("no-store") or headers.get(b"set-cookie")
+                           or self.vary is None) or storing
         fill = Fill(self.key, cache.max_object, cache.budget)
         self.fill = fill
         if not storing and self.registered:
