@@ -35,7 +35,7 @@ from .upload import BodyInterrupted
 from .origins.framing import InvalidOriginResponse, StrictClientProtocol
 from .origins.tls import TLSPolicy
 
-__all__ = ["OriginClient", "describe_connect_failure"]
+__all__ = ["OriginClient", "describe_connect_failure", "tcp_endpoint"]
 
 
 def describe_connect_failure(failure: Failure, connect_timeout: float) -> str:
@@ -66,6 +66,12 @@ def _tls_failure(failure: Failure, server_name: str) -> Optional[str]:
         if isinstance(r, Failure) and r.check(ierror.VerifyError, ierror.CertificateError):
             return f"TLS certificate refused: {r.getErrorMessage()}"
     return None
+
+
+def tcp_endpoint(reactor: object, address: Address, timeout: float) -> IStreamClientEndpoint:
+    """A TCP endpoint to one origin address (IPv4 or IPv6 literal)."""
+    kind = TCP6ClientEndpoint if address.is_ipv6 else TCP4ClientEndpoint
+    return kind(reactor, address.host, address.port, timeout=timeout)
 
 
 class _Attempt:
@@ -106,10 +112,7 @@ class _AddressEndpoints:
         self._connect_timeout = connect_timeout
 
     def endpointForURI(self, uri):  # type: ignore[no-untyped-def]
-        reactor = self._client.reactor
-        kind = TCP6ClientEndpoint if self._address.is_ipv6 else TCP4ClientEndpoint
-        endpoint = kind(reactor, self._address.host, self._address.port,
-                        timeout=self._connect_timeout)
+        endpoint = tcp_endpoint(self._client.reactor, self._address, self._connect_timeout)
         if self._scheme == "https":
             creator = self._client.tls.creator_for(self._server_name, self._verify)
             endpoint = wrapClientTLS(creator, endpoint)

@@ -29,7 +29,6 @@ from typing import Any, Callable, Optional
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout, maybeDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -39,6 +38,7 @@ from twisted.web.http_headers import Headers
 
 from .config import DEFAULT_PORTS, Address, BucketOrigin, Probe
 from .errors import ConnectFailed, FirstByteTimeout, NoResponse
+from .fetch import tcp_endpoint
 from .live import LiveDomain, LiveTable
 from .origins.group import AddressState, OriginGroup, ProbeResult
 from .stream import Discard
@@ -77,7 +77,7 @@ def probe_targets(live: LiveDomain, group: OriginGroup) -> list[tuple[AddressSta
     if isinstance(origin, BucketOrigin):
         host = origin.host_header
     else:
-        host = live.config.origin_host or live.name.removeprefix("*.")
+        host = live.origin_host(live.name.removeprefix("*."))
     verify = getattr(origin, "verify", True)
     return [
         (s, ProbeTarget(s.address.with_port(DEFAULT_PORTS[scheme]), scheme, host, verify, probe))
@@ -131,9 +131,7 @@ class HTTPChecker:
         return d.addCallbacks(answered, failed)
 
     def _connect(self, target: ProbeTarget) -> Deferred:
-        a = target.address
-        kind = TCP6ClientEndpoint if a.is_ipv6 else TCP4ClientEndpoint
-        endpoint = kind(self.reactor, a.host, a.port, timeout=target.probe.timeout)
+        endpoint = tcp_endpoint(self.reactor, target.address, target.probe.timeout)
         d = endpoint.connect(Factory.forProtocol(Protocol))
 
         def connected(proto):  # type: ignore[no-untyped-def]
