@@ -6,6 +6,8 @@ invalid edit shows the API's error in the page.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
@@ -19,37 +21,46 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def drive(url: str) -> dict:
-    """Runs in a worker thread: Playwright's sync API owns its own loop."""
-    from playwright.sync_api import expect, sync_playwright
+@contextmanager
+def chromium_page(url: str):  # type: ignore[no-untyped-def]
+    """A page of Debian's headless Chromium at C{url}, closed afterwards."""
+    from playwright.sync_api import sync_playwright
 
-    seen: dict = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
             page = browser.new_page()
             page.goto(url)
-            domain = page.locator('[data-domain="www.test.com"]')
-            primary = domain.locator('.group[data-role="primary"] tr.address')
-            standby = domain.locator('.group[data-role="standby"] tr.address')
-            expect(primary).to_have_count(1)
-            seen["primary_before"] = primary.first.get_attribute("data-address")
-            seen["standby_before"] = standby.first.get_attribute("data-address")
-            seen["state_before"] = primary.first.locator("td").nth(1).inner_text()
-            domain.locator('button[data-action="switch"]').click()
-            expect(primary.first).to_have_attribute("data-address", seen["standby_before"])
-            seen["primary_after"] = primary.first.get_attribute("data-address")
-            seen["standby_after"] = standby.first.get_attribute("data-address")
-            seen["badge"] = domain.locator(".badge").inner_text()
-            # An invalid edit: the API's error is shown, nothing changes.
-            domain.locator('button[data-action="edit-primary"]').click()
-            domain.locator('form.editor input[name="addresses"]').fill("300.1.1.1")
-            domain.locator('form.editor button[type="submit"]').click()
-            error = page.locator("#error")
-            expect(error).to_be_visible()
-            seen["error"] = error.inner_text()
+            yield page
         finally:
             browser.close()
+
+
+def drive(url: str) -> dict:
+    """Runs in a worker thread: Playwright's sync API owns its own loop."""
+    from playwright.sync_api import expect
+
+    seen: dict = {}
+    with chromium_page(url) as page:
+        domain = page.locator('[data-domain="www.test.com"]')
+        primary = domain.locator('.group[data-role="primary"] tr.address')
+        standby = domain.locator('.group[data-role="standby"] tr.address')
+        expect(primary).to_have_count(1)
+        seen["primary_before"] = primary.first.get_attribute("data-address")
+        seen["standby_before"] = standby.first.get_attribute("data-address")
+        seen["state_before"] = primary.first.locator("td").nth(1).inner_text()
+        domain.locator('button[data-action="switch"]').click()
+        expect(primary.first).to_have_attribute("data-address", seen["standby_before"])
+        seen["primary_after"] = primary.first.get_attribute("data-address")
+        seen["standby_after"] = standby.first.get_attribute("data-address")
+        seen["badge"] = domain.locator(".badge").inner_text()
+        # An invalid edit: the API's error is shown, nothing changes.
+        domain.locator('button[data-action="edit-primary"]').click()
+        domain.locator('form.editor input[name="addresses"]').fill("300.1.1.1")
+        domain.locator('form.editor button[type="submit"]').click()
+        error = page.locator("#error")
+        expect(error).to_be_visible()
+        seen["error"] = error.inner_text()
     return seen
 
 
@@ -85,27 +96,21 @@ async def test_console_switch_swaps_roles_and_the_api_agrees(tmp_path):  # type:
 
 
 def drive_with_token(url: str, token: str) -> dict:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     seen: dict = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            login = page.locator("#login")
-            expect(login).to_be_visible()
-            seen["domains_before"] = page.locator("[data-domain]").count()
-            page.locator("#token").fill(token)
-            page.locator('#login button[type="submit"]').click()
-            expect(page.locator('[data-domain="www.test.com"]')).to_have_count(1)
-            expect(login).to_be_hidden()
-            # Asked once: a reload keeps it for the tab.
-            page.reload()
-            expect(page.locator('[data-domain="www.test.com"]')).to_have_count(1)
-            seen["login_after_reload"] = login.is_visible()
-        finally:
-            browser.close()
+    with chromium_page(url) as page:
+        login = page.locator("#login")
+        expect(login).to_be_visible()
+        seen["domains_before"] = page.locator("[data-domain]").count()
+        page.locator("#token").fill(token)
+        page.locator('#login button[type="submit"]').click()
+        expect(page.locator('[data-domain="www.test.com"]')).to_have_count(1)
+        expect(login).to_be_hidden()
+        # Asked once: a reload keeps it for the tab.
+        page.reload()
+        expect(page.locator('[data-domain="www.test.com"]')).to_have_count(1)
+        seen["login_after_reload"] = login.is_visible()
     return seen
 
 
