@@ -67,6 +67,15 @@ def wrk(url: str, host: str, seconds: int, connections: int) -> tuple[float, str
     return rps, p50.group(1) if p50 else "?"
 
 
+def stop_all(cdn: subprocess.Popen, nginx: subprocess.Popen, work: str) -> None:
+    """Stop the twistd and nginx of a benchmark and remove its directory."""
+    cdn.send_signal(signal.SIGTERM)
+    nginx.send_signal(signal.SIGQUIT)
+    cdn.wait(10)
+    nginx.wait(10)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
@@ -177,11 +186,7 @@ def main() -> None:
             rps, p50 = wrk(f"http://127.0.0.1:{port}/1k.bin", "bench.test", args.seconds, args.connections)
             print(f"   {name:30s} {rps:10.0f} req/s   p50 {p50}")
     finally:
-        cdn.send_signal(signal.SIGTERM)
-        nginx.send_signal(signal.SIGQUIT)
-        cdn.wait(10)
-        nginx.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(cdn, nginx, work)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +20,7 @@ import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_bench import TWISTD, free_port, rss_kib, wait_port  # noqa: E402
+from cache_bench import TWISTD, free_port, rss_kib, stop_all, wait_port  # noqa: E402
 
 
 def open_idle(port: int, n: int) -> list:
@@ -109,11 +107,7 @@ def main() -> None:
             for s in socks:
                 s.close()
     finally:
-        cdn.send_signal(signal.SIGTERM)
-        nginx.send_signal(signal.SIGQUIT)
-        cdn.wait(10)
-        nginx.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(cdn, nginx, work)
 
 
 if __name__ == "__main__":
