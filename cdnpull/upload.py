@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
@@ -91,7 +91,6 @@ class BodyPipe:
         if self.done:
             return succeed(None)
         if self.failure is not None:
-            from twisted.internet.defer import fail
             return fail(self.failure)
         self._finished = Deferred()
         return self._finished

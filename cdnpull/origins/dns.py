@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.names import client, dns, hosts, resolve
@@ -147,7 +147,7 @@ class NameWatcher:
 
     def wait(self) -> Deferred:
         if self._answered or self.stopped:
-            return _fired()
+            return succeed(None)
         d: Deferred = Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
         self._waiters.append(d)
         return d
@@ -247,12 +247,6 @@ class NameWatcher:
             return
         self.log.failure("resolving {name} raised", f, name=self.name)
         self._failure(f"resolver error: {f.getErrorMessage()}")
-
-
-def _fired() -> Deferred:
-    d: Deferred = Deferred()
-    d.callback(None)
-    return d
 
 
 def _describe(f: Failure) -> str:
