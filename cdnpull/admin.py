@@ -150,7 +150,7 @@ class AdminResource(Resource):
         method = request.method
         parts = [unquote(p) for p in path[len("/api/"):].split("/")]
         now = self.clock.seconds()
-        dns = getattr(self.runtime, "dns", None)
+        dns = self.runtime.dns
         if parts == ["domains"]:
             self._allow(method, b"GET")
             return 200, table_json(self.runtime.table, now, dns)
@@ -195,7 +195,4 @@ class AdminResource(Resource):
             if not isinstance(values, list) or not all(
                     isinstance(v, str) and v.startswith(("http://", "https://")) for v in values):
                 raise BadRequest(f"{key}: must be a list of full URLs (http://host/path)")
-        cache = getattr(self.runtime, "cache", None)
-        if cache is None:
-            raise _HTTPError(501, "purge: this build has no cache yet; nothing is stored to purge")
-        return 200, cache.purge(body.get("urls", []), body.get("prefixes", []))
+        return 200, self.runtime.cache.purge(body.get("urls", []), body.get("prefixes", []))

@@ -50,7 +50,7 @@ class _Context:
 class Edge(Resource):
     """
     @param runtime: an object with C{table} (the current
-        L{cdnpull.live.LiveTable}, swapped on change) and C{puller}.
+        L{cdnpull.live.LiveTable}, swapped on change), C{puller} and C{cache}.
     """
 
     isLeaf = True
@@ -120,7 +120,7 @@ class Edge(Resource):
             ctx.origin_ms = result.elapsed * 1000
             await self._respond(request, ctx, result)
 
-        cache = getattr(self.runtime, "cache", None)
+        cache = self.runtime.cache
         if cache is not None and request.method in (b"GET", b"HEAD"):
             await cache.handle(request, live, oreq, ctx, passthrough)
         else:

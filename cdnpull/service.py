@@ -150,7 +150,7 @@ class CdnService(MultiService):
         assert self.loaded is not None and self.control is not None
         path = self.loaded.path
         self.log.info("SIGHUP: reloading {path}", path=path)
-        access_log = getattr(self.runtime, "access_log", None)
+        access_log = self.runtime.access_log
         if access_log is not None:
             try:
                 access_log.reopen()
