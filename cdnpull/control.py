@@ -20,7 +20,8 @@ from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
 from .config import Config, Domain
-from .overrides import BadRequest, Override, StateFile, apply_override, check_domain, origin_from_json
+from .overrides import (BadRequest, Override, StateFile, apply_override, check_domain,
+                        effective_domains, origin_from_json)
 
 __all__ = ["Control", "UnknownDomain"]
 
@@ -58,7 +59,7 @@ class Control:
         self._apply()
 
     def _apply(self) -> None:
-        domains = [apply_override(d, self.overrides.get(d.name)) for d in self.bases.values()]
+        domains = effective_domains(self.bases.values(), self.overrides)
         self.runtime.apply(domains, bases=dict(self.bases))
 
     # -- changes -----------------------------------------------------------

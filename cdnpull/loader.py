@@ -82,22 +82,6 @@ def _run_module(path: str) -> ModuleType:
     return module
 
 
-def unbuilt_problem(domain: str, field: str, origin: object) -> Optional[str]:
-    """Origin kinds this build cannot fetch from fail at load, not silently (none now)."""
-    return None
-
-
-def _refuse_unbuilt(config: Config) -> None:
-    problems = []
-    for d in config.domains:
-        for field, origin in (("origin", d.origin), ("standby", d.standby)):
-            why = unbuilt_problem(d.name, field, origin)
-            if why:
-                problems.append(why)
-    if problems:
-        raise ConfigError(problems)
-
-
 def _warn_unverified(config: Config) -> None:
     for d in config.domains:
         for field, origin in (("origin", d.origin), ("standby", d.standby)):
@@ -124,7 +108,6 @@ def load_config(path: str, **overrides: Any) -> LoadedConfig:
     if services is not None and not callable(services):
         raise ConfigError(f"{os.path.basename(path)}: 'services' must be a function of the reactor")
     config = validate(module.domains, settings)
-    _refuse_unbuilt(config)
     _warn_unverified(config)
     return LoadedConfig(config=config, path=os.path.abspath(path), services=services,
                         overrides=dict(overrides))

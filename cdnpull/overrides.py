@@ -150,13 +150,7 @@ def apply_override(base: Domain, override: Optional[Override]) -> Domain:
 
 def check_domain(domain: Domain) -> None:
     """The config's own validation of one (changed) domain."""
-    from .loader import unbuilt_problem
-
     problems = domain_problems(domain)
-    for field, origin in (("origin", domain.origin), ("standby", domain.standby)):
-        why = None if problems else unbuilt_problem(domain.name, field, origin)
-        if why:
-            problems.append(why)
     if problems:
         raise BadRequest("; ".join(problems))
 
