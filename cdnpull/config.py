@@ -395,7 +395,7 @@ class Settings:
     # How long past its freshness a cached object may still be served when
     # every origin fails (0: never); the origin's own stale-if-error counts too.
     stale_if_error: float = 86400.0
-    # Client connections (see cdnpull/httpserver.py for what each refusal is).
+    # Client connections (see cdnpull/http/server.py for what each refusal is).
     client_max_request_line: int = 8192
     client_max_header_line: int = 8192
     client_max_header_bytes: int = 32768

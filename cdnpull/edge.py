@@ -7,7 +7,6 @@ becomes an HTTP status here and only here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -23,13 +22,15 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .accesslog import AccessLog, AccessRecord
 from .config import BucketOrigin
 from .errors import EdgeError
-from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
+from .cache.hit import fresh_hit
+from .http import ClientConnection, ClientLimits
+from .upload import BodyPipe
 from .headers import VIA, add_forwarding, end_to_end
 from .pull import OriginRequest, PullResult
 from .routing import normalise_host, split_target
 from .stream import BodyRelay, Discard
 
-__all__ = ["Edge", "EdgeSite"]
+__all__ = ["Edge", "EdgeRequest", "EdgeSite"]
 
 NO_BODY_METHODS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE")
 
@@ -65,6 +66,46 @@ class Edge(Resource):
         # Counts every answer (cdnpull.metrics.Metrics), when set.
         self.metrics: Optional[Any] = None
         self._cooperator = Cooperator(scheduler=lambda f: clock.callLater(0, f))  # type: ignore[attr-defined]
+        self._hosts: dict = {}  # raw Host -> normalised (bounded)
+
+    # -- the fast path: fresh memory hits, answered by the connection ------
+
+    def fast(self, head: Any, conn: Any) -> Optional[bytes]:
+        """
+        The whole answer to a request head when a fresh memory entry answers
+        it (no twisted.web Request is made), else None.
+        """
+        method = head.method
+        if method != b"GET" and method != b"HEAD":
+            return None
+        cache = self.runtime.cache
+        target = head.target
+        hosts = head.fields.get(b"host")
+        if cache is None or not hosts or target[:1] != b"/":
+            return None
+        raw = hosts[0]
+        host = self._hosts.get(raw)
+        if host is None:
+            host = normalise_host(raw)
+            if host is None:
+                return None
+            if len(self._hosts) > 4096:
+                self._hosts.clear()
+            self._hosts[raw] = host
+        live = self.runtime.table.route(host)
+        if live is None:
+            return None
+        now = self.clock.seconds()
+        answer = fresh_hit(cache, live, host, target, method, head.fields, now,
+                           not head.keep_alive)
+        if answer is None:
+            return None
+        data, status, sent = answer
+        if self.metrics is not None:
+            self.metrics.request(live.name, status, "HIT")
+        self.access_log.hit(conn.peer_host, method, target, head.version, status, sent,
+                            head.fields, live.name, now)
+        return data
 
     def render(self, request: Request) -> object:
         request.setHeader(b"server", b"cdnpull")
@@ -238,20 +279,42 @@ def _has_body(request: Request) -> bool:
                 or request.getHeader(b"transfer-encoding"))
 
 
-class EdgeSite(Site):
+class EdgeRequest(Request):
     """
-    A Site whose connections are L{EdgeChannel}s (strict framing, limits,
-    timeouts) and whose access log is ours (L{AccessLog}), not twisted.web's.
+    A request whose body (methods other than GET and HEAD) may stream
+    through C{body_pipe} while it arrives (see L{cdnpull.http.server}).
     """
 
+    body_pipe: Optional[BodyPipe] = None
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.body_pipe is not None:
+            self.body_pipe.fail()
+        super().connectionLost(reason)
+
+
+class EdgeSite(Site):
+    """
+    A Site whose connections are cdnpull's own HTTP/1.1 engine
+    (L{ClientConnection}: strict framing, limits, timeouts), which answers
+    fresh memory hits itself through C{fast}; the access log is ours
+    (L{AccessLog}), not twisted.web's.
+    """
+
+    noisy = False
+
     def __init__(self, resource: Resource, limits: Optional[ClientLimits] = None,
-                 **kwargs: Any) -> None:
-        super().__init__(resource, **kwargs)
+                 reactor: Any = None, **kwargs: Any) -> None:
+        super().__init__(resource, reactor=reactor, **kwargs)
         self.limits = limits or ClientLimits()
-        self.protocol = partial(EdgeChannel, self.limits)  # type: ignore[assignment]
+        self.clock = reactor
         self.requestFactory = EdgeRequest
-        # HTTPFactory hands this to every channel as its idle timeout.
-        self.timeOut = self.limits.idle_timeout
+        self.fast = getattr(resource, "fast", None)
+
+    def buildProtocol(self, addr: Any) -> ClientConnection:
+        conn = ClientConnection(self.limits, self.clock)
+        conn.factory = self
+        return conn
 
     def log(self, request: Request) -> None:
         pass

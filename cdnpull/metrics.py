@@ -90,11 +90,19 @@ class Metrics:
             ["domain", "group"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         r.register(_TableCollector(table, clock, cache))
+        self._children: dict = {}
 
     # -- hooks the other parts call --------------------------------------
 
     def request(self, domain: Optional[str], status: int, cache: str) -> None:
-        self.requests.labels(domain or "-", f"{status // 100}xx", cache).inc()
+        # The label children are looked up once per (domain, class, cache),
+        # not per request (bounded: domains x 5 classes x cache statuses).
+        key = (domain, status // 100, cache)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(
+                domain or "-", f"{status // 100}xx", cache)
+        child.inc()
 
     def origin_try(self, domain: str, group: str, address: str, outcome: str,
                    seconds: Optional[float]) -> None:

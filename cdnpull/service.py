@@ -27,7 +27,7 @@ from .cache import Cache, DiskStore, MemoryStore, Store
 from .config import Config, ConfigError, Domain, parse_size
 from .control import Control
 from .edge import Edge, EdgeSite
-from .httpserver import ClientLimits
+from .http import ClientLimits
 from .fetch import OriginClient
 from .live import LiveTable, build_table
 from .loader import LoadedConfig, load_config
@@ -140,6 +140,8 @@ class CdnService(MultiService):
             self._old_sighup = None
         d = maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.runtime.stop())
+        if self.runtime.access_log is not None:
+            d.addBoth(lambda r: (self.runtime.access_log.close(), r)[1])
         return d
 
     def reload(self) -> Deferred:
@@ -208,7 +210,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
                       write=run_in_thread)
     control.restore()
     service = CdnService(runtime, loaded, control)
-    access_log = AccessLog(settings.access_log)
+    access_log = AccessLog(settings.access_log, reactor)
     runtime.access_log = access_log
     edge = Edge(runtime, reactor, access_log)
     edge.metrics = metrics
