@@ -199,23 +199,22 @@ class ClientConnection(Protocol):
             pass
         except httptools.HttpParserUpgrade:
             # Nothing is upgraded here: answer what came, then close.
-            self.persistent = False
             self._parser = None
         except httptools.HttpParserError as e:
-            self.refuse(400, f"malformed request ({e})")
+            self._fail(400, f"malformed request ({e})")
         except Exception:
             self.log.failure("error parsing a request from {peer}", peer=self.peer_host)
-            self.refuse(500, "internal error")
+            self._fail(500, "internal error")
         finally:
             self._feeding = False
-        if self._refused:
+        if self._refused or self._parser is None:
             return
         if self._head is not None and not self._in_body:
             # A head is incomplete: its time and size are bounded.
             limits = self.limits
             self._head_seen += len(data)
             if self._head_seen > limits.max_request_line + limits.max_header_bytes + limits.max_header_line:
-                return self.refuse(431, f"headers larger than {limits.max_header_bytes} bytes")
+                return self._fail(431, f"headers larger than {limits.max_header_bytes} bytes")
             if self._head_since is None:
                 self._head_since = self.clock.seconds()
                 self._arm(limits.header_timeout)
@@ -235,7 +234,14 @@ class ClientConnection(Protocol):
             if self._queue:
                 self._start(self._queue.popleft())
                 continue
-            if self._backlog and self._parser is not None:
+            if self._parser is None:
+                # After an Upgrade request or a bad one behind good ones.
+                if self._refusal is not None:
+                    self.refuse(*self._refusal)
+                else:
+                    self._close()
+                return
+            if self._backlog:
                 data = b"".join(self._backlog)
                 self._backlog.clear()
                 self._backlog_size = 0
@@ -381,6 +387,10 @@ class ClientConnection(Protocol):
         self.transport.writeSequence(data)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        head = self._head
+        if head is not None and head.request is not None and head.request is self._active:
+            # Answered before its body was complete: this connection ends.
+            self.persistent = False
         if not self.persistent and not headers.hasHeader(b"connection"):
             headers.setRawHeaders(b"connection", [b"close"])
         out = [version, b" ", code, b" ", reason, b"\r\n"]
@@ -421,15 +431,34 @@ class ClientConnection(Protocol):
 
     # -- refusing and closing ----------------------------------------------------
 
+    _refusal: Optional[tuple] = None
+
     def _stop(self, status: int, why: str) -> None:
-        self.refuse(status, why)
+        self._fail(status, why)
         raise _Refused()
+
+    def _fail(self, status: int, why: str) -> None:
+        """
+        The request being read is refused: at once, or, when good requests
+        are ahead of it, after they are answered (nothing more is read).
+        """
+        head = self._head
+        current = head.request if head is not None else None
+        if self._queue or (self._active is not None and self._active is not current):
+            self._refusal = (status, why)
+            self._parser = None
+            self._pause_reading("refused")
+            return
+        self.refuse(status, why)
 
     def refuse(self, status: int, why: str) -> None:
         """Answer C{status} with a short text, log it, and close the connection."""
         if self._refused:
             return
         self._refused = True
+        head = self._head
+        if head is not None and head.pipe is not None:
+            head.pipe.fail()  # a body that will never be complete
         self.log.info("refused a request from {peer}: {status} {why}", peer=self.peer_host,
                       status=status, why=why)
         if self._active is None or not self._active.startedWriting:
@@ -446,6 +475,8 @@ class ClientConnection(Protocol):
         self._closing = True
         self._cancel_timers()
         self._backlog.clear()
+        # TLS waits for the producer to go before it shuts down.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def _abort(self) -> None:
