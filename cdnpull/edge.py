@@ -23,7 +23,7 @@ from .accesslog import AccessLog, AccessRecord
 from .config import BucketOrigin
 from .errors import EdgeError
 from .cache.hit import fresh_hit
-from .http import ClientConnection, ClientLimits
+from .http import ClientConnection, ClientLimits, Sweeper
 from .upload import BodyPipe
 from .headers import VIA, add_forwarding, end_to_end
 from .pull import OriginRequest, PullResult
@@ -310,9 +310,10 @@ class EdgeSite(Site):
         self.clock = reactor
         self.requestFactory = EdgeRequest
         self.fast = getattr(resource, "fast", None)
+        self.sweeper = Sweeper(reactor, self.limits)
 
     def buildProtocol(self, addr: Any) -> ClientConnection:
-        conn = ClientConnection(self.limits, self.clock)
+        conn = ClientConnection(self.limits, self.clock, self.sweeper)
         conn.factory = self
         return conn
 

@@ -5,6 +5,6 @@ pipelining, the fast path for stored answers, and a channel that a
 C{twisted.web} request runs on for everything else).
 """
 
-from .server import ClientConnection, ClientLimits, Head
+from .server import ClientConnection, ClientLimits, Head, Sweeper
 
-__all__ = ["ClientConnection", "ClientLimits", "Head"]
+__all__ = ["ClientConnection", "ClientLimits", "Head", "Sweeper"]

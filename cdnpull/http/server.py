@@ -49,9 +49,10 @@ from zope.interface import implementer
 
 from ..upload import BodyPipe
 
-__all__ = ["ClientLimits", "ClientConnection", "Head"]
+__all__ = ["ClientLimits", "ClientConnection", "Head", "Sweeper"]
 
 BACKLOG_LIMIT = 64 * 1024
+SHRINK_AFTER = 1.0  # seconds idle before a connection lets go of its parser
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,40 @@ class _ReadGate:
         self.conn._resume_reading("body")
 
 
+class Sweeper:
+    """
+    Checks the header and idle deadlines of all connections of a listener
+    every C{interval} seconds, instead of a timer per connection (a
+    deadline fires up to one interval late).
+    """
+
+    def __init__(self, clock: Any, limits: ClientLimits, interval: Optional[float] = None) -> None:
+        self.clock = clock
+        self.interval = interval or min(1.0, limits.header_timeout / 4, limits.idle_timeout / 4)
+        self.connections: set = set()
+        self._call: Any = None
+
+    def add(self, conn: "ClientConnection") -> None:
+        self.connections.add(conn)
+        if self._call is None:
+            self._call = self.clock.callLater(self.interval, self._sweep)
+
+    def discard(self, conn: "ClientConnection") -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _sweep(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        for conn in list(self.connections):
+            conn._tick(now)
+        if self.connections and self._call is None:
+            self._call = self.clock.callLater(self.interval, self._sweep)
+
+
 @implementer(IPushProducer)
 class ClientConnection(Protocol):
     """
@@ -112,26 +147,39 @@ class ClientConnection(Protocol):
 
     log = Logger()
 
-    # The channel interface twisted.web's Request uses.
-    site: Any = None
-    persistent = True
-    _refused = False
-    _closing = False
+    # Per-connection state in slots, containers made only when needed, and
+    # the parser (about 1 KiB) dropped after SHRINK_AFTER idle seconds: an
+    # idle keep-alive connection costs little.
+    __slots__ = ("factory", "transport", "connected", "site", "limits", "clock", "persistent",
+                 "_refused", "_closing", "_refusal", "_stopped", "_parser", "_head", "_queue",
+                 "_active", "_backlog", "_backlog_size", "_feeding", "_pausers", "_producer",
+                 "_write_paused", "_sweeper", "_send_timer", "_idle_since", "_head_since",
+                 "_head_seen", "_body_seen", "_in_body", "_tab", "_header_bytes", "_peer_host")
 
-    def __init__(self, limits: Optional[ClientLimits] = None, clock: Any = None) -> None:
+    def __init__(self, limits: Optional[ClientLimits] = None, clock: Any = None,
+                 sweeper: Optional["Sweeper"] = None) -> None:
+        self.factory: Any = None
+        self.transport: Any = None
+        self.connected = 0
+        self.site: Any = None  # the channel interface twisted.web's Request uses
         self.limits = limits or ClientLimits()
         self.clock = clock
+        self.persistent = True
+        self._refused = False
+        self._closing = False
+        self._refusal: Optional[tuple] = None
+        self._stopped = False  # nothing more is read (after an Upgrade, or a refusal)
         self._parser: Any = None
         self._head: Optional[Head] = None
-        self._queue: deque = deque()
+        self._queue: Optional[deque] = None
         self._active: Any = None  # the request being answered through twisted.web
-        self._backlog: list = []
+        self._backlog: Optional[list] = None
         self._backlog_size = 0
         self._feeding = False
-        self._pausers: set = set()
+        self._pausers: Optional[set] = None
         self._producer: Any = None
         self._write_paused = False
-        self._timer: Any = None  # header and idle timeouts
+        self._sweeper = sweeper or Sweeper(clock, limits or ClientLimits())  # header and idle timeouts
         self._send_timer: Any = None
         self._idle_since = 0.0
         self._head_since: Optional[float] = None
@@ -140,7 +188,15 @@ class ClientConnection(Protocol):
         self._in_body = False
         self._tab = False
         self._header_bytes = 0
-        self.peer_host = "-"
+        self._peer_host: Optional[str] = None
+
+    @property
+    def peer_host(self) -> str:
+        host = self._peer_host
+        if host is None:
+            peer = self.transport.getPeer() if self.transport is not None else None
+            host = self._peer_host = getattr(peer, "host", "-")
+        return host
 
     # -- connection --------------------------------------------------------
 
@@ -148,12 +204,9 @@ class ClientConnection(Protocol):
         self.site = self.factory
         if self.clock is None:
             self.clock = self.factory.clock
-        self._parser = httptools.HttpRequestParser(self)
-        peer = self.transport.getPeer()
-        self.peer_host = getattr(peer, "host", "-")
         self.transport.registerProducer(self, True)
         self._idle_since = self.clock.seconds()
-        self._arm(self.limits.idle_timeout)
+        self._sweeper.add(self)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closing = True
@@ -161,10 +214,10 @@ class ClientConnection(Protocol):
         active, self._active = self._active, None
         if active is not None:
             active.connectionLost(reason)
-        for head in self._queue:
+        for head in self._queue or ():
             if head.pipe is not None:
                 head.pipe.fail()
-        self._queue.clear()
+        self._queue = None
         head = self._head
         if head is not None and head.pipe is not None and not head.request.finished:
             head.pipe.fail()  # (an answered request's origin side is over already)
@@ -179,6 +232,8 @@ class ClientConnection(Protocol):
         if self._active is not None and (self._head is None or self._head.request is not self._active) \
                 or self._queue:
             # Answering a request: later bytes wait their turn.
+            if self._backlog is None:
+                self._backlog = []
             self._backlog.append(data)
             self._backlog_size += len(data)
             if self._backlog_size > BACKLOG_LIMIT:
@@ -188,18 +243,21 @@ class ClientConnection(Protocol):
         self._run()
 
     def _feed(self, data: bytes) -> None:
-        if self._parser is None:
-            return  # after an Upgrade request: nothing more is read
+        if self._stopped:
+            return
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         if not self._in_body and b"\t" in data:
             self._tab = True  # checked against Transfer-Encoding (llhttp strips it)
         self._feeding = True
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except _Refused:
             pass
         except httptools.HttpParserUpgrade:
             # Nothing is upgraded here: answer what came, then close.
-            self._parser = None
+            self._stopped = True
         except httptools.HttpParserError as e:
             self._fail(400, f"malformed request ({e})")
         except Exception:
@@ -207,7 +265,7 @@ class ClientConnection(Protocol):
             self._fail(500, "internal error")
         finally:
             self._feeding = False
-        if self._refused or self._parser is None:
+        if self._refused or self._stopped:
             return
         if self._head is not None and not self._in_body:
             # A head is incomplete: its time and size are bounded.
@@ -217,7 +275,6 @@ class ClientConnection(Protocol):
                 return self._fail(431, f"headers larger than {limits.max_header_bytes} bytes")
             if self._head_since is None:
                 self._head_since = self.clock.seconds()
-                self._arm(limits.header_timeout)
 
     def _run(self) -> None:
         """Answer queued requests in order; then parse what waited."""
@@ -234,7 +291,7 @@ class ClientConnection(Protocol):
             if self._queue:
                 self._start(self._queue.popleft())
                 continue
-            if self._parser is None:
+            if self._stopped:
                 # After an Upgrade request or a bad one behind good ones.
                 if self._refusal is not None:
                     self.refuse(*self._refusal)
@@ -243,7 +300,7 @@ class ClientConnection(Protocol):
                 return
             if self._backlog:
                 data = b"".join(self._backlog)
-                self._backlog.clear()
+                self._backlog = None
                 self._backlog_size = 0
                 self._resume_reading("backlog")
                 self._feed(data)
@@ -336,6 +393,8 @@ class ClientConnection(Protocol):
             head.pipe.finish()
             if head.started:
                 return  # already dispatched
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(head)
 
     # -- answering -------------------------------------------------------------
@@ -431,8 +490,6 @@ class ClientConnection(Protocol):
 
     # -- refusing and closing ----------------------------------------------------
 
-    _refusal: Optional[tuple] = None
-
     def _stop(self, status: int, why: str) -> None:
         self._fail(status, why)
         raise _Refused()
@@ -446,7 +503,7 @@ class ClientConnection(Protocol):
         current = head.request if head is not None else None
         if self._queue or (self._active is not None and self._active is not current):
             self._refusal = (status, why)
-            self._parser = None
+            self._stopped = True
             self._pause_reading("refused")
             return
         self.refuse(status, why)
@@ -474,7 +531,7 @@ class ClientConnection(Protocol):
             return
         self._closing = True
         self._cancel_timers()
-        self._backlog.clear()
+        self._backlog = None
         # TLS waits for the producer to go before it shuts down.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -483,60 +540,44 @@ class ClientConnection(Protocol):
         if self.transport is not None and self.transport.connected:
             self.transport.abortConnection()
 
-    # -- timeouts: one timer for the head and idle deadlines ----------------------
+    # -- timeouts: the head and idle deadlines, checked by the sweeper ------------
 
-    def _arm(self, delay: float) -> None:
-        """Make sure the timer fires at most C{delay} seconds from now."""
-        timer = self._timer
-        if timer is not None and timer.active():
-            if timer.getTime() <= self.clock.seconds() + delay:
-                return
-            timer.reset(delay)
-        else:
-            self._timer = self.clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
+    def _tick(self, now: float) -> None:
         if self._closing:
             return
-        now = self.clock.seconds()
         limits = self.limits
         if self._head_since is not None:
-            left = self._head_since + limits.header_timeout - now
-            if left <= 0:
+            if now - self._head_since >= limits.header_timeout:
                 self.refuse(408, f"request headers not received within {limits.header_timeout:g} s")
                 # A client this slow may not read either: do not wait for it.
                 self.clock.callLater(1.0, self._abort)
-                return
-            self._timer = self.clock.callLater(left, self._tick)
             return
         if self._active is not None or self._queue or self._head is not None:
-            # Busy answering or reading a body: idle again from its end.
-            self._timer = self.clock.callLater(limits.idle_timeout, self._tick)
-            return
-        left = self._idle_since + limits.idle_timeout - now
-        if left <= 0:
+            return  # busy answering, or reading a body
+        idle = now - self._idle_since
+        if idle >= limits.idle_timeout:
             self._close()
-            return
-        self._timer = self.clock.callLater(left, self._tick)
+        elif idle >= SHRINK_AFTER and self._parser is not None and not self._backlog:
+            self._parser = None  # made again by the next request
 
     def _cancel_timers(self) -> None:
-        for name in ("_timer", "_send_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                if timer.active():
-                    timer.cancel()
-                setattr(self, name, None)
+        self._sweeper.discard(self)
+        if self._send_timer is not None:
+            if self._send_timer.active():
+                self._send_timer.cancel()
+            self._send_timer = None
 
     # -- flow control -----------------------------------------------------------------
 
     def _pause_reading(self, why: str) -> None:
         if not self._pausers and self.transport is not None:
             self.transport.pauseProducing()
+        if self._pausers is None:
+            self._pausers = set()
         self._pausers.add(why)
 
     def _resume_reading(self, why: str) -> None:
-        if why in self._pausers:
+        if self._pausers and why in self._pausers:
             self._pausers.discard(why)
             if not self._pausers and not self._closing:
                 self.transport.resumeProducing()
