@@ -48,6 +48,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from ..upload import BodyPipe
+from .compat import eager_write
 
 __all__ = ["ClientLimits", "ClientConnection", "Head", "Sweeper"]
 
@@ -408,7 +409,7 @@ class ClientConnection(Protocol):
             if fast is not None:
                 answer = fast(head, self)
                 if answer is not None:
-                    self.transport.write(answer)
+                    eager_write(self.transport, answer)
                     self._idle_since = self.clock.seconds()
                     return
             head.request = self._make_request(head)

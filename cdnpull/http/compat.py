@@ -1,0 +1,33 @@
+"""
+The one place that knows Twisted's private transport internals: writing an
+answer straight to the socket when nothing is waiting to be sent, as
+asyncio's transports do, instead of buffering it and asking epoll when the
+socket is writable (two epoll_ctl calls and one more loop turn per answer).
+
+Any other transport (TLS, tests' StringTransport), or anything pending,
+goes through C{transport.write} as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+
+__all__ = ["eager_write"]
+
+
+def eager_write(transport: Any, data: bytes) -> None:
+    if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)):
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # Twisted's own write finds the error and closes
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
