@@ -43,6 +43,14 @@ __all__ = [
 DEFAULT_BLOCK_FOR = 60.0
 SCHEMES = ("http", "https", "follow")
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Client-sent headers the node drops unless Domain.forward_headers names
+# them (cdnpull/headers.py): they steer an origin without being in the key.
+STEERING_HEADERS = (
+    "forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+    "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-ssl", "x-real-ip",
+    "x-original-url", "x-rewrite-url", "x-original-host",
+    "x-http-method-override", "x-http-method", "x-method-override",
+)
 
 
 class ConfigError(Exception):
@@ -274,6 +282,14 @@ class Probe:
     timeout: float = 3.0
     block_for: float = DEFAULT_BLOCK_FOR
     kind: str = "http"
+    # The Host (and TLS server name) probes send; None: the domain's
+    # origin_host, else its name.  A wildcard domain has no name of its own
+    # to probe with: give one here (or origin_host).
+    host: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.host, str):
+            object.__setattr__(self, "host", self.host.strip().lower())
 
 
 @dataclass(frozen=True)
@@ -320,11 +336,17 @@ class Domain:
     connect_timeout: float = 5.0
     first_byte_timeout: float = 30.0
     total_timeout: float = 60.0
+    # Client-sent forwarding and override headers (X-Forwarded-Host,
+    # Forwarded, X-Original-URL, ...) are dropped; the ones named here reach
+    # the origin, and their values become part of the cache key.
+    forward_headers: tuple = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.name, str):
             object.__setattr__(self, "name", self.name.strip().lower().rstrip("."))
         object.__setattr__(self, "cache", _tuple(self.cache))
+        object.__setattr__(self, "forward_headers", tuple(
+            h.strip().lower() if isinstance(h, str) else h for h in _tuple(self.forward_headers)))
         object.__setattr__(self, "failover_on", frozenset(_tuple(self.failover_on)))
         if isinstance(self.origin_host, str):
             object.__setattr__(self, "origin_host", self.origin_host.strip().lower())
@@ -433,6 +455,7 @@ class Config:
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_REGION = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
 def _hostname_problem(name: object) -> Optional[str]:
@@ -448,6 +471,16 @@ def _hostname_problem(name: object) -> Optional[str]:
     if not all(_LABEL.match(label) for label in labels):
         return f"{name!r} is not a valid hostname"
     return None
+
+
+def _host_port_problem(value: object) -> Optional[str]:
+    """A host name with an optional C{:port} (a Host header value)."""
+    if not isinstance(value, str):
+        return f"{value!r} is not a hostname"
+    host, sep, port = value.partition(":")
+    if sep and (e := _port_problem(int(port) if port.isdigit() else port)):
+        return f"{value!r}: port {e}"
+    return _hostname_problem(host)
 
 
 def _domain_name_problem(name: object) -> Optional[str]:
@@ -538,6 +571,10 @@ def _origin_problems(origin: object, where: str, domain: Domain) -> list[str]:
                 pass
         if not isinstance(origin.region, str) or not origin.region:
             p.append(f"{where}.region: a region name is required")
+        elif not _REGION.match(origin.region):
+            # It goes into every signature's credential scope.
+            p.append(f"{where}.region: {origin.region!r} is not a region name "
+                     "(ASCII letters, digits, '-', '_' and '.')")
         creds = origin.credentials
         if creds is not None:
             if not isinstance(creds, S3Credentials):
@@ -580,8 +617,12 @@ def _domain_problems(d: object) -> list[str]:
     if d.origin_host is not None:
         if isinstance(d.origin, BucketOrigin):
             p.append(f"{name}: origin_host: a bucket origin always uses the bucket's own host")
-        elif (e := _hostname_problem(d.origin_host.split(":")[0] if isinstance(d.origin_host, str) else d.origin_host)):
+        elif (e := _host_port_problem(d.origin_host)):
             p.append(f"{name}: origin_host: {e}")
+    for i, h in enumerate(d.forward_headers):
+        if h not in STEERING_HEADERS:
+            p.append(f"{name}: forward_headers[{i}]: {h!r} is not one of the headers the node "
+                     f"drops ({', '.join(STEERING_HEADERS)})")
     if d.probe is not None:
         if not isinstance(d.probe, Probe):
             p.append(f"{name}: probe: must be a Probe or None")
@@ -593,6 +634,20 @@ def _domain_problems(d: object) -> list[str]:
                 p.append(f"{name}: probe.kind: {d.probe.kind!r} is not 'http' or 'tcp'")
             if not isinstance(d.probe.path, str) or not d.probe.path.startswith("/"):
                 p.append(f"{name}: probe.path: {d.probe.path!r} must start with '/'")
+            if d.probe.host is not None:
+                if isinstance(d.origin, BucketOrigin):
+                    p.append(f"{name}: probe.host: a bucket origin is always probed with the "
+                             "bucket's own host")
+                elif (e := _host_port_problem(d.probe.host)):
+                    p.append(f"{name}: probe.host: {e}")
+            elif (d.is_wildcard and d.origin_host is None and d.probe.kind == "http"
+                  and any(getattr(o, "scheme", None) == "https" and getattr(o, "verify", True)
+                          for o in (d.origin, d.standby) if not isinstance(o, BucketOrigin))):
+                # A probe with the bare name would fail the origin's
+                # certificate (*.example.com does not cover example.com) and
+                # block every address at start.
+                p.append(f"{name}: probe.host: a wildcard domain with a verified https origin "
+                         "needs a name to probe with (Probe(host=...) or origin_host)")
     for i, rule in enumerate(d.cache):
         if not isinstance(rule, CacheRule):
             p.append(f"{name}: cache[{i}]: {rule!r} is not a CacheRule")
