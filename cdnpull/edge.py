@@ -78,7 +78,10 @@ class Edge(Resource):
     # -- the pipeline ----------------------------------------------------
 
     async def _serve(self, request: Request, ctx: _Context) -> None:
-        authority, target = split_target(request.uri)
+        try:
+            authority, target = split_target(request.uri)
+        except ValueError:  # an absolute-form target urlsplit cannot read
+            raise EdgeError("invalid request target", 400) from None
         if not target.startswith(b"/"):
             raise EdgeError("request target must be a path", 400)
         hosts = request.requestHeaders.getRawHeaders(b"host", [])

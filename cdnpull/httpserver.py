@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, RESPONSES
 from twisted.web.server import Request
 
-from .headers import CONTROL_CHAR, FIELD_NAME
+from .headers import CONTROL_CHAR, FIELD_NAME, connection_tokens
 from .upload import BodyPipe
 
 __all__ = ["ClientLimits", "EdgeChannel", "EdgeRequest"]
@@ -238,6 +238,15 @@ class EdgeChannel(HTTPChannel):
             request.body_pipe = BodyPipe(self.transport, self.length)
             self._early = request
             request.requestReceived(self._command, self._path, self._version)
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # Twisted reads only the first Connection header and splits it on
+        # spaces, so "Connection: close, x" or a second Connection header
+        # saying close kept the connection open.
+        if version == b"HTTP/1.1" and b"close" in connection_tokens(request.requestHeaders):
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
 
     def _header_timeout(self) -> None:
         self._header_timer = None

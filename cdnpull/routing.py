@@ -51,6 +51,8 @@ def split_target(uri: bytes) -> tuple[Optional[bytes], bytes]:
     Split a request target into (authority or None, origin-form target).
     An absolute-form target (C{http://other.example/x}) yields its authority,
     which is routed like any Host: cdnpull is never an open proxy.
+
+    @raise ValueError: an absolute-form target that is not a URL.
     """
     lower = uri[:8].lower()
     if lower.startswith(b"http://") or lower.startswith(b"https://"):

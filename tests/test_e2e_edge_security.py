@@ -99,11 +99,20 @@ async def send(world, data: bytes, timeout: float = 5.0):  # type: ignore[no-unt
     return answer
 
 
+def final(answer: bytes) -> bytes:
+    """The answer without interim (1xx) responses."""
+    while answer.startswith(b"HTTP/1.1 1") and b"\r\n\r\n" in answer:
+        answer = answer.split(b"\r\n\r\n", 1)[1]
+    return answer
+
+
 def status(answer: bytes) -> int:
-    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+    answer = final(answer)
+    return int(answer.split(b" ", 2)[1]) if answer[:9] in (b"HTTP/1.1 ", b"HTTP/1.0 ") else 0
 
 
 def head_of(answer: bytes) -> dict:
+    answer = final(answer)
     lines = answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
     return {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines)}
 
@@ -345,3 +354,161 @@ async def test_a_bucket_key_of_only_slashes_is_refused_like_a_listing(world, pat
     assert len(bucket.seen) == before
     answer = await send(world, b"GET /a//b HTTP/1.1\r\nHost: bucket.test.com\r\nConnection: close\r\n\r\n")
     assert status(answer) == 200 and body_of(answer) == b"listing or object /bkt/a//b"
+
+
+@pytest.mark.parametrize("connection", [[b"close, x-a"], [b"keep-alive,close"],
+                                        [b"Upgrade, HTTP2-Settings", b"close"]])
+@pytest_twisted.ensureDeferred
+async def test_close_is_honoured_wherever_it_is_in_connection(world, connection):  # type: ignore[no-untyped-def]
+    head = b"".join(b"Connection: " + c + b"\r\n" for c in connection)
+    answer, _, closed = await deferToThread(
+        raw_exchange, world["cdn"].port,
+        b"GET /conn HTTP/1.1\r\nHost: www.test.com\r\n" + head + b"\r\n", 3.0)
+    assert status(answer) == 200 and closed, answer
+
+
+# -- §8.12: odd inputs --------------------------------------------------------------------
+
+C = b"Connection: close\r\n"
+
+
+def get(path: bytes = b"/c", host: bytes = b"www.test.com", *headers: bytes,
+        method: bytes = b"GET", version: bytes = b"HTTP/1.1") -> bytes:
+    head = b"".join(h + b"\r\n" for h in headers)
+    return method + b" " + path + b" " + version + b"\r\nHost: " + host + b"\r\n" + head + C + b"\r\n"
+
+
+BIG = b"99999999999999999999999999999999"
+ODD = {
+    # methods
+    "unknown-method": get(method=b"FOO"),
+    "lowercase-method": get(method=b"get"),
+    "connect": b"CONNECT www.test.com:443 HTTP/1.1\r\nHost: www.test.com:443\r\n" + C + b"\r\n",
+    "trace": get(method=b"TRACE"),
+    "propfind": get(method=b"PROPFIND"),
+    "m-search": get(b"*", method=b"M-SEARCH"),
+    "long-method": get(method=b"A" * 1000),
+    "method-punct": get(method=b"G!T"),
+    "bucket-post": get(b"/k", b"bucket.test.com", method=b"POST"),
+    "bucket-options-star": get(b"*", b"bucket.test.com", method=b"OPTIONS"),
+    # versions
+    "http10-no-host": b"GET /c HTTP/1.0\r\n\r\n",
+    "http10": get(version=b"HTTP/1.0"),
+    "http09": b"GET /c\r\n\r\n",
+    "http12": get(version=b"HTTP/1.2"),
+    "http2": get(version=b"HTTP/2.0"),
+    "http-garbage": get(version=b"HTTP/x.y"),
+    # hosts
+    "host-empty": get(host=b""),
+    "host-colon": get(host=b":80"),
+    "host-big-port": get(host=b"www.test.com:99999"),
+    "host-bad-port": get(host=b"www.test.com:abc"),
+    "host-ipv6": get(host=b"[::1]:8080"),
+    "host-ipv6-open": get(host=b"[::1"),
+    "host-ip": get(host=b"127.0.0.1"),
+    "host-dot": get(host=b"www.test.com."),
+    "host-upper": get(host=b"WWW.TEST.COM"),
+    "host-userinfo": get(host=b"user@www.test.com"),
+    "host-latin1": get(host=b"\xfc.plain.test"),
+    "host-utf8": get(host="ü.plain.test".encode()),
+    "host-punycode-bad": get(host=b"xn--.plain.test"),
+    "host-list": get(host=b"www.test.com, fwd.test.com"),
+    "host-space": get(host=b"a b.plain.test"),
+    "host-long": get(host=b"a." * 200 + b"plain.test"),
+    "host-wild-bare-dots": get(host=b"....plain.test"),
+    "host-wild-tls-odd": get(host=b"x--y.wild.test"),
+    # targets
+    "abs-empty": get(b"http://"),
+    "abs-ipv6-open": get(b"http://[::1/x"),
+    "abs-bad-port": get(b"https://www.test.com:bad/x"),
+    "abs-userinfo": get(b"http://u:p@www.test.com/x"),
+    "abs-other-scheme": get(b"ftp://www.test.com/x"),
+    "double-slash": get(b"//x"),
+    "pct-nul": get(b"/%00"),
+    "pct-bad": get(b"/%ZZ"),
+    "query-pct": get(b"/x?%"),
+    "dotdot": get(b"/../../etc/passwd"),
+    "relative": get(b"x"),
+    "fragment": get(b"/x#frag"),
+    "high-bytes": get(b"/\xff\xfe"),
+    "bucket-dotdot": get(b"/%2e%2e/x", b"bucket.test.com"),
+    "bucket-nul": get(b"/a%00b", b"bucket.test.com"),
+    "bucket-high": get(b"/\xff", b"bucket.test.com"),
+    "bucket-query": get(b"/k?acl&versions", b"bucket.test.com"),
+    # ranges
+    "range-huge-start": get(b"/c", b"www.test.com", b"Range: bytes=" + BIG + b"-"),
+    "range-huge-suffix": get(b"/c", b"www.test.com", b"Range: bytes=-" + BIG),
+    "range-zero-suffix": get(b"/c", b"www.test.com", b"Range: bytes=-0"),
+    "range-backwards": get(b"/c", b"www.test.com", b"Range: bytes=5-1"),
+    "range-many": get(b"/c", b"www.test.com", b"Range: bytes=" + b",".join([b"0-0"] * 500)),
+    "range-garbage": get(b"/c", b"www.test.com", b"Range: bytes=abc"),
+    "range-unit": get(b"/c", b"www.test.com", b"Range: items=0-1"),
+    "range-empty": get(b"/c", b"www.test.com", b"Range: "),
+    "range-two": get(b"/c", b"www.test.com", b"Range: bytes=0-1", b"Range: bytes=2-3"),
+    "range-negative": get(b"/c", b"www.test.com", b"Range: bytes=-5--1"),
+    "range-bucket": get(b"/k", b"bucket.test.com", b"Range: bytes=" + BIG + b"-" + BIG),
+    "range-head": get(b"/c", b"www.test.com", b"Range: bytes=0-1", method=b"HEAD"),
+    # conditionals
+    "ims-garbage": get(b"/c", b"www.test.com", b"If-Modified-Since: yesterday"),
+    "ims-far-year": get(b"/c", b"www.test.com", b"If-Modified-Since: Fri, 31 Dec 99999 23:59:59 GMT"),
+    "ims-epoch": get(b"/c", b"www.test.com", b"If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT"),
+    "ims-year0": get(b"/c", b"www.test.com", b"If-Modified-Since: Mon, 01 Jan 0000 00:00:00 GMT"),
+    "inm-star": get(b"/c", b"www.test.com", b"If-None-Match: *"),
+    "inm-unquoted": get(b"/c", b"www.test.com", b"If-None-Match: abc, W/"),
+    "if-range-garbage": get(b"/c", b"www.test.com", b"Range: bytes=0-1", b"If-Range: ???"),
+    "if-range-date": get(b"/c", b"www.test.com", b"Range: bytes=0-1", b"If-Range: Thu, 01 Jan 1970 00:00:00 GMT"),
+    "ius-garbage": get(b"/c", b"www.test.com", b"If-Unmodified-Since: " + BIG),
+    "if-match-garbage": get(b"/c", b"www.test.com", b"If-Match: \"unterminated"),
+    # Cache-Control in requests
+    "cc-huge-max-age": get(b"/c", b"www.test.com", b"Cache-Control: max-age=" + BIG),
+    "cc-huge-max-stale": get(b"/c", b"www.test.com", b"Cache-Control: max-stale=" + BIG),
+    "cc-float": get(b"/c", b"www.test.com", b"Cache-Control: max-age=1e309, min-fresh=1.5"),
+    "cc-negative": get(b"/c", b"www.test.com", b"Cache-Control: min-fresh=-5, max-age=-1"),
+    "cc-quoted": get(b"/c", b"www.test.com", b"Cache-Control: max-age=\"60\", no-cache=\"a"),
+    "cc-only-if-cached": get(b"/c", b"www.test.com", b"Cache-Control: only-if-cached"),
+    "cc-garbage": get(b"/c", b"www.test.com", b"Cache-Control: ,,,=,=x,;"),
+    "cc-huge-sie": get(b"/c", b"www.test.com", b"Cache-Control: stale-if-error=" + BIG),
+    "pragma": get(b"/c", b"www.test.com", b"Pragma: no-cache", b"Cache-Control: no-cache"),
+    # other headers
+    "expect-continue-get": get(b"/c", b"www.test.com", b"Expect: 100-continue"),
+    "expect-garbage": get(b"/c", b"www.test.com", b"Expect: 42-nonsense"),
+    "upgrade-h2c": get(b"/c", b"www.test.com", b"Upgrade: h2c", b"Connection: Upgrade, HTTP2-Settings"),
+    "upgrade-websocket": get(b"/c", b"www.test.com", b"Upgrade: websocket", b"Connection: upgrade"),
+    "connection-lists-host": get(b"/c", b"www.test.com", b"Connection: host, x-a"),
+    "get-chunked-body": (b"GET /c HTTP/1.1\r\nHost: www.test.com\r\nTransfer-Encoding: chunked\r\n" + C +
+                         b"\r\n3\r\nabc\r\n0\r\n\r\n"),
+    "get-cl0": get(b"/c", b"www.test.com", b"Content-Length: 0"),
+    "auth-garbage": get(b"/c", b"www.test.com", b"Authorization: \xff\xfe"),
+    "accept-encoding-odd": get(b"/c", b"www.test.com", b"Accept-Encoding: gzip;q=" + BIG + b", *;q=-1"),
+    "vary-header-latin1": get(b"/c", b"www.test.com", b"Accept-Language: \xe9\xe8"),
+    "via-loop": get(b"/c", b"www.test.com", b"Via: 1.1 cdnpull, 1.1 cdnpull"),
+    "max-forwards": get(b"/c", b"www.test.com", b"Max-Forwards: " + BIG, method=b"OPTIONS"),
+    "forwarded-garbage": get(b"/page", b"fwd.test.com", b"X-Forwarded-Host: \xff\x80"),
+    "many-cookies": get(b"/c", b"www.test.com", *[b"Cookie: a=%d" % i for i in range(15)]),
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_inputs_never_get_a_5xx_nor_a_traceback(world):  # type: ignore[no-untyped-def]
+    cdn, echo = world["cdn"], world["echo"]
+
+    def cacheable(r):  # type: ignore[no-untyped-def]
+        r.setHeader(b"cache-control", b"max-age=60")
+        r.setHeader(b"etag", b'"v1"')
+        r.setHeader(b"last-modified", b"Mon, 30 Nov 2026 00:00:00 GMT")
+        r.setHeader(b"vary", b"Accept-Language")
+        return b"0123456789" * 100
+
+    echo.routes["/c"] = cacheable
+    r, _ = await world["client"].get("/c", host="www.test.com")
+    assert r.code == 200
+    bad = {}
+    for name, data in ODD.items():
+        answer = await send(world, data)
+        code = status(answer)
+        if not 100 <= code < 500 or head_of(answer).get(b"server") != b"cdnpull":
+            bad[name] = answer[:300]
+    assert not bad, "\n".join(f"{k}: {v!r}" for k, v in bad.items())
+    await sleep(0.2)
+    log = cdn.log()
+    assert "Traceback" not in log and "Unhandled" not in log, log[-5000:]
