@@ -619,6 +619,9 @@ def _domain_problems(d: object) -> list[str]:
             p.append(f"{name}: origin_host: a bucket origin always uses the bucket's own host")
         elif (e := _host_port_problem(d.origin_host)):
             p.append(f"{name}: origin_host: {e}")
+    if d.forward_headers and isinstance(d.origin, BucketOrigin):
+        p.append(f"{name}: forward_headers: a bucket origin only receives Range, conditional, "
+                 "Accept-Encoding and User-Agent headers")
     for i, h in enumerate(d.forward_headers):
         if h not in STEERING_HEADERS:
             p.append(f"{name}: forward_headers[{i}]: {h!r} is not one of the headers the node "

@@ -14,6 +14,7 @@ C{*.wild.test} certificate), raw sockets where the exact bytes matter.
 from __future__ import annotations
 
 import os
+import random
 import time
 
 import pytest
@@ -22,12 +23,18 @@ import trustme
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import deferLater
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.web.http_headers import Headers
 
-from cdnpull.config import (BucketOrigin, ConfigError, Domain, IPOrigin, Probe, validate)
+from cdnpull.config import BucketOrigin, ConfigError, Domain, IPOrigin, Probe, validate
+from cdnpull.live import build_table
+from cdnpull.pull import OriginRequest, Puller
+from cdnpull.status import table_json
 
 from .support import (Client, Origin, Silent, closed_port, raw_exchange, start_cdn,
                       tls_server_options, write_config)
+from .test_pull import P1, P2, ScriptedClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -174,6 +181,25 @@ def test_forward_headers_is_validated():
     validate([Domain("a.test", origin=origin, forward_headers=["Forwarded", "x-real-ip"])])
     with pytest.raises(ConfigError, match=r"a.test: forward_headers\[0\]: 'cookie' is not one"):
         validate([Domain("a.test", origin=origin, forward_headers=["cookie"])])
+    with pytest.raises(ConfigError, match=r"b.test: forward_headers: a bucket origin only"):
+        validate([Domain("b.test", origin=BucketOrigin("https://s3.test", "bkt"),
+                         forward_headers=["forwarded"])])
+
+
+def test_the_admin_status_says_why_each_address_last_failed():
+    clock = Clock()
+    table = build_table([Domain("t.test", origin=IPOrigin([P1, P2]), probe=None)], clock,
+                        rng=random.Random(0))
+    client = ScriptedClient(clock, {P1: "refuse", P2: "lost"})
+    d = Puller(client, clock).pull(table.route("t.test"), OriginRequest(
+        b"GET", b"/", Headers(), "t.test"))
+    failures = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].value.status == 502
+    [domain] = table_json(table, clock.seconds())["domains"]
+    errors = {a["address"]: a["last_error"]["detail"] for a in domain["origin"]["addresses"]}
+    assert errors == {"127.0.0.2": "connect refused",
+                      "127.0.0.3": "connection lost before a response"}
 
 
 # -- §8.4: error bodies do not reveal origins ------------------------------------------
@@ -237,8 +263,6 @@ async def test_a_client_name_the_certificate_does_not_cover_is_a_502_not_a_block
 
 @pytest_twisted.ensureDeferred
 async def test_per_name_tls_state_is_bounded_and_expires(world):  # type: ignore[no-untyped-def]
-    from twisted.web.http_headers import Headers
-
     from cdnpull.config import parse_address
     from cdnpull.fetch import OriginClient
     from cdnpull.origins.tls import TLSPolicy
