@@ -13,6 +13,7 @@ C{*.wild.test} certificate), raw sockets where the exact bytes matter.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -92,7 +93,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
                    probe=Probe(host="www.wild.test", interval=0.3, timeout=2.0, block_for=30)),
         ]
         """)
-    cdn = start_cdn(config, str(d))
+    cdn = start_cdn(config, str(d), admin=True)
     yield dict(cdn=cdn, echo=echo, bodies=bodies, bucket=bucket, silent=silent, dead=dead,
                wild=wild, ca_file=ca_file, client=Client(cdn.url))
     cdn.stop()
@@ -174,6 +175,19 @@ async def test_a_forwarded_header_reaches_the_origin_and_is_part_of_the_cache_ke
     fwd = [s for s in echo.seen if s.path == b"/page" and s.headers.get(b"host") == [b"fwd.test.com"]]
     assert [s.headers.get(b"x-forwarded-host") for s in fwd] == [
         [b"evil.example"], None, [b"other.example"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_purge_by_url_drops_the_entries_keyed_on_forwarded_headers(world):  # type: ignore[no-untyped-def]
+    client = world["client"]
+    for xfh in ("a.example", "b.example", None):
+        await client.get("/page?purge", host="fwd.test.com",
+                         headers={"X-Forwarded-Host": xfh} if xfh else {})
+    admin = Client(world["cdn"].admin_url)
+    r, b = await admin.get("/api/purge", method="POST", headers={
+        "Content-Type": "application/json"},
+        data=json.dumps({"urls": ["https://fwd.test.com/page?purge"]}).encode())
+    assert (r.code, json.loads(b)) == (200, {"purged": 3})
 
 
 def test_forward_headers_is_validated():
