@@ -25,7 +25,7 @@ from .accesslog import AccessLog, AccessRecord
 from .config import BucketOrigin
 from .errors import EdgeError
 from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
-from .headers import STEERING, VIA, add_forwarding, end_to_end, forwarded_key
+from .headers import VIA, end_to_end, origin_headers
 from .pull import OriginRequest, PullResult
 from .routing import is_dns_name, normalise_host, split_target
 from .stream import BodyRelay, Discard
@@ -107,11 +107,9 @@ class Edge(Resource):
         # Framing is ours to set (the body is re-framed for the origin);
         # headers that would steer the origin unkeyed are dropped unless the
         # domain lets them through (and then they are keyed on).
-        kept = frozenset(h.encode("ascii") for h in live.config.forward_headers)
-        headers = end_to_end(request.requestHeaders,
-                             drop=(b"host", b"content-length", b"expect") + tuple(STEERING - kept))
         scheme = "https" if request.isSecure() else "http"
-        add_forwarding(headers, _client_ip(request), scheme, kept)
+        headers, key_extra = origin_headers(request.requestHeaders, _client_ip(request), scheme,
+                                            live.config.forward_headers)
         body = None
         pipe = getattr(request, "body_pipe", None)
         if request.method in (b"GET", b"HEAD"):
@@ -129,7 +127,7 @@ class Edge(Resource):
             host=host,
             client_scheme=scheme,
             body=body,
-            key_extra=forwarded_key(headers, kept),
+            key_extra=key_extra,
         )
 
         async def passthrough() -> None:

@@ -21,8 +21,8 @@ from twisted.web.http_headers import Headers
 
 from .config import STEERING_HEADERS
 
-__all__ = ["HOP_BY_HOP", "STEERING", "connection_tokens", "end_to_end", "add_forwarding",
-           "VIA", "FIELD_NAME", "CONTROL_CHAR"]
+__all__ = ["HOP_BY_HOP", "STEERING", "connection_tokens", "end_to_end", "origin_headers",
+           "add_forwarding", "forwarded_key", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
 
 # A header field name: an RFC 9110 token.
 FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -50,6 +50,9 @@ HOP_BY_HOP = frozenset(
 STEERING = frozenset(n.encode("ascii") for n in STEERING_HEADERS)
 
 VIA = b"1.1 cdnpull"
+# What never goes from the client to the origin as it came: framing is the
+# node's to set (bodies are re-framed), Host is the origin's.
+_REQUEST_DROP = frozenset((b"host", b"content-length", b"expect")) | STEERING
 
 
 def connection_tokens(headers: Headers) -> frozenset:
@@ -74,6 +77,19 @@ def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> Headers:
         if name.lower() not in skip:
             out.setRawHeaders(name, list(values))
     return out
+
+
+def origin_headers(client: Headers, client_ip: Optional[str], proto: str,
+                   forward: Iterable[str] = ()) -> tuple[Headers, str]:
+    """
+    The headers of the origin request for a client's headers, and the
+    suffix its cache key gets for the C{forward}ed (a domain's
+    C{forward_headers}) steering headers it carries.
+    """
+    kept = frozenset(h.encode("ascii") for h in forward)
+    headers = end_to_end(client, drop=_REQUEST_DROP - kept if kept else _REQUEST_DROP)
+    add_forwarding(headers, client_ip, proto, kept)
+    return headers, forwarded_key(headers, kept) if kept else ""
 
 
 def add_forwarding(headers: Headers, client_ip: Optional[str], proto: str,
