@@ -182,7 +182,8 @@ def console_policy(page: bytes) -> bytes:
     """
     hashes = [
         "'sha256-%s'" % base64.b64encode(hashlib.sha256(m.group(1)).digest()).decode("ascii")
-        for m in re.finditer(rb"<script>(.*?)</script>", page, re.S)
+        for m in re.finditer(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>",
+                               re.sub(rb"<!--.*?-->", b"", page, flags=re.S), re.S | re.I)
     ]
     return ("default-src 'none'; script-src 'self' " + " ".join(hashes) + "; "
             "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "

@@ -153,7 +153,8 @@ def test_json_bodies():  # type: ignore[no-untyped-def]
 
 
 def test_the_console_policy_allows_only_its_own_inline_script():  # type: ignore[no-untyped-def]
-    page = b"<html><script>alert(1)</script><script>go()</script></html>"
+    page = (b"<html><!-- a <script> in a comment --><script>alert(1)</script><script type='module'>go()</script>"
+            b"<script src='/x.js'></script></html>")
     csp = console_policy(page).decode()
     assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
     script = csp.split("script-src")[1].split(";")[0]
