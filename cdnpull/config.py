@@ -450,6 +450,7 @@ class Config:
 # Validation
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+_REGION = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 
 
@@ -466,6 +467,14 @@ def _hostname_problem(name: object) -> Optional[str]:
     if not all(_LABEL.match(label) for label in labels):
         return f"{name!r} is not a valid hostname"
     return None
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def _domain_name_problem(name: object) -> Optional[str]:
@@ -533,14 +542,23 @@ def _origin_problems(origin: object, where: str, domain: Domain) -> list[str]:
             except ValueError:
                 pass
     elif isinstance(origin, BucketOrigin):
-        parts = urlsplit(origin.endpoint) if isinstance(origin.endpoint, str) else None
+        try:
+            parts = urlsplit(origin.endpoint) if isinstance(origin.endpoint, str) else None
+        except ValueError:  # e.g. an unclosed '[' (an admin body may say anything)
+            parts = None
         if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             p.append(f"{where}.endpoint: {origin.endpoint!r} is not an http:// or https:// URL")
+            parts = None
         else:
             try:
                 parts.port
             except ValueError as e:
                 p.append(f"{where}.endpoint: {e}")
+            if not _is_ip_literal(parts.hostname) and (e := _hostname_problem(parts.hostname)):
+                p.append(f"{where}.endpoint: {e}")
+            elif not parts.hostname.isascii():
+                p.append(f"{where}.endpoint: {parts.hostname!r}: write the host in its ASCII "
+                         "(xn--) form; it is signed into every request")
             if parts.path not in ("", "/") or parts.query:
                 p.append(f"{where}.endpoint: {origin.endpoint!r} must not have a path")
         if not isinstance(origin.bucket, str) or not _BUCKET.match(origin.bucket):
@@ -556,6 +574,9 @@ def _origin_problems(origin: object, where: str, domain: Domain) -> list[str]:
                 pass
         if not isinstance(origin.region, str) or not origin.region:
             p.append(f"{where}.region: a region name is required")
+        elif not _REGION.match(origin.region):
+            # It is signed into every request: ASCII letters, digits, '-' and '_' only.
+            p.append(f"{where}.region: {origin.region!r} is not a region name like 'us-east-1'")
         creds = origin.credentials
         if creds is not None:
             if not isinstance(creds, S3Credentials):

@@ -98,7 +98,7 @@ def origin_from_json(data: Any, where: str, credentials: Optional[Mapping[str, A
     if not isinstance(data, dict):
         raise BadRequest(f"{where}: must be a JSON object")
     kind = data.get("type")
-    if kind not in _FIELDS:
+    if not isinstance(kind, str) or kind not in _FIELDS:
         raise BadRequest(f"{where}.type: must be 'ips', 'domain' or 'bucket'")
     signed = data.get("signed") if kind == "bucket" else None
     data = {k: v for k, v in data.items() if k not in _DISPLAY_ONLY}

@@ -180,3 +180,23 @@ def test_signing_over_plain_http_is_a_warning_at_load(tmp_path):  # type: ignore
         globalLogPublisher.removeObserver(events.append)
     warned = [e["domain"] for e in events if "signed over plain http" in e.get("log_format", "")]
     assert warned == ["plain.test"]
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"type": ["ips"]}, "origin.type"),
+    ({"type": {"a": 1}}, "origin.type"),
+    ({"type": "bucket", "endpoint": "http://[::1", "bucket": "abc"}, "origin.endpoint"),
+    ({"type": "bucket", "endpoint": "https://h\u0000", "bucket": "abc"}, "origin.endpoint"),
+    ({"type": "bucket", "endpoint": "https://\u00fc.test", "bucket": "abc"}, "origin.endpoint"),
+    ({"type": "bucket", "endpoint": "https://s3.test", "bucket": "abc", "region": "\u00fc"},
+     "origin.region"),
+    ({"type": "bucket", "endpoint": "https://s3.test", "bucket": "abc", "region": "a b"},
+     "origin.region"),
+])
+def test_odd_admin_bodies_are_refused_naming_the_field(body, field):  # type: ignore[no-untyped-def]
+    from cdnpull.overrides import Override, apply_override, check_domain
+
+    base = Domain("www.test.com", origin=IPOrigin(["127.0.0.2"]))
+    with pytest.raises(BadRequest) as e:
+        check_domain(apply_override(base, Override(origin_from_json(body, "origin", {}), None)))
+    assert field in str(e.value)
