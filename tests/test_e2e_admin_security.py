@@ -341,3 +341,38 @@ def test_state_file_writes_never_follow_a_planted_temporary_name(tmp_path):  # t
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     leftovers = [n for n in os.listdir(tmp_path) if re.search(r"tmp", n) and not os.path.islink(tmp_path / n)]
     assert leftovers == []
+
+
+ODD_CALLS = [
+    ("POST", "/api/purge", b'{"urls": ["http://[::1/x"]}'),
+    ("POST", "/api/purge", b'{"prefixes": ["http://[::1"]}'),
+    ("POST", "/api/purge", b'{"urls": ["http://\xc3\xbc.test/a"]}'),
+    ("POST", "/api/purge", b'{"urls": ["http://www.test.com:99999/a"]}'),
+    ("POST", "/api/purge", b'{"urls": ["http://"]}'),
+    ("POST", "/api/purge", b'{"urls": ["http://www.test.com/\\ud800"]}'),
+    ("POST", "/api/purge", b"1e999"),
+    ("POST", "/api/purge", b"null"),
+    ("GET", "/api/domains/%ff", b""),
+    ("GET", "/api/domains/%00", b""),
+    ("GET", "/api/domains/" + "a" * 5000, b""),
+    ("POST", "/api/domains//switch", b"{}"),
+    ("GET", "/api/domains?%zz", b""),
+    ("GET", "/metrics?x=%ff", b""),
+    ("PATCH", "/api/domains/www.test.com/origin", b"{}"),
+    ("PUT", "/api/domains/www.test.com/origin", b'{"type": ["ips"]}'),
+    ("PUT", "/api/domains/www.test.com/origin", b'{"type": "ips", "addresses": ["1.1.1.1"], "port": 1e400}'),
+    ("PUT", "/api/domains/www.test.com/origin", b'{"type": "ips", "addresses": [["1.1.1.1"]]}'),
+    ("PUT", "/api/domains/www.test.com/origin", b'{"type": "bucket", "endpoint": "http://[::1", "bucket": "abc"}'),
+    ("PUT", "/api/domains/www.test.com/origin",
+     b'{"type": "bucket", "endpoint": "https://s3.test", "bucket": "abc", "region": "\xc3\xbc"}'),
+    ("PUT", "/api/domains/www.test.com/standby", b'{"type": "ips", "addresses": ["1.1.1.1"], "scheme": null}'),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_admin_calls_get_a_4xx_and_no_traceback(node):  # type: ignore[no-untyped-def]
+    cdn, admin = node
+    for method, path, body in ODD_CALLS:
+        response, _ = await call(admin, method, path, JSON, body or None)
+        assert response.code < 500, (method, path, body, response.code)
+    await unchanged(cdn, admin)
