@@ -794,8 +794,9 @@ def validate(domains: Iterable[object], settings: object = None) -> Config:
             seen.add(d.name)
     if problems:
         raise ConfigError(problems)
-    if settings.credentials:  # type: ignore[attr-defined]
-        domains = tuple(_name_credentials(d, settings.credentials) for d in domains)  # type: ignore[attr-defined]
+    declared = settings.credentials  # type: ignore[attr-defined]
+    if declared:
+        domains = tuple(_name_credentials(d, declared) for d in domains)
     return Config(settings=settings, domains=domains)  # type: ignore[arg-type]
 
 

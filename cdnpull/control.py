@@ -78,10 +78,12 @@ class Control:
         return live
 
     def set_origin(self, name: str, data: Any) -> Deferred:
-        return self._change(name, lambda cur: Override(origin_from_json(data, "origin", self.credentials), cur.standby))
+        return self._change(name, lambda cur: Override(
+            origin_from_json(data, "origin", self.credentials), cur.standby))
 
     def set_standby(self, name: str, data: Any) -> Deferred:
-        return self._change(name, lambda cur: Override(cur.origin, origin_from_json(data, "standby", self.credentials)))
+        return self._change(name, lambda cur: Override(
+            cur.origin, origin_from_json(data, "standby", self.credentials)))
 
     def delete_standby(self, name: str) -> Deferred:
         return self._change(name, lambda cur: Override(cur.origin, None))
