@@ -36,6 +36,7 @@ __all__ = [
     "Config",
     "Address",
     "parse_address",
+    "admin_is_loopback",
     "validate",
     "DEFAULT_BLOCK_FOR",
 ]
@@ -200,9 +201,12 @@ class S3Credentials:
     # Environment variables that from_env() found missing; reported by
     # validate() with the domain's name.
     missing: tuple = ()
-    # The prefix from_env() read, so that a runtime change can name it
-    # (keys themselves are never written to the state file).
+    # The prefix from_env() read (for messages; keys are never logged).
     env_prefix: Optional[str] = None
+    # The name these keys were declared under in Settings(credentials=...):
+    # the only way the admin API and the state file refer to keys.  Set by
+    # Settings itself; not part of equality (same keys, same credentials).
+    name: Optional[str] = field(default=None, compare=False)
 
     @classmethod
     def from_env(cls, prefix: str) -> "S3Credentials":
@@ -426,10 +430,24 @@ class Settings:
     client_header_timeout: float = 30.0
     client_idle_timeout: float = 75.0
     client_send_timeout: float = 60.0
+    # Host names (besides IP literals and localhost) the admin listener
+    # answers to; any other Host gets 421 (DNS rebinding).
+    admin_hosts: tuple = ()
+    # Keys the admin API may give a bucket origin, by name:
+    # {"STATIC": S3Credentials.from_env("STATIC")}, used as
+    # {"type": "bucket", ..., "credentials": "STATIC"}.
+    credentials: dict = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", _tuple(self.listen))
         object.__setattr__(self, "nameservers", _tuple(self.nameservers))
+        object.__setattr__(self, "admin_hosts", tuple(
+            h.strip().lower().rstrip(".") if isinstance(h, str) else h
+            for h in _tuple(self.admin_hosts)))
+        if isinstance(self.credentials, dict):
+            object.__setattr__(self, "credentials", {
+                k: replace(v, name=k) if isinstance(v, S3Credentials) and isinstance(k, str) else v
+                for k, v in self.credentials.items()})
 
     def override(self, **changes: object) -> "Settings":
         """A copy with the given fields replaced (C{None} is a value: C{admin=None} disables)."""
@@ -481,6 +499,14 @@ def _host_port_problem(value: object) -> Optional[str]:
     if sep and (e := _port_problem(int(port) if port.isdigit() else port)):
         return f"{value!r}: port {e}"
     return _hostname_problem(host)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def _domain_name_problem(name: object) -> Optional[str]:
@@ -548,14 +574,23 @@ def _origin_problems(origin: object, where: str, domain: Domain) -> list[str]:
             except ValueError:
                 pass
     elif isinstance(origin, BucketOrigin):
-        parts = urlsplit(origin.endpoint) if isinstance(origin.endpoint, str) else None
+        try:
+            parts = urlsplit(origin.endpoint) if isinstance(origin.endpoint, str) else None
+        except ValueError:  # e.g. an unclosed '[' (an admin body may say anything)
+            parts = None
         if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             p.append(f"{where}.endpoint: {origin.endpoint!r} is not an http:// or https:// URL")
+            parts = None
         else:
             try:
                 parts.port
             except ValueError as e:
                 p.append(f"{where}.endpoint: {e}")
+            if not _is_ip_literal(parts.hostname) and (e := _hostname_problem(parts.hostname)):
+                p.append(f"{where}.endpoint: {e}")
+            elif not parts.hostname.isascii():
+                p.append(f"{where}.endpoint: {parts.hostname!r}: write the host in its ASCII "
+                         "(xn--) form; it is signed into every request")
             if parts.path not in ("", "/") or parts.query:
                 p.append(f"{where}.endpoint: {origin.endpoint!r} must not have a path")
         if not isinstance(origin.bucket, str) or not _BUCKET.match(origin.bucket):
@@ -710,9 +745,78 @@ def _settings_problems(s: object) -> list[str]:
         p.append(f"settings.origin_ca_file: {s.origin_ca_file!r} does not exist")
     if s.admin_token_file is not None and not os.path.isfile(s.admin_token_file):
         p.append(f"settings.admin_token_file: {s.admin_token_file!r} does not exist")
+    p += _admin_problems(s)
     if isinstance(s.max_connections_per_origin, bool) or not isinstance(s.max_connections_per_origin, int) or s.max_connections_per_origin < 1:
         p.append("settings.max_connections_per_origin: must be a whole number >= 1")
     return p
+
+
+_CREDENTIALS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+
+
+def _admin_problems(s: Settings) -> list[str]:
+    p: list[str] = []
+    for i, h in enumerate(s.admin_hosts):
+        if (e := _hostname_problem(h)):
+            p.append(f"settings.admin_hosts[{i}]: {e}")
+    if (isinstance(s.admin, str) and s.admin and s.admin_token_file is None
+            and not admin_is_loopback(s.admin)):
+        p.append(f"settings.admin_token_file: required when the admin listener "
+                 f"({s.admin!r}) is not on a loopback interface")
+    if not isinstance(s.credentials, dict):
+        p.append("settings.credentials: must be a dict of name -> S3Credentials")
+        return p
+    for name, creds in s.credentials.items():
+        if not isinstance(name, str) or not _CREDENTIALS_NAME.match(name):
+            p.append(f"settings.credentials: {name!r} is not a name (letters, digits, '_.-')")
+        elif not isinstance(creds, S3Credentials):
+            p.append(f"settings.credentials[{name!r}]: must be S3Credentials")
+        elif creds.missing:
+            p.append(f"settings.credentials[{name!r}]: environment variable "
+                     f"{', '.join(creds.missing)} is not set")
+        elif not creds.access_key or not creds.secret_key:
+            p.append(f"settings.credentials[{name!r}]: access_key and secret_key are required")
+    return p
+
+
+def _endpoint_parts(description: str) -> list[str]:
+    """A Twisted endpoint string split on its unescaped colons."""
+    parts, current, escaped = [], "", False
+    for ch in description:
+        if escaped:
+            current, escaped = current + ch, False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts
+
+
+def admin_is_loopback(description: str) -> bool:
+    """
+    Whether an admin endpoint string listens only on this machine: a UNIX
+    socket, or tcp/tcp6/ssl with a loopback C{interface}.  Anything else
+    (no interface, a wildcard, a name, an unknown endpoint type) is not.
+    """
+    parts = _endpoint_parts(description.strip())
+    kind = parts[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    keywords = dict(a.split("=", 1) for a in parts[1:] if "=" in a)
+    positional = [a for a in parts[1:] if "=" not in a]
+    interface = keywords.get("interface")
+    if interface is None and kind == "tcp" and len(positional) >= 2:
+        interface = positional[1]
+    try:
+        return ipaddress.ip_address((interface or "").strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def domain_problems(domain: object) -> list[str]:
@@ -744,7 +848,27 @@ def validate(domains: Iterable[object], settings: object = None) -> Config:
             seen.add(d.name)
     if problems:
         raise ConfigError(problems)
+    declared = settings.credentials  # type: ignore[attr-defined]
+    if declared:
+        domains = tuple(_name_credentials(d, declared) for d in domains)
     return Config(settings=settings, domains=domains)  # type: ignore[arg-type]
+
+
+def _name_credentials(domain: Domain, declared: dict) -> Domain:
+    """
+    A bucket signed with keys equal to ones declared in
+    C{Settings.credentials} carries their name, so that the admin API shows
+    it and a GET answer can be PUT back as it is.
+    """
+    changes = {}
+    for f in ("origin", "standby"):
+        o = getattr(domain, f)
+        if isinstance(o, BucketOrigin) and o.credentials is not None and o.credentials.name is None:
+            for creds in declared.values():
+                if creds == o.credentials:
+                    changes[f] = replace(o, credentials=creds)
+                    break
+    return replace(domain, **changes) if changes else domain
 
 
 def origin_fields(origin: Origin) -> dict:
