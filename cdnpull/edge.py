@@ -7,6 +7,7 @@ becomes an HTTP status here and only here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -25,9 +26,9 @@ from .errors import EdgeError
 from .cache.hit import fresh_hit
 from .http import ClientConnection, ClientLimits, Sweeper
 from .upload import BodyPipe
-from .headers import VIA, add_forwarding, end_to_end
+from .headers import VIA, end_to_end, origin_headers
 from .pull import OriginRequest, PullResult
-from .routing import normalise_host, split_target
+from .routing import is_dns_name, normalise_host, split_target
 from .stream import BodyRelay, Discard
 
 __all__ = ["Edge", "EdgeRequest", "EdgeSite"]
@@ -73,7 +74,8 @@ class Edge(Resource):
     def fast(self, head: Any, conn: Any) -> Optional[bytes]:
         """
         The whole answer to a request head when a fresh memory entry answers
-        it (no twisted.web Request is made), else None.
+        it (no twisted.web Request is made), else None: then the request
+        takes the ordinary way, which answers the same for the same entry.
         """
         method = head.method
         if method != b"GET" and method != b"HEAD":
@@ -95,6 +97,9 @@ class Edge(Resource):
         live = self.runtime.table.route(host)
         if live is None:
             return None
+        config = live.config
+        if config.forward_headers or (config.is_wildcard and not is_dns_name(host)):
+            return None  # keyed on more than the URL, or a 400: the ordinary way
         now = self.clock.seconds()
         answer = fresh_hit(cache, live, host, target, method, head.fields, now,
                            not head.keep_alive)
@@ -118,28 +123,45 @@ class Edge(Resource):
     # -- the pipeline ----------------------------------------------------
 
     async def _serve(self, request: Request, ctx: _Context) -> None:
-        authority, target = split_target(request.uri)
+        try:
+            authority, target = split_target(request.uri)
+        except ValueError:  # an absolute-form target urlsplit cannot read
+            raise EdgeError("invalid request target", 400) from None
         if not target.startswith(b"/"):
             raise EdgeError("request target must be a path", 400)
-        host = normalise_host(authority if authority is not None else request.getHeader(b"host"))
+        hosts = request.requestHeaders.getRawHeaders(b"host", [])
+        if len(hosts) > 1:
+            # RFC 9112 section 3.2: which one would an origin or another
+            # cache in front of it read?
+            raise EdgeError("more than one Host header", 400)
+        # An absolute-form target is routed by its authority; Host is ignored.
+        host = normalise_host(authority if authority is not None else (hosts or [None])[0])
         if host is None:
             raise EdgeError("missing or invalid Host header", 400)
         live = self.runtime.table.route(host)
         if live is None:
             raise EdgeError(f"unknown host {host}", 404)
         ctx.domain = live.name
+        if live.config.is_wildcard and not is_dns_name(host):
+            # The client's name becomes the origin's Host (and TLS name).
+            raise EdgeError("the Host is not a valid DNS name", 400)
         if isinstance(live.primary.origin, BucketOrigin) and request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             raise EdgeError("only GET and HEAD reach a bucket", 405)
 
-        # Framing is ours to set (the body is re-framed for the origin).
-        headers = end_to_end(request.requestHeaders,
-                             drop=(b"host", b"content-length", b"expect"))
+        # Framing is ours to set (the body is re-framed for the origin);
+        # headers that would steer the origin unkeyed are dropped unless the
+        # domain lets them through (and then they are keyed on).
         scheme = "https" if request.isSecure() else "http"
-        add_forwarding(headers, _client_ip(request), scheme)
+        headers, key_extra = origin_headers(request.requestHeaders, _client_ip(request), scheme,
+                                            live.config.forward_headers)
         body = None
         pipe = getattr(request, "body_pipe", None)
-        if pipe is not None:
+        if request.method in (b"GET", b"HEAD"):
+            # A GET or HEAD body has no meaning (RFC 9110 section 9.3.1) and
+            # is not in the cache key: it never reaches the origin.
+            pass
+        elif pipe is not None:
             body = lambda: pipe  # noqa: E731 - streamed; sent at most once
         elif request.method not in NO_BODY_METHODS or _has_body(request):
             body = self._body_producer(request)
@@ -150,6 +172,7 @@ class Edge(Resource):
             host=host,
             client_scheme=scheme,
             body=body,
+            key_extra=key_extra,
         )
 
         async def passthrough() -> None:
@@ -217,7 +240,13 @@ class Edge(Resource):
         if request.startedWriting:
             request.transport.abortConnection()  # type: ignore[union-attr]
             return
-        body = f"{status} {message}\n".encode("utf-8", "replace")
+        if status >= 500:
+            # Which origin addresses were tried and why is for the log (and
+            # the admin API), never for the client: hiding the origin is
+            # half of what a CDN is for.
+            body = f"{status} {_phrase(status)}\n".encode("ascii")
+        else:
+            body = f"{status} {message}\n".encode("utf-8", "replace")
         request.setResponseCode(status)
         request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
@@ -269,6 +298,13 @@ class Edge(Resource):
 
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def _client_ip(request: Request) -> Optional[str]:
     peer = request.getClientAddress()
     return getattr(peer, "host", None)
@@ -279,13 +315,39 @@ def _has_body(request: Request) -> bool:
                 or request.getHeader(b"transfer-encoding"))
 
 
+SERVER = b"cdnpull"
+
+
 class EdgeRequest(Request):
     """
     A request whose body (methods other than GET and HEAD) may stream
     through C{body_pipe} while it arrives (see L{cdnpull.http.server}).
+
+    Every answer carries C{Server: cdnpull}, whoever made it (Twisted
+    answers C{OPTIONS *} and unexpected errors on its own).
     """
 
     body_pipe: Optional[BodyPipe] = None
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self.responseHeaders.setRawHeaders(b"server", [SERVER])
+        super().write(data)
+
+    def processingFailed(self, reason: Any) -> None:  # type: ignore[override]
+        # A bug: logged with its traceback, answered like every other 500.
+        self._log.failure("unexpected error processing {uri}", failure=reason,
+                          uri=self.uri.decode("ascii", "replace"))
+        if self.startedWriting:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return reason
+        body = b"500 Internal Server Error\n"
+        self.setResponseCode(500)
+        self.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        self.write(body)
+        self.finish()
+        return reason
 
     def connectionLost(self, reason: Any) -> None:
         if self.body_pipe is not None:

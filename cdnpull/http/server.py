@@ -8,13 +8,13 @@ Refused with a status and the connection closed, never forwarded:
    character, obsolete line folding, a header name that is not a token,
    C{Content-Length} with C{Transfer-Encoding}, a repeated or non-digit
    C{Content-Length}, a bad chunk, a bad request line), C{Transfer-Encoding}
-   other than exactly C{chunked}, two C{Host} headers;
+   other than exactly C{chunked}, two C{Host} headers, an HTTP version other
+   than 1.0 and 1.1 (a 400, not a 505: odd input never gets a 5xx);
  - 414: a request line over C{max_request_line};
  - 431: a header line over C{max_header_line}, all headers over
    C{max_header_bytes}, or more than C{max_headers} of them;
  - 413: a body over C{max_body} (by its C{Content-Length} at once, or as
    chunks arrive);
- - 505: an HTTP version other than 1.0 and 1.1;
  - 408: request headers not complete within C{header_timeout} of the
    request's first byte (slowloris).
 
@@ -349,7 +349,7 @@ class ClientConnection(Protocol):
         self._head_seen = 0
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
-            self._stop(505, f"HTTP version {version} not supported")
+            self._stop(400, f"HTTP version {version} not supported")
         head.version = b"HTTP/" + version.encode("ascii")
         head.method = parser.get_method()
         fields = head.fields
