@@ -53,6 +53,10 @@ CLIENT_ONLY = (b"range", b"if-range", b"if-none-match", b"if-modified-since", b"
                b"if-unmodified-since")
 
 
+HIT_FOR_MISS_SECONDS = 30.0
+HIT_FOR_MISS_KEYS = 100_000
+
+
 def _validators(headers: dict) -> dict:
     """The conditional headers that revalidate a stored answer."""
     extra = {}
@@ -88,6 +92,10 @@ class Cache:
         self.max_object = max_object
         self.stale_if_error = stale_if_error
         self.inflight: dict[str, _Flight] = {}
+        # Hit-for-miss (as Varnish): keys whose last answer was private, until
+        # when; their requests go to the origin on their own instead of
+        # queueing behind another request's pull only to be sent on after it.
+        self.hit_for_miss: dict[str, float] = {}
         # Answers being stored hold at most as much as the memory cache.
         self.budget = FillBudget(max(max_object, store.memory.limit))
 
@@ -259,6 +267,12 @@ class Cache:
 
     async def _miss(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any, key: str,
                     rule: Any, reqh: dict, stale: Optional[tuple] = None) -> None:
+        until = self.hit_for_miss.get(key)
+        if until is not None and stale is None:
+            if until > self.clock.seconds():
+                ctx.cache = "MISS"
+                return await self._own_pull(request, live, oreq, ctx, key, rule, reqh)
+            del self.hit_for_miss[key]
         flight = self.inflight.get(key)
         leader = flight is None
         if leader:
@@ -514,6 +528,12 @@ class _Flight:
                            or self.vary is None) or storing
         fill = Fill(self.key, cache.max_object, cache.budget)
         self.fill = fill
+        if not self.shared:
+            if len(cache.hit_for_miss) >= HIT_FOR_MISS_KEYS:
+                cache.hit_for_miss.clear()
+            cache.hit_for_miss[self.key] = response_time + HIT_FOR_MISS_SECONDS
+        elif storing:
+            cache.hit_for_miss.pop(self.key, None)
         if not storing and self.registered:
             # Nothing to store: later requests start their own pull.
             self.close()
