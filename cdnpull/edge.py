@@ -71,11 +71,12 @@ class Edge(Resource):
 
     # -- the fast path: fresh memory hits, answered by the connection ------
 
-    def fast(self, head: Any, conn: Any) -> Optional[bytes]:
+    def fast(self, head: Any, conn: Any) -> Optional[tuple[bytes, bytes]]:
         """
-        The whole answer to a request head when a fresh memory entry answers
-        it (no twisted.web Request is made), else None: then the request
-        takes the ordinary way, which answers the same for the same entry.
+        The whole answer to a request head, (head bytes, body bytes), when a
+        fresh memory entry answers it (no twisted.web Request is made), else
+        None: then the request takes the ordinary way, which answers the
+        same for the same entry.
         """
         method = head.method
         if method != b"GET" and method != b"HEAD":
@@ -105,12 +106,13 @@ class Edge(Resource):
                            not head.keep_alive)
         if answer is None:
             return None
-        data, status, sent = answer
+        data, body, status, sent = answer
         if self.metrics is not None:
             self.metrics.request(live.name, status, "HIT")
-        self.access_log.hit(conn.peer_host, method, target, head.version, status, sent,
-                            head.fields, live.name, now)
-        return data
+        if not self.access_log.off:
+            self.access_log.hit(conn.peer_host, method, target, head.version, status, sent,
+                                head.fields, live.name, now)
+        return data, body
 
     def render(self, request: Request) -> object:
         request.setHeader(b"server", b"cdnpull")

@@ -55,7 +55,7 @@ def head_of(data: bytes) -> tuple[bytes, dict, bytes]:
 
 def test_a_fresh_entry_is_answered_whole_with_its_age():  # type: ignore[no-untyped-def]
     cache = cache_with(entry())
-    data, status, sent = hit(cache)
+    data, _, status, sent = hit(cache)
     line, fields, body = head_of(data)
     assert (line, status, sent, body) == (b"HTTP/1.1 200 OK", 200, 5, b"hello")
     # Age: 10 s old when stored (plus the second it took) and 5 s since.
@@ -73,11 +73,11 @@ def test_a_fresh_entry_is_answered_whole_with_its_age():  # type: ignore[no-unty
 
 def test_head_close_and_304():  # type: ignore[no-untyped-def]
     cache = cache_with(entry())
-    data, status, sent = hit(cache, method=b"HEAD", close=True)
+    data, _, status, sent = hit(cache, method=b"HEAD", close=True)
     line, fields, body = head_of(data)
     assert body == b"" and sent == 0 and fields[b"content-length"] == b"5"
     assert fields[b"connection"] == b"close"
-    data, status, sent = hit(cache, fields={b"if-none-match": [b'W/"v1"']})
+    data, _, status, sent = hit(cache, fields={b"if-none-match": [b'W/"v1"']})
     line, fields, body = head_of(data)
     assert line == b"HTTP/1.1 304 Not Modified" and status == 304 and body == b""
     assert b"content-type" not in fields and fields[b"etag"] == b'"v1"'
@@ -157,3 +157,11 @@ def test_off_writes_nothing_and_the_default_is_an_event():  # type: ignore[no-un
     lines = [e["line"] for e in events if "access_cache" in e]
     assert len(lines) == 1 and '"GET /ev HTTP/1.1"' in lines[0]
     assert [e["access_cache"] for e in events if "access_cache" in e] == ["HIT"]
+
+
+def test_a_large_body_comes_apart_from_its_head():  # type: ignore[no-untyped-def]
+    body = b"b" * (100 * 1024)
+    cache = cache_with(entry(length=len(body), body=body))
+    data, apart, status, sent = hit(cache)
+    assert apart is body and sent == len(body)
+    assert data.endswith(b"\r\n\r\n") and b"Content-Length: %d\r\n" % len(body) in data

@@ -239,7 +239,7 @@ def test_pipelined_requests_are_answered_in_order_one_at_a_time():  # type: igno
     fast_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfast"
 
     def fast(head, conn):  # type: ignore[no-untyped-def]
-        return fast_answer if head.target == b"/fast" else None
+        return (fast_answer, b"") if head.target == b"/fast" else None
 
     conn, transport, clock, resource = connect(fast)
     resource.hold = True
@@ -289,7 +289,7 @@ def test_the_fast_hook_answers_without_a_request():  # type: ignore[no-untyped-d
 
     def fast(head, conn):  # type: ignore[no-untyped-def]
         seen.append((head.method, head.target, head.fields.get(b"host"), head.keep_alive))
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b""
 
     conn, transport, clock, resource = connect(fast)
     conn.dataReceived(b"GET /a HTTP/1.1\r\n" + H + b"\r\nHEAD /b HTTP/1.1\r\n" + H + b"\r\n")

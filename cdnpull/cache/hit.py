@@ -23,6 +23,8 @@ __all__ = ["fresh_hit", "Wire"]
 NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag", b"expires",
                         b"vary", b"last-modified")
 
+JOIN_BELOW = 16 * 1024  # bodies up to this size are sent in one buffer with their head
+
 _CAPS = {b"etag": b"ETag", b"te": b"TE", b"www-authenticate": b"WWW-Authenticate",
          b"content-md5": b"Content-MD5", b"dnt": b"DNT", b"p3p": b"P3P",
          b"x-xss-protection": b"X-XSS-Protection"}
@@ -61,10 +63,11 @@ class Wire:
 
 
 def fresh_hit(cache: Any, live: Any, host: str, target: bytes, method: bytes, fields: dict,
-              now: float, close: bool) -> Optional[tuple[bytes, int, int]]:
+              now: float, close: bool) -> Optional[tuple[bytes, bytes, int, int]]:
     """
     The whole answer to a GET or HEAD that a fresh memory entry answers:
-    (bytes to write, status, body bytes), or None.
+    (head, body, status, body bytes sent), or None.  A small body comes joined to its head
+    (one buffer), a large one apart (not copied).
 
     @param fields: the request headers, lower-case name -> [values].
     @param close: the connection ends after this answer (C{Connection: close}).
@@ -94,7 +97,9 @@ def fresh_hit(cache: Any, live: Any, host: str, target: bytes, method: bytes, fi
     tail = b"Age: %d\r\nConnection: close\r\n\r\n" % age if close else b"Age: %d\r\n\r\n" % age
     if wire.validators and (b"if-none-match" in fields or b"if-modified-since" in fields) \
             and entry.status == 200 and not_modified(fields, wire.headers):
-        return wire.not_modified + tail, 304, 0
+        return wire.not_modified + tail, b"", 304, 0
     if method == b"HEAD" or not entry.length:
-        return wire.full + tail, entry.status, 0
-    return wire.full + tail + entry.body, entry.status, entry.length
+        return wire.full + tail, b"", entry.status, 0
+    if entry.length <= JOIN_BELOW:
+        return wire.full + tail + entry.body, b"", entry.status, entry.length
+    return wire.full + tail, entry.body, entry.status, entry.length

@@ -17,17 +17,29 @@ from twisted.internet import tcp
 __all__ = ["eager_write"]
 
 
-def eager_write(transport: Any, data: bytes) -> None:
+def eager_write(transport: Any, data: bytes, body: bytes = b"") -> None:
+    """
+    Write C{data} then C{body} (a large body is not copied into one buffer
+    with its head: both go to the socket in one C{sendmsg}).
+    """
     if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
             and not transport._writeDisconnected and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)):
         try:
-            sent = transport.socket.send(data)
+            if body:
+                sent = transport.socket.sendmsg([data, body])
+            else:
+                sent = transport.socket.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
             sent = 0  # Twisted's own write finds the error and closes
-        if sent == len(data):
+        if sent == len(data) + len(body):
+            return
+        if sent >= len(data):
+            transport.write(memoryview(body)[sent - len(data):].tobytes())
             return
         data = data[sent:]
     transport.write(data)
+    if body:
+        transport.write(body)

@@ -142,8 +142,8 @@ class ClientConnection(Protocol):
     """
     One client connection.  C{factory} is a C{twisted.web.server.Site}
     (C{getResourceFor}, sessions) with C{limits}, C{clock}, C{requestFactory}
-    and an optional C{fast(head, connection)} hook returning the bytes of a
-    complete answer, or None.
+    and an optional C{fast(head, connection)} hook returning a complete
+    answer (its head and body bytes), or None.
     """
 
     log = Logger()
@@ -409,7 +409,7 @@ class ClientConnection(Protocol):
             if fast is not None:
                 answer = fast(head, self)
                 if answer is not None:
-                    eager_write(self.transport, answer)
+                    eager_write(self.transport, *answer)
                     self._idle_since = self.clock.seconds()
                     return
             head.request = self._make_request(head)
