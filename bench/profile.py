@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,13 @@ def main() -> None:
         nginx.terminate()
         cdn.wait(10)
         nginx.wait(10)
+    try:
+        report(raw, args.top)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(raw: str, top: int) -> None:
     own: collections.Counter = collections.Counter()
     total: collections.Counter = collections.Counter()
     samples = 0
@@ -110,10 +118,10 @@ def main() -> None:
             for fr in set(frames):
                 total[fr] += n
     print(f"\n{samples} samples; self time:")
-    for fr, n in own.most_common(args.top):
+    for fr, n in own.most_common(top):
         print(f"  {100 * n / samples:5.1f}%  {fr}")
     print("\ninclusive time:")
-    for fr, n in total.most_common(args.top + 10):
+    for fr, n in total.most_common(top + 25):
         print(f"  {100 * n / samples:5.1f}%  {fr}")
 
 
