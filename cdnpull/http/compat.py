@@ -6,6 +6,9 @@ socket is writable (two epoll_ctl calls and one more loop turn per answer).
 
 Any other transport (TLS, tests' StringTransport), or anything pending,
 goes through C{transport.write} as usual.
+
+Also: filling a twisted.web C{Headers} from parsed request headers without
+re-checking what llhttp has checked already.
 """
 
 from __future__ import annotations
@@ -13,8 +16,20 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.web.http_headers import Headers, _nameEncoder
 
-__all__ = ["eager_write"]
+__all__ = ["eager_write", "fill_headers"]
+
+
+def fill_headers(headers: Headers, fields: dict) -> None:
+    """
+    Put C{fields} (lower-case name -> [values], as llhttp parsed them: names
+    are tokens, values hold no CR, LF or NUL) into an empty C{headers}.
+    """
+    raw = headers._rawHeaders
+    encode = _nameEncoder.encode
+    for name, values in fields.items():
+        raw[encode(name)] = values
 
 
 def eager_write(transport: Any, data: bytes, body: bytes = b"") -> None:

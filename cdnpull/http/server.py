@@ -48,7 +48,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from ..upload import BodyPipe
-from .compat import eager_write
+from .compat import eager_write, fill_headers
 
 __all__ = ["ClientLimits", "ClientConnection", "Head", "Sweeper"]
 
@@ -195,7 +195,7 @@ class ClientConnection(Protocol):
     def peer_host(self) -> str:
         host = self._peer_host
         if host is None:
-            peer = self.transport.getPeer() if self.transport is not None else None
+            peer = self.getPeer() if self.transport is not None else None
             host = self._peer_host = getattr(peer, "host", "-")
         return host
 
@@ -421,9 +421,7 @@ class ClientConnection(Protocol):
     def _make_request(self, head: Head) -> Any:
         request = self.site.requestFactory(self, queued=False)
         request.body_pipe = head.pipe
-        headers = request.requestHeaders
-        for name, values in head.fields.items():
-            headers.setRawHeaders(name, values)
+        fill_headers(request.requestHeaders, head.fields)
         request.content = BytesIO()
         if not head.keep_alive:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
