@@ -196,10 +196,13 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     disk = None
     if settings.cache_dir:
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
-        disk.load()
     runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk),
                           runtime.puller, reactor, parse_size(settings.cache_max_object),
                           float(settings.stale_if_error))
+    if disk is not None:
+        # Checked and indexed in the background (in the reactor's thread
+        # pool, once it runs): the node listens at once.
+        disk.load()
     metrics = Metrics(lambda: runtime.table, reactor, cache=lambda: runtime.cache)
     runtime.metrics = metrics
     runtime.puller.observer = metrics

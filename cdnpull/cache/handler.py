@@ -127,7 +127,8 @@ class Cache:
         now = self.clock.seconds()
 
         entry = None
-        for candidate in self.store.variants(key):
+        store = self.store  # (looks on disk while the disk cache is being indexed)
+        for candidate in (await store.lookup(key) if store.loading else store.variants(key)):
             if vary_key(candidate.vary, reqh) == candidate.variant and (candidate.auth_ok or not authorized):
                 entry = candidate
                 break
