@@ -64,7 +64,7 @@ def test_truncated_corrupt_and_temporary_files_are_dropped_at_load(tmp_path):  #
 def test_a_body_that_fails_its_checksum_is_not_served(tmp_path):  # type: ignore[no-untyped-def]
     disk = DiskStore(str(tmp_path), 10 ** 6, inline)
     disk.load()
-    result(disk.put(entry("h/a", b"A" * 1000)))
+    result(disk.put(entry("h/a", b"A" * 10000)))  # larger than the first read
     [path] = glob.glob(str(tmp_path / "*" / "*" / "*.obj"))
     data = bytearray(open(path, "rb").read())
     data[data.index(b"AAAA")] = ord("B")  # same length, one byte flipped

@@ -176,7 +176,7 @@ def _allocated(st: os.stat_result) -> int:
     return -(-st.st_size // block) * block
 
 
-def _read_head(f: Any, size: int) -> tuple[Entry, int]:
+def _read_head(f: Any, size: int) -> tuple[Entry, int, bytes]:
     head = f.read(HEAD_READ)
     if head[:len(MAGIC)] != MAGIC:
         raise ValueError("bad magic")
@@ -194,19 +194,24 @@ def _read_head(f: Any, size: int) -> tuple[Entry, int]:
     expected = offset + entry.length + len(END) + 32
     if size != expected:
         raise ValueError(f"length {size}, expected {expected}")
-    return entry, offset
+    return entry, offset, head
 
 
 def read_head(path: str) -> tuple[Entry, int, int]:
     """
     The entry of a disk object (without its body), the body's offset and
-    the bytes the file takes on disk.
+    the bytes the file takes on disk.  A small object (read whole by the
+    first read) is checked against its checksum too.
 
     @raise ValueError: the file is not a complete object.
     """
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
-        entry, offset = _read_head(f, st.st_size)
+        entry, offset, head = _read_head(f, st.st_size)
+    if len(head) == st.st_size:  # a small object, read whole already: check it all
+        body = head[offset:offset + entry.length]
+        if head[offset + entry.length:] != END + hashlib.sha256(body).digest():
+            raise ValueError("checksum mismatch")
     return entry, offset, _allocated(st)
 
 
@@ -218,7 +223,7 @@ def read_object(path: str, ident: tuple) -> Entry:
     consistent object.
     """
     with open(path, "rb") as f:
-        entry, offset = _read_head(f, os.fstat(f.fileno()).st_size)
+        entry, offset, _head = _read_head(f, os.fstat(f.fileno()).st_size)
         if entry.ident != ident:
             raise ValueError("the file holds another object")
         f.seek(offset)
