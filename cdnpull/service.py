@@ -124,11 +124,16 @@ class CdnService(MultiService):
         self.runtime = runtime
         self.loaded = loaded
         self.control = control
+        self.disk: Optional[DiskStore] = None
         self._old_sighup: Any = None
 
     def startService(self) -> None:
         self.runtime.start()
         super().startService()
+        if self.disk is not None:
+            # The node listens already; the disk cache is checked and indexed
+            # in the background (a key not indexed yet is looked up directly).
+            self.disk.load()
         if self.loaded is not None and hasattr(signal, "SIGHUP"):
             reactor = self.runtime.reactor
             self._old_sighup = signal.signal(
@@ -199,10 +204,6 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk),
                           runtime.puller, reactor, parse_size(settings.cache_max_object),
                           float(settings.stale_if_error))
-    if disk is not None:
-        # Checked and indexed in the background (in the reactor's thread
-        # pool, once it runs): the node listens at once.
-        disk.load()
     metrics = Metrics(lambda: runtime.table, reactor, cache=lambda: runtime.cache)
     runtime.metrics = metrics
     runtime.puller.observer = metrics
@@ -211,6 +212,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
                       write=run_in_thread)
     control.restore()
     service = CdnService(runtime, loaded, control)
+    service.disk = disk
     access_log = AccessLog(settings.access_log)
     runtime.access_log = access_log
     edge = Edge(runtime, reactor, access_log)
