@@ -169,11 +169,17 @@ class Conn:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.used = 0  # answers read on the current connection
+        self.started = 0.0  # when the current request was sent
+
+    def describe(self) -> str:
+        return f"[after {time.monotonic() - self.started:.2f} s, answer #{self.used + 1} on its connection]"
 
     async def open(self) -> None:
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port,
                                                                      limit=1024 * 1024)
+            self.used = 0
 
     def close(self, reset: bool = False) -> None:
         if self.writer is not None:
@@ -194,6 +200,7 @@ async def exchange(conn: Conn, method: str, path: str, host: str, headers: dict,
     C{read_rate} bytes/s paces the body (a slow reader); C{reset_after}
     bytes read, the client resets the connection.
     """
+    conn.started = time.monotonic()
     await conn.open()
     assert conn.reader is not None and conn.writer is not None
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"] + [f"{k}: {v}" for k, v in headers.items()]
@@ -249,6 +256,7 @@ async def exchange(conn: Conn, method: str, path: str, host: str, headers: dict,
         body += await conn.reader.read()  # delimited by the close: the client cannot tell
         framed = False
         keep = False
+    conn.used += 1
     if not keep:
         conn.close()
     return status, h, bytes(body), framed
@@ -367,7 +375,7 @@ async def worker(port: int, t: Tally, rate: float, seed: int, stop: float) -> No
             conn.close()
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 asyncio.TimeoutError, ValueError, IndexError) as e:
-            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e}", path))
+            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e} {conn.describe()}", path))
             conn.close()
         next_at += 1.0 / rate
         delay = next_at - time.monotonic()
@@ -392,7 +400,7 @@ async def slow_reader(port: int, t: Tally, seed: int, stop: float) -> None:
             t.errors.append((t.now(), domain, "truncated (client can tell)", str(e), path))
             conn.close()
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
-            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e}", path))
+            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e} {conn.describe()}", path))
             conn.close()
             await asyncio.sleep(0.2)
 
@@ -413,7 +421,7 @@ async def resetter(port: int, t: Tally, seed: int, stop: float) -> None:
         except Truncated as e:
             t.errors.append((t.now(), domain, "truncated (client can tell)", str(e), path))
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
-            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e}", path))
+            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e} {conn.describe()}", path))
         conn.close(reset=True)
         await asyncio.sleep(0.1)
 
@@ -567,6 +575,7 @@ async def chaos(w: World, t: Tally, stop: float, log: list) -> None:
         + at("switch", 17, 30) + at("purge", 5, 20) + [(d / 2, "kill-node")])
     kills = 0
     hups = 0
+    purges = 0
     for when, kind in plan:
         delay = when - w.now()
         if delay > 0:
@@ -603,10 +612,11 @@ async def chaos(w: World, t: Tally, stop: float, log: list) -> None:
             code2, _ = await loop.run_in_executor(None, w.api, "POST", "/api/domains/a.soak.test/switch")
             w.events.append((s, w.now(), "", f"switch a.soak.test and back ({code1}, {code2})"))
         elif kind == "purge":
-            prefix = rng_choice(["http://a.soak.test/c/1", "http://b.soak.test/c/", "http://a.soak.test/big/",
-                                 "http://b.soak.test/v/", "http://a.soak.test/"], int(s))
+            prefix = ["http://a.soak.test/c/1", "http://b.soak.test/c/", "http://a.soak.test/big/",
+                      "http://b.soak.test/v/", "http://a.soak.test/"][purges % 5]
+            purges += 1
             code, out = await loop.run_in_executor(None, w.api, "POST", "/api/purge", {"prefixes": [prefix]})
-            w.events.append((s, s, "", f"purge {prefix}: {code} {out.strip()}"))
+            w.events.append((s, s, "", f"purge {prefix}: {code} {' '.join(out.split())}"))
         elif kind == "kill-node":
             w.rss.append(("before the node's kill -9", w.node_rss()))
             w.node.kill()  # type: ignore[union-attr]
@@ -615,10 +625,6 @@ async def chaos(w: World, t: Tally, stop: float, log: list) -> None:
             w.events.append((s, w.now() + 1, "ab", "kill -9 of the node, restarted on the same disk cache"
                              f" (listening {w.restart_s[-1]:.2f} s after the start)"))
         log.append(f"{s:7.1f} s  {w.events[-1][3]}")
-
-
-def rng_choice(items: list, n: int):  # type: ignore[no-untyped-def]
-    return items[n % len(items)]
 
 
 def explained(w: World, err: tuple) -> str | None:
