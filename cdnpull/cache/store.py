@@ -176,8 +176,8 @@ def _allocated(st: os.stat_result) -> int:
     return -(-st.st_size // block) * block
 
 
-def _read_head(f: Any, size: int) -> tuple[Entry, int, bytes]:
-    head = f.read(HEAD_READ)
+def _read_head(read: Callable[[int], bytes], size: int) -> tuple[Entry, int, bytes]:
+    head = read(HEAD_READ)
     if head[:len(MAGIC)] != MAGIC:
         raise ValueError("bad magic")
     if len(head) < len(MAGIC) + HEADER.size:
@@ -187,7 +187,7 @@ def _read_head(f: Any, size: int) -> tuple[Entry, int, bytes]:
         raise ValueError("meta too large")
     offset = len(MAGIC) + HEADER.size + n
     if len(head) < offset:
-        head += f.read(offset - len(head))
+        head += read(offset - len(head))
         if len(head) < offset:
             raise ValueError("truncated header")
     entry = Entry.from_meta(json.loads(head[len(MAGIC) + HEADER.size:offset].decode("utf-8")))
@@ -205,9 +205,12 @@ def read_head(path: str) -> tuple[Entry, int, int]:
 
     @raise ValueError: the file is not a complete object.
     """
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        entry, offset, head = _read_head(f, st.st_size)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        entry, offset, head = _read_head(lambda n: os.read(fd, n), st.st_size)
+    finally:
+        os.close(fd)
     if len(head) == st.st_size:  # a small object, read whole already: check it all
         body = head[offset:offset + entry.length]
         if head[offset + entry.length:] != END + hashlib.sha256(body).digest():
@@ -223,7 +226,7 @@ def read_object(path: str, ident: tuple) -> Entry:
     consistent object.
     """
     with open(path, "rb") as f:
-        entry, offset, _head = _read_head(f, os.fstat(f.fileno()).st_size)
+        entry, offset, _head = _read_head(f.read, os.fstat(f.fileno()).st_size)
         if entry.ident != ident:
             raise ValueError("the file holds another object")
         f.seek(offset)
@@ -255,6 +258,7 @@ def _write_atomically(path: str, data: bytes, prefix: str = ".") -> int:
     try:
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     except FileNotFoundError:
+        os.makedirs(os.path.dirname(os.path.dirname(directory)), mode=0o700, exist_ok=True)
         _mkdir_private(os.path.dirname(directory))
         _mkdir_private(directory)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
@@ -331,11 +335,12 @@ def _check_files(directory: str, paths: list[str], verify_below: int = -1) -> tu
     back in the entry).
     """
     found, damaged = [], []
+    root = os.path.join(directory, "")
     for path in paths:
         entry = None
         try:
             entry, _offset, cost = read_head(path)
-            if os.path.relpath(path, directory) != _file_name(entry.ident):
+            if not path.startswith(root) or path[len(root):] != _file_name(entry.ident):
                 raise ValueError("not where its key says")
             if entry.length <= verify_below:
                 entry = read_object(path, entry.ident)
@@ -566,8 +571,6 @@ class DiskStore:
         ident = entry.ident
         path = os.path.join(self.directory, _file_name(ident))
         bare = replace(entry, body=None)
-        if self.loading:
-            self._settled.add(entry.key)
         ops = self._ops.get(path)
         epoch = ops.epoch if ops is not None else 0
 
