@@ -340,3 +340,29 @@ def store_name(key: str) -> str:
     from cdnpull.cache.store import _file_name
 
     return _file_name((key, ((b"accept-encoding", b"gzip"),)))
+
+
+def test_a_write_while_loading_leaves_the_other_variants_to_the_loader(tmp_path):  # type: ignore[no-untyped-def]
+    disk = DiskStore(str(tmp_path), 10 ** 6, inline)
+    disk.load()
+    gzip, br = entry("h/a", b"gzip body"), entry("h/a", b"br body")
+    br.variant = ((b"accept-encoding", b"br"),)
+    result(disk.put(gzip))
+    result(disk.put(br))
+    run = Manual()
+    again = DiskStore(str(tmp_path), 10 ** 6, run)
+    again.load()
+    store = Store(MemoryStore(10 ** 6), again)
+    fresh = entry("h/a", b"new gzip body")
+    store.put(fresh)  # (a handler looks up first; a write alone must not hide the rest)
+    run.drain()
+    assert sorted(v for _, v in again.idents()) == [((b"accept-encoding", b"br"),),
+                                                    ((b"accept-encoding", b"gzip"),)]
+    store.memory.remove(fresh.ident)
+    bodies = sorted(result_after(run, store.body(e)).body for e in store.variants("h/a"))
+    assert bodies == [b"br body", b"new gzip body"]
+
+
+def result_after(run, d):  # type: ignore[no-untyped-def]
+    run.drain()
+    return result(d)
