@@ -171,6 +171,7 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
         self.used = 0  # answers read on the current connection
         self.started = 0.0  # when the current request was sent
+        self.opened = 0.0  # when the current connection was opened (monotonic)
 
     def describe(self) -> str:
         return f"[after {time.monotonic() - self.started:.2f} s, answer #{self.used + 1} on its connection]"
@@ -180,6 +181,7 @@ class Conn:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port,
                                                                      limit=1024 * 1024)
             self.used = 0
+            self.opened = time.monotonic()
 
     def close(self, reset: bool = False) -> None:
         if self.writer is not None:
@@ -375,7 +377,8 @@ async def worker(port: int, t: Tally, rate: float, seed: int, stop: float) -> No
             conn.close()
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 asyncio.TimeoutError, ValueError, IndexError) as e:
-            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e} {conn.describe()}", path))
+            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e} {conn.describe()}", path,
+                             conn.opened - t.t0))
             conn.close()
         next_at += 1.0 / rate
         delay = next_at - time.monotonic()
@@ -400,7 +403,8 @@ async def slow_reader(port: int, t: Tally, seed: int, stop: float) -> None:
             t.errors.append((t.now(), domain, "truncated (client can tell)", str(e), path))
             conn.close()
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
-            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e} {conn.describe()}", path))
+            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e} {conn.describe()}", path,
+                             conn.opened - t.t0))
             conn.close()
             await asyncio.sleep(0.2)
 
@@ -415,13 +419,13 @@ async def resetter(port: int, t: Tally, seed: int, stop: float) -> None:
         try:
             status, h, body, framed = await exchange(conn, "GET", path, domain, {},
                                                      reset_after=rng.randrange(1000, 60000))
-            if status < 400:
-                check(t, domain, "GET", path, {}, status, h, body, framed, partial=True)
+            check(t, domain, "GET", path, {}, status, h, body, framed, partial=True)
             t.counts["resets"] += 1
         except Truncated as e:
             t.errors.append((t.now(), domain, "truncated (client can tell)", str(e), path))
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
-            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e} {conn.describe()}", path))
+            t.errors.append((t.now(), domain, "connection", f"{type(e).__name__}: {e} {conn.describe()}", path,
+                             conn.opened - t.t0))
         conn.close(reset=True)
         await asyncio.sleep(0.1)
 
@@ -629,9 +633,13 @@ async def chaos(w: World, t: Tally, stop: float, log: list) -> None:
 
 def explained(w: World, err: tuple) -> str | None:
     """Which chaos allows this client error, if any."""
-    t, domain, kind, detail, path = err
+    t, domain, kind, detail, path = err[:5]
+    opened = err[5] if len(err) > 5 else None
     d = domain[0]
     for start, end, domains, what in w.events:
+        if (what.startswith("kill -9 of the node") and opened is not None and opened < start
+                and kind == "connection" and t >= start):
+            return "a keep-alive connection to the node before its kill -9"
         if not start - 0.5 <= t <= end:
             continue
         if what.startswith("kill -9 of the node"):
