@@ -32,6 +32,8 @@ from .stream import BodyRelay, Discard
 __all__ = ["Edge", "EdgeSite"]
 
 NO_BODY_METHODS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE")
+# RFC 9110 section 9.2.1; any other method's success invalidates the cache.
+SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS", b"TRACE")
 
 
 @dataclass
@@ -111,16 +113,19 @@ class Edge(Resource):
             body=body,
         )
 
+        cache = self.runtime.cache
+
         async def passthrough() -> None:
             ctx.pending = self.runtime.puller.pull(live, oreq)
             result: PullResult = await ctx.pending
             ctx.pending = None
+            if cache is not None and request.method not in SAFE_METHODS and 200 <= result.response.code < 400:
+                cache.invalidate(live, oreq, result.response.headers)
             ctx.group = result.group
             ctx.origin = str(result.address)
             ctx.origin_ms = result.elapsed * 1000
             await self._respond(request, ctx, result)
 
-        cache = self.runtime.cache
         if cache is not None and request.method in (b"GET", b"HEAD"):
             await cache.handle(request, live, oreq, ctx, passthrough)
         else:
@@ -145,7 +150,9 @@ class Edge(Resource):
         out = request.responseHeaders
         # Like nginx, the origin's Server header is replaced by ours; its
         # Date stays (it dates the content, and caches compute Age from it).
-        for name, values in end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders():
+        # Targeted cache-control fields (CDN-Cache-Control) are for this node only.
+        ours = getattr(self.runtime.cache, "targeted", ())
+        for name, values in end_to_end(response.headers, drop=(b"server",) + ours).getAllRawHeaders():
             out.setRawHeaders(name, list(values))
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             out.setRawHeaders(b"content-length", [b"%d" % response.length])

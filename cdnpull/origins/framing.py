@@ -13,6 +13,11 @@ Every response head is checked before Twisted's parser sees it:
    C{Content-Length};
  - the whole head within a size limit.
 
+The final head's C{Connection} list is read here too: Twisted's parser keeps
+C{Connection} out of the response headers, so this is the only place that
+knows which headers the origin meant for this hop only.  Those are removed
+from the response before anyone sees it (never stored, never forwarded).
+
 A head that fails is refused: the connection is aborted (never returned to
 the pool) and the request fails with the reason, which the failover chain
 turns into a 502 (or the next address).  Bytes after a complete response
@@ -31,7 +36,8 @@ from twisted.web._newclient import HTTP11ClientProtocol
 
 from ..headers import CONTROL_CHAR, FIELD_NAME
 
-__all__ = ["InvalidOriginResponse", "StrictClientProtocol", "check_head", "MAX_HEAD"]
+__all__ = ["InvalidOriginResponse", "StrictClientProtocol", "check_head", "connection_named",
+           "MAX_HEAD"]
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 200
@@ -85,6 +91,23 @@ def check_head(head: bytes, max_headers: int = MAX_HEADERS) -> Optional[str]:
     return None
 
 
+def connection_named(head: bytes) -> frozenset:
+    """The lower-case header names listed in a (checked) head's C{Connection} fields."""
+    names: set = set()
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.lower() == b"connection":
+            names.update(t.strip(b" \t").lower() for t in value.split(b","))
+    names.discard(b"")
+    return frozenset(names)
+
+
+def _drop_named(response, names: frozenset):  # type: ignore[no-untyped-def]
+    for name in names:
+        response.headers.removeHeader(name)
+    return response
+
+
 class StrictClientProtocol(HTTP11ClientProtocol):
     """L{HTTP11ClientProtocol} that refuses invalid response heads."""
 
@@ -98,7 +121,11 @@ class StrictClientProtocol(HTTP11ClientProtocol):
         self._head = bytearray()
         self._reading_head = True
         self._between = False
-        return super().request(request)
+        self._connection_named: frozenset = frozenset()
+        d = super().request(request)
+        # Runs before the Agent's callbacks: nobody sees the hop-by-hop headers.
+        d.addCallback(lambda response: _drop_named(response, self._connection_named))
+        return d
 
     def dataReceived(self, data: bytes) -> None:
         if self._parser is None or self._between:
@@ -138,6 +165,7 @@ class StrictClientProtocol(HTTP11ClientProtocol):
                 self.dataReceived(rest)
             return
         self._reading_head = False
+        self._connection_named = connection_named(first)
         super().dataReceived(first + rest)
 
     def _refuse(self, why: str) -> None:
