@@ -8,6 +8,8 @@ ones the public cache-tests suite sends.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from twisted.internet.task import Clock
 
@@ -212,3 +214,18 @@ def test_if_modified_since_without_last_modified_uses_date():
     assert not not_modified({b"if-modified-since": [AN_HOUR_AGO.encode()]}, stored)
     # An invalid If-Modified-Since is ignored.
     assert not not_modified({b"if-modified-since": [b"Fri, 15 Jan 2027 09:00:00 UTC"]}, stored)
+
+
+def test_targeted_cache_control_setting_is_validated():
+    from cdnpull.config import ConfigError, Domain, IPOrigin, Settings, validate
+
+    domains = [Domain("www.test.com", origin=IPOrigin(["127.0.0.2"]))]
+    assert Settings().targeted_cache_control == ("CDN-Cache-Control",)
+    ok = validate(domains, Settings(targeted_cache_control=["CDNPull-Cache-Control", "CDN-Cache-Control"]))
+    assert ok.settings.targeted_cache_control == ("CDNPull-Cache-Control", "CDN-Cache-Control")
+    validate(domains, Settings(targeted_cache_control=[]))
+    for bad, why in ((["Cache-Control"], "targeted_cache_control[0]: Cache-Control is not a targeted"),
+                     (["a field"], "targeted_cache_control[0]: 'a field' is not a header field name"),
+                     (["X-CC", "x-cc"], "targeted_cache_control[1]: x-cc is listed twice")):
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            validate(domains, Settings(targeted_cache_control=bad))
