@@ -111,6 +111,7 @@ class Edge(Resource):
             host=host,
             client_scheme=scheme,
             body=body,
+            on_interim=partial(_send_interim, request),
         )
 
         cache = self.runtime.cache
@@ -238,6 +239,18 @@ class Edge(Resource):
 def _client_ip(request: Request) -> Optional[str]:
     peer = request.getClientAddress()
     return getattr(peer, "host", None)
+
+
+def _send_interim(request: Request, status: int, reason: bytes, fields: list) -> None:
+    """
+    Pass an origin's interim answer (103 Early Hints, 102, ...) on to an
+    HTTP/1.1 client, while its final answer has not started (RFC 9110 15.2).
+    """
+    if (request.startedWriting or request.finished or request.clientproto != b"HTTP/1.1"
+            or getattr(request, "_disconnected", False) or request.channel is None):
+        return
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [name + b": " + value for name, value in fields]
+    request.channel.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
 
 
 def _has_body(request: Request) -> bool:

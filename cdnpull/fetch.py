@@ -6,7 +6,7 @@ as the L{cdnpull.errors} types that the failover chain decides on.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -32,7 +32,7 @@ from zope.interface import implementer
 from .config import Address
 from .errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse
 from .upload import BodyInterrupted
-from .origins.framing import InvalidOriginResponse, StrictClientProtocol
+from .origins.framing import InterimHeaders, InvalidOriginResponse, StrictClientProtocol
 from .origins.tls import TLSPolicy
 
 __all__ = ["OriginClient", "describe_connect_failure", "tcp_endpoint"]
@@ -175,6 +175,7 @@ class OriginClient:
         connect_timeout: float,
         first_byte_timeout: float,
         verify: bool = True,
+        on_interim: Optional[Callable[[int, bytes, list], None]] = None,
     ) -> "Deferred[IResponse]":
         """
         Send one request to C{address} and fire with the response once its
@@ -185,6 +186,8 @@ class OriginClient:
         @raise ConnectFailed: nothing was sent; the address is unreachable.
         @raise NoResponse: the connection broke before any response.
         @raise FirstByteTimeout: no response within C{first_byte_timeout}.
+        @param on_interim: called with (status, reason, [(name, value)]) for
+            each interim (1xx) answer before the final one.
         """
         attempt = _Attempt()
         pool = self._pool(scheme, server_name, verify)
@@ -193,6 +196,10 @@ class OriginClient:
         agent = Agent.usingEndpointFactory(self.reactor, factory, pool=pool)
         host = f"[{address.host}]" if address.is_ipv6 else address.host
         url = f"{scheme}://{host}:{address.port}".encode("ascii") + target
+        if on_interim is not None:
+            # The headers object travels to the connection's protocol
+            # unchanged (it has Host), so it carries the callback there.
+            headers = InterimHeaders(dict(headers.getAllRawHeaders()), on_interim)
         d = agent.request(method, url, headers, body)
         timed_out = []
 

@@ -79,6 +79,9 @@ class OriginRequest:
     client_scheme: str = "http"
     # A fresh body producer for each try (None: no body).
     body: Optional[Callable[[], Optional[IBodyProducer]]] = None
+    # Called with (status, reason, [(name, value)]) for each interim (1xx)
+    # answer of the origin, before the final one (None: they are dropped).
+    on_interim: Optional[Callable[[int, bytes, list], None]] = None
 
 
 @dataclass
@@ -331,6 +334,7 @@ class Puller:
                     connect_timeout=min(domain.connect_timeout, remaining),
                     first_byte_timeout=min(domain.first_byte_timeout, remaining),
                     verify=verify,
+                    on_interim=req.on_interim,
                 )
             except ConnectFailed as e:
                 self._observe(live, group, address, "connect_error", None)

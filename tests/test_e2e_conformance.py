@@ -183,12 +183,15 @@ async def test_headers_named_in_the_origins_connection_are_neither_stored_nor_fo
 
 
 def _raw(port: int, request: bytes) -> bytes:
-    """Send C{request} as is; the answer's head and its Content-Length of body."""
+    """Send C{request} as is; read the answer (interim heads, the final head and its Content-Length of body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(request)
         out = b""
         while True:
-            head, sep, body = out.partition(b"\r\n\r\n")
+            rest = out
+            while rest.startswith(b"HTTP/1.1 1") and b"\r\n\r\n" in rest:
+                rest = rest.split(b"\r\n\r\n", 1)[1]
+            head, sep, body = rest.partition(b"\r\n\r\n")
             if sep:
                 length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
                           if line.lower().startswith(b"content-length:")]
@@ -211,3 +214,37 @@ async def test_headers_named_in_the_clients_connection_do_not_reach_the_origin(w
     seen = [s for s in o.seen if s.path == b"/client-hop"][-1]
     assert b"x-client-hop" not in seen.headers
     assert seen.headers[b"x-client-kept"] == [b"yes"]
+
+
+# -- interim answers (RFC 9110 section 15.2) ------------------------------------------------
+
+
+def _answers(raw: bytes) -> list:
+    """The status lines and header blocks of every head in C{raw}."""
+    out = []
+    for block in raw.split(b"\r\n\r\n"):
+        if block.startswith(b"HTTP/1.1 "):
+            lines = block.split(b"\r\n")
+            out.append((lines[0], {l.split(b":")[0].lower(): l.split(b":", 1)[1].strip() for l in lines[1:]}))
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_early_hints_answer_reaches_the_client_first_and_is_never_stored(world):  # type: ignore[no-untyped-def]
+    o = world["o"]
+
+    def hints(request):  # type: ignore[no-untyped-def]
+        request.transport.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n"
+                                b"X-Hint: 1\r\n\r\n")
+        request.setHeader(b"cache-control", b"max-age=600")
+        return b"final"
+    o.routes["/hints"] = hints
+    ask = (f"GET /hints HTTP/1.1\r\nHost: {HOST}\r\n\r\n").encode()
+    first = _answers(await deferToThread(_raw, world["cdn"].port, ask))
+    assert [status for status, _ in first] == [b"HTTP/1.1 103 Early Hints", b"HTTP/1.1 200 OK"]
+    assert first[0][1][b"link"] == b"</style.css>; rel=preload"
+    assert b"x-hint" not in first[1][1] and first[1][1][b"x-cache"] == b"MISS"
+    # From the cache: the final answer only, without the hint's headers.
+    second = _answers(await deferToThread(_raw, world["cdn"].port, ask))
+    assert [status for status, _ in second] == [b"HTTP/1.1 200 OK"]
+    assert second[0][1][b"x-cache"] == b"HIT" and b"x-hint" not in second[0][1]
