@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
@@ -187,7 +188,7 @@ def http_date(value: Optional[bytes], now: Optional[float] = None) -> Optional[f
 def _two_digit_year(yy: int, now: Optional[float]) -> int:
     if now is None:
         return 2000 + yy if yy < 70 else 1900 + yy
-    this_year = int(now // 31556952) + 1970
+    this_year = time.gmtime(now).tm_year
     year = this_year - this_year % 100 + yy
     return year - 100 if year > this_year + 50 else year
 

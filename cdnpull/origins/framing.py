@@ -142,12 +142,15 @@ class StrictClientProtocol(HTTP11ClientProtocol):
     _reading_head = False
 
     _between = False
+    # Per request: the final head's Connection list, where interim heads go.
+    _connection_named: frozenset = frozenset()
+    _on_interim: Optional[Callable[[int, bytes, list], None]] = None
 
     def request(self, request):  # type: ignore[no-untyped-def]
         self._head = bytearray()
         self._reading_head = True
         self._between = False
-        self._connection_named: frozenset = frozenset()
+        self._connection_named = frozenset()
         self._on_interim = getattr(request.headers, "on_interim", None)
         d = super().request(request)
         # Runs before the Agent's callbacks: nobody sees the hop-by-hop headers.
