@@ -229,3 +229,18 @@ def test_targeted_cache_control_setting_is_validated():
                      (["X-CC", "x-cc"], "targeted_cache_control[1]: x-cc is listed twice")):
         with pytest.raises(ConfigError, match=re.escape(why)):
             validate(domains, Settings(targeted_cache_control=bad))
+
+
+@pytest.mark.parametrize("reference,expected", [
+    (b"/made?x=1", b"/made?x=1"),
+    (b"sibling", b"/forms/sibling"),                    # relative to /forms/new
+    (b"http://www.test.com:8080/there", b"/there"),     # the port is not part of the key
+    (b"http://WWW.TEST.COM/there", b"/there"),
+    (b"https://www.test.com/there", None),              # another scheme
+    (b"http://other.test.com/there", None),             # another host
+    (b"//other.test.com/there", None),
+])
+def test_which_location_an_unsafe_request_may_invalidate(reference, expected):  # type: ignore[no-untyped-def]
+    from cdnpull.cache.policy import same_origin_target
+
+    assert same_origin_target(reference, "http", "www.test.com", b"/forms/new") == expected

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any, Callable, Optional
-from urllib.parse import urljoin, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
-
-from ..routing import normalise_host
 
 from ..errors import EdgeError, OriginTimeout, OriginUnavailable
 from ..headers import VIA, end_to_end
@@ -39,6 +36,7 @@ from .policy import (
     match_rule,
     not_modified,
     parse_range,
+    same_origin_target,
     storable,
     vary_key,
     vary_names,
@@ -68,24 +66,6 @@ def _validators(headers: dict) -> dict:
 
 def _map(headers: Headers) -> dict:
     return {k.lower(): list(v) for k, v in headers.getAllRawHeaders()}
-
-
-def _same_origin_target(reference: bytes, scheme: str, host: str, target: bytes) -> Optional[bytes]:
-    """
-    The origin-form target of C{reference} (a URI reference in a response,
-    resolved against the request's URI) when it has the same scheme and host
-    as the request, else None.
-    """
-    authority = f"[{host}]" if ":" in host else host
-    try:
-        base = f"{scheme}://{authority}" + target.decode("ascii")
-        resolved = urlsplit(urljoin(base, reference.decode("ascii")))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    if resolved.scheme != scheme or normalise_host(resolved.netloc.encode("ascii")) != host:
-        return None
-    out = (resolved.path or "/") + (f"?{resolved.query}" if resolved.query else "")
-    return out.encode("ascii")
 
 
 class _Waiter:
@@ -146,7 +126,7 @@ class Cache:
         targets = [oreq.target]
         for name in (b"location", b"content-location"):
             for value in response_headers.getRawHeaders(name, [])[:1]:
-                same = _same_origin_target(value.strip(), oreq.client_scheme, oreq.host, oreq.target)
+                same = same_origin_target(value.strip(), oreq.client_scheme, oreq.host, oreq.target)
                 if same is not None and same not in targets:
                     targets.append(same)
         n = 0

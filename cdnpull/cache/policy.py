@@ -14,16 +14,19 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
+from urllib.parse import urljoin, urlsplit
 
 import http_sf
 
 from ..config import CacheRule
+from ..routing import normalise_host
 
 __all__ = [
     "CacheControl", "parse_cache_control", "targeted_cache_control", "directives", "http_date",
     "Storable", "storable",
     "freshness_lifetime", "current_age", "vary_names", "vary_key", "match_rule",
-    "parse_range", "not_modified", "HEURISTIC_STATUSES", "RULE_STATUSES",
+    "parse_range", "not_modified", "same_origin_target", "age_header", "HEURISTIC_STATUSES",
+    "RULE_STATUSES",
 ]
 
 # RFC 9110 section 15.1: statuses that are heuristically cacheable.
@@ -367,6 +370,24 @@ def vary_key(names: Sequence[bytes], request_headers: dict) -> tuple:
         joined = b",".join(b"".join(v.split()) for v in values)
         out.append((name, joined))
     return tuple(out)
+
+
+def same_origin_target(reference: bytes, scheme: str, host: str, target: bytes) -> Optional[bytes]:
+    """
+    The origin-form target of C{reference} (a URI reference in a response,
+    resolved against the request's URI) when it has the same scheme and host
+    as the request, else None.
+    """
+    authority = f"[{host}]" if ":" in host else host
+    try:
+        base = f"{scheme}://{authority}" + target.decode("ascii")
+        resolved = urlsplit(urljoin(base, reference.decode("ascii")))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if resolved.scheme != scheme or normalise_host(resolved.netloc.encode("ascii")) != host:
+        return None
+    out = (resolved.path or "/") + (f"?{resolved.query}" if resolved.query else "")
+    return out.encode("ascii")
 
 
 # -- conditional and range requests --------------------------------------------------------
