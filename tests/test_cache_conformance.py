@@ -244,3 +244,14 @@ def test_which_location_an_unsafe_request_may_invalidate(reference, expected):  
     from cdnpull.cache.policy import same_origin_target
 
     assert same_origin_target(reference, "http", "www.test.com", b"/forms/new") == expected
+
+
+def test_connection_list_and_interim_heads_read_from_the_raw_origin_head():
+    from cdnpull.origins.framing import connection_named, interim_answer
+
+    head = (b"HTTP/1.1 200 OK\r\nConnection: X-A, keep-alive\r\nconnection: x-b\r\n"
+            b"X-A: 1\r\nContent-Length: 0\r\n\r\n")
+    assert connection_named(head) == {b"x-a", b"keep-alive", b"x-b"}
+    hints = (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: x-h\r\n"
+             b"X-H: 1\r\nKeep-Alive: timeout=5\r\n\r\n")
+    assert interim_answer(hints) == (103, b"Early Hints", [(b"Link", b"</a.css>; rel=preload")])

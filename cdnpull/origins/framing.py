@@ -110,7 +110,9 @@ def connection_named(head: bytes) -> frozenset:
 class InterimHeaders(Headers):
     """Request headers that carry where the origin's interim answers go."""
 
-    def __init__(self, raw: dict, on_interim: Callable[[int, bytes, list], None]) -> None:
+    def __init__(self, raw: Optional[dict] = None,
+                 on_interim: Optional[Callable[[int, bytes, list], None]] = None) -> None:
+        # (Headers.copy() calls the class with the raw headers only.)
         super().__init__(raw)
         self.on_interim = on_interim
 
