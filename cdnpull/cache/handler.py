@@ -138,7 +138,8 @@ class Cache:
                 n += 1
         if n:
             self.log.debug("cache: {n} stored answers invalidated by {method} {key}", n=n,
-                           method=oreq.method.decode("latin-1"), key=oreq.host + oreq.target.decode("latin-1"))
+                           method=oreq.method.decode("latin-1"),
+                           key=oreq.host + oreq.target.decode("latin-1"))
         return n
 
     # -- one request -------------------------------------------------------
