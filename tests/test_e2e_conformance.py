@@ -41,7 +41,9 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
     config = write_config(str(d), f"""
         from cdnpull.config import Domain, IPOrigin, Settings
         settings = Settings(targeted_cache_control=["CDNPull-Cache-Control", "CDN-Cache-Control"])
-        domains = [Domain("{HOST}", origin=IPOrigin(["{o.addr}"]), probe=None)]
+        domains = [Domain("{HOST}", origin=IPOrigin(["{o.addr}"]), probe=None),
+                   Domain("fwd.test.com", origin=IPOrigin(["{o.addr}"]), probe=None,
+                          forward_headers=["X-Forwarded-Host"])]
         """)
     cdn = start_cdn(config, str(d))
     yield dict(cdn=cdn, client=Client(cdn.url), o=o)
@@ -73,6 +75,19 @@ async def test_a_successful_unsafe_request_invalidates_its_target(world, method)
     assert r.code == 200 and body == b"done"
     r, body = await get(world, path)
     assert body == b"v2" and xcache(r) == b"MISS"
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalidation_reaches_answers_keyed_by_forwarded_headers(world):  # type: ignore[no-untyped-def]
+    versioned(world["o"], "/fwd", {b"cache-control": b"max-age=600"})
+    client = world["client"]
+    for value in ("a.example", "b.example"):
+        await client.get("/fwd", host="fwd.test.com", headers={"X-Forwarded-Host": value})
+    r, body = await client.get("/fwd", host="fwd.test.com", headers={"X-Forwarded-Host": "b.example"})
+    assert body == b"v2" and xcache(r) == b"HIT"
+    await client.get("/fwd", host="fwd.test.com", method="POST", data=b"x")
+    r, body = await client.get("/fwd", host="fwd.test.com", headers={"X-Forwarded-Host": "a.example"})
+    assert body == b"v3" and xcache(r) == b"MISS"
 
 
 @pytest_twisted.ensureDeferred

@@ -112,7 +112,9 @@ class Cache:
             host, slash, path = rest.partition("/")
             return host.lower().split(":")[0] + slash + path
 
-        n = self.store.purge([strip(u) for u in urls], [strip(p) for p in prefixes])
+        urls = [strip(u) for u in urls]
+        # A URL also names its entries keyed on forwarded headers (URL + "\n...").
+        n = self.store.purge(urls, [strip(p) for p in prefixes] + [u + "\n" for u in urls])
         self.log.info("cache: purged {n} objects", n=n)
         return {"purged": n}
 
@@ -136,6 +138,9 @@ class Cache:
             for entry in self.store.variants(key):
                 self.store.remove(entry.ident)
                 n += 1
+            if getattr(live.config, "forward_headers", ()):
+                # Keys with forwarded header values after a newline.
+                n += self.store.purge([], [key + "\n"])
         if n:
             self.log.debug("cache: {n} stored answers invalidated by {method} {key}", n=n,
                            method=oreq.method.decode("latin-1"),
@@ -151,7 +156,8 @@ class Cache:
         if rule is not None and rule.ttl == 0:
             ctx.cache = "BYPASS"
             return await passthrough()
-        key = self.key_of(oreq.host, oreq.target, bool(rule and rule.ignore_query))
+        # key_extra: the values of headers the domain forwards (forward_headers).
+        key = self.key_of(oreq.host, oreq.target, bool(rule and rule.ignore_query)) + oreq.key_extra
         reqh = _map(request.requestHeaders)
         authorized = bool(reqh.get(b"authorization"))
         now = self.clock.seconds()
