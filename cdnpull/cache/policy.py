@@ -178,10 +178,9 @@ def http_date(value: Optional[bytes], now: Optional[float] = None) -> Optional[f
             if not m:
                 return None
             month, day, hh, mm, ss, year = m.groups()
-    try:
-        fields = (int(year), _MONTHS.index(month.lower()) + 1, int(day), int(hh), int(mm), int(ss))
-    except ValueError:
-        return None
+    fields = (int(year), _MONTHS.index(month.lower()) + 1, int(day), int(hh), int(mm), int(ss))
+    if fields[0] < 1:
+        return None  # year 0000 is no date (and not one the calendar module takes)
     if not (1 <= fields[2] <= calendar.monthrange(fields[0], fields[1])[1]
             and fields[3] <= 23 and fields[4] <= 59 and fields[5] <= 60):
         return None
