@@ -366,3 +366,20 @@ def test_a_write_while_loading_leaves_the_other_variants_to_the_loader(tmp_path)
 def result_after(run, d):  # type: ignore[no-untyped-def]
     run.drain()
     return result(d)
+
+
+def test_a_key_dropped_while_loading_is_not_brought_back_by_the_loader(tmp_path):  # type: ignore[no-untyped-def]
+    """An invalidation (RFC 9111 4.4) or URL purge before the loader reached the key."""
+    disk = DiskStore(str(tmp_path), 10 ** 6, inline)
+    disk.load()
+    for k in ("h/a", "h/b", "h/c"):
+        result(disk.put(entry(k, k.encode() * 10)))
+    run = Manual()
+    again = DiskStore(str(tmp_path), 10 ** 6, run)
+    again.load()
+    store = Store(MemoryStore(10 ** 6), again)
+    assert store.remove_key("h/a") == 0  # nothing indexed yet...
+    store.purge(["h/b"], [])
+    run.drain()
+    assert [k for k, _ in again.idents()] == ["h/c"]  # ...and yet gone
+    assert len(glob.glob(str(tmp_path / "*" / "*" / "*.obj"))) == 1

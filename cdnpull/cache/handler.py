@@ -135,9 +135,7 @@ class Cache:
         for target in targets:
             rule = match_rule(live.config.cache, target.split(b"?", 1)[0].decode("latin-1"))
             key = self.key_of(oreq.host, target, bool(rule and rule.ignore_query))
-            for entry in self.store.variants(key):
-                self.store.remove(entry.ident)
-                n += 1
+            n += self.store.remove_key(key)  # (with what the disk has not indexed yet)
             if getattr(live.config, "forward_headers", ()):
                 # Keys with forwarded header values after a newline.
                 n += self.store.purge([], [key + "\n"])

@@ -418,7 +418,9 @@ class DiskStore:
         self._prefix = f".{secrets.token_hex(6)}."
         self.loading = False
         self._settled: set[str] = set()  # keys whose objects are indexed already
-        self._purged: list[tuple[frozenset, tuple]] = []  # purges while loading
+        # Purged or removed while loading: what the loader finds of them is dropped.
+        self._purged_keys: set[str] = set()
+        self._purged_prefixes: list[tuple] = []
         self.on_indexed: Optional[Callable[[tuple], None]] = None
         self.dropped = 0
 
@@ -452,7 +454,8 @@ class DiskStore:
         finally:
             self.loading = False
             self._settled.clear()
-            self._purged.clear()
+            self._purged_keys.clear()
+            self._purged_prefixes.clear()
         self._evict()
         self.log.info("cache: {n} objects ({size} bytes) on disk in {dir}; {dropped} dropped; "
                       "checked in {t:.2f} s", n=len(self._index), size=self.size,
@@ -527,14 +530,19 @@ class DiskStore:
         return self._run(_probe_key, self.directory, key, self.verify_below).addCallbacks(
             found, failed)
 
-    def purged(self, urls: frozenset, prefixes: tuple) -> None:
-        """A purge while loading also covers the objects not indexed yet."""
+    def purged(self, keys: Iterable[str], prefixes: tuple = ()) -> None:
+        """
+        A purge (or removal) while loading also covers the objects of
+        C{keys} and C{prefixes} not indexed yet.  (An object written since is
+        indexed by its write first and stays.)
+        """
         if self.loading:
-            self._purged.append((urls, prefixes))
+            self._purged_keys.update(keys)
+            if prefixes:
+                self._purged_prefixes.append(tuple(prefixes))
 
     def _was_purged(self, key: str) -> bool:
-        return any(key in urls or (prefixes and key.startswith(prefixes))
-                   for urls, prefixes in self._purged)
+        return key in self._purged_keys or any(key.startswith(p) for p in self._purged_prefixes)
 
     # -- objects ---------------------------------------------------------
 
@@ -602,7 +610,8 @@ class DiskStore:
             self._unlink_later(path)
 
     def _drop_path(self, path: str) -> None:
-        self._unlink_later(path)
+        if path not in self._ops:  # else a write in flight replaces it
+            self._unlink_later(path)
 
     def _unlink_later(self, path: str, how: Callable[[str], Any] = _unlink) -> None:
         """Remove C{path} once the operations queued on it are done."""
@@ -748,14 +757,22 @@ class Store:
     def keys(self) -> list[str]:
         return list(self._variants)
 
+    def remove_key(self, key: str) -> int:
+        """Drop every variant of C{key} (also those on disk not indexed yet); how many were known."""
+        idents = list(self._variants.get(key, ()))
+        for ident in idents:
+            self.remove(ident)
+        if self.disk is not None:
+            self.disk.purged((key,))
+        return len(idents)
+
     def purge(self, urls: Iterable[str], prefixes: Iterable[str]) -> int:
         urls, prefixes = frozenset(urls), tuple(prefixes)
-        if self.disk is not None:
-            self.disk.purged(urls, prefixes)
-        n = 0
-        for key in self.keys():
-            if key in urls or (prefixes and key.startswith(prefixes)):
-                for ident in list(self._variants.get(key, ())):
-                    self.remove(ident)
-                    n += 1
+        n = sum(self.remove_key(key) for key in urls)
+        if prefixes:
+            if self.disk is not None:
+                self.disk.purged((), prefixes)
+            for key in self.keys():
+                if key.startswith(prefixes):
+                    n += self.remove_key(key)
         return n
