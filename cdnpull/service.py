@@ -6,6 +6,7 @@ or a runtime change atomically.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
@@ -199,6 +200,13 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
     disk = None
     if settings.cache_dir:
+        try:
+            os.makedirs(settings.cache_dir, mode=0o700, exist_ok=True)
+            if not os.access(settings.cache_dir, os.W_OK | os.X_OK):
+                raise PermissionError("not writable")
+        except OSError as e:
+            raise ConfigError(f"settings.cache_dir: cannot use {settings.cache_dir}: "
+                              f"{e.strerror or e}") from None
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
     runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk),
                           runtime.puller, reactor, parse_size(settings.cache_max_object),
