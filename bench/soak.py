@@ -482,6 +482,7 @@ class World:
         self.events: list = []  # (start, end, domains, kind)
         self.rss: list = []
         self.restart_s: list = []
+        self.at_kill: tuple = (0, 0)
         self.t0 = time.monotonic()
 
     def now(self) -> float:
@@ -625,10 +626,20 @@ async def chaos(w: World, t: Tally, stop: float, log: list) -> None:
             w.rss.append(("before the node's kill -9", w.node_rss()))
             w.node.kill()  # type: ignore[union-attr]
             w.node.wait()  # type: ignore[union-attr]
+            w.at_kill = count_files(w.cache_dir)
             await loop.run_in_executor(None, w.start_node)
             w.events.append((s, w.now() + 1, "ab", "kill -9 of the node, restarted on the same disk cache"
                              f" (listening {w.restart_s[-1]:.2f} s after the start)"))
         log.append(f"{s:7.1f} s  {w.events[-1][3]}")
+
+
+def count_files(directory: str) -> tuple[int, int]:
+    """(complete objects, temporary files) under C{directory}."""
+    objects = temps = 0
+    for _root, _dirs, files in os.walk(directory):
+        objects += sum(1 for n in files if n.endswith(".obj"))
+        temps += sum(1 for n in files if n.endswith(".tmp"))
+    return objects, temps
 
 
 def explained(w: World, err: tuple) -> str | None:
@@ -682,6 +693,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         w.stop_all()
     text = open(w.logfile, encoding="utf-8", errors="replace").read()
+    loaded = re.findall(r"cache: checked the disk cache \S+ in \S+ s: (\d+) objects found, (\d+) dropped", text)
     unexplained = [e for e in t.errors if explained(w, e) is None]
     total = sum(v for k, v in t.counts.items() if isinstance(k, int))
     print("\nchaos:")
@@ -693,6 +705,10 @@ async def run(args: argparse.Namespace) -> int:
     print(f"X-Cache: {dict(t.xcache.most_common())}")
     print(f"node RSS (KiB): {w.rss}; node listening after (re)start: "
           f"{', '.join(f'{s:.2f} s' for s in w.restart_s)}")
+    if len(loaded) > 1:
+        print(f"disk cache at the node's kill -9: {w.at_kill[0]} objects and {w.at_kill[1]} "
+              f"temporary files; after the restart the loader found {loaded[1][0]} objects "
+              f"and dropped {loaded[1][1]}")
     by_domain = collections.Counter(e[1] for e in t.errors)
     print(f"client errors: {len(t.errors)} ({dict(by_domain)}), explained by chaos: "
           f"{len(t.errors) - len(unexplained)}")

@@ -139,7 +139,7 @@ def start(work: str, cache_dir: str | None, want_hit: bool) -> dict:
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 text = open(log).read()
-                if "checked in" in text or "dropped" in text and "objects" in text:
+                if "checked the disk cache" in text or "dropped" in text and "objects" in text:
                     result["loaded"] = time.monotonic() - t0
                     break
                 time.sleep(0.01)

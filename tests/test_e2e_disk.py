@@ -83,7 +83,7 @@ async def test_damaged_objects_are_dropped_and_fetched_again_after_a_restart(tmp
         assert o.count("/good.txt") == 1
         assert o.count("/flipped.txt") == 2 and o.count("/cut.txt") == 2
         for _ in range(100):
-            if "objects" in cdn.log() and "checked in" in cdn.log():
+            if "checked the disk cache" in cdn.log():
                 break
             await sleep(0.05)
         log = cdn.log()

@@ -422,6 +422,7 @@ class DiskStore:
         self._purged_keys: set[str] = set()
         self._purged_prefixes: list[tuple] = []
         self.on_indexed: Optional[Callable[[tuple], None]] = None
+        self.found = 0  # objects the loader and probes found on disk
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -457,9 +458,10 @@ class DiskStore:
             self._purged_keys.clear()
             self._purged_prefixes.clear()
         self._evict()
-        self.log.info("cache: {n} objects ({size} bytes) on disk in {dir}; {dropped} dropped; "
-                      "checked in {t:.2f} s", n=len(self._index), size=self.size,
-                      dir=self.directory, dropped=self.dropped, t=time.monotonic() - started)
+        self.log.info("cache: checked the disk cache {dir} in {t:.2f} s: {found} objects found, "
+                      "{dropped} dropped; {n} objects ({size} bytes) on disk now",
+                      dir=self.directory, t=time.monotonic() - started, found=self.found,
+                      dropped=self.dropped, n=len(self._index), size=self.size)
 
     def _add(self, path: str, entry: Entry, cost: int, oldest: bool) -> None:
         self._index[entry.ident] = _DiskRecord(path, cost, replace(entry, body=None))
@@ -479,6 +481,7 @@ class DiskStore:
                 continue
             # Newest first: each goes before the ones indexed so far.
             self._add(path, entry, cost, oldest=True)
+            self.found += 1
         self._drop_damaged(damaged)
         self._evict()
 
@@ -516,6 +519,7 @@ class DiskStore:
                         self._drop_path(path)
                         continue
                     self._add(path, entry, cost, oldest=False)
+                    self.found += 1
                     if entry.body is not None:
                         fresh.append(entry)
             self._drop_damaged(damaged)
