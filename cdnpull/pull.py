@@ -79,6 +79,9 @@ class OriginRequest:
     client_scheme: str = "http"
     # A fresh body producer for each try (None: no body).
     body: Optional[Callable[[], Optional[IBodyProducer]]] = None
+    # When the client's time budget started (None: now).  A request that
+    # waited on another's origin pull keeps its own budget, not a new one.
+    started: Optional[float] = None
 
 
 @dataclass
@@ -195,7 +198,7 @@ class Puller:
 
     async def _pull(self, live: LiveDomain, req: OriginRequest) -> PullResult:
         domain = live.config
-        start = self.clock.seconds()
+        start = self.clock.seconds() if req.started is None else req.started
         deadline = start + domain.total_timeout
         safe = req.method in SAFE_METHODS
         standby = live.standby if safe else None
