@@ -352,11 +352,12 @@ class Store:
         self.memory = memory
         self.disk = disk
         self.max_variants = max_variants
-        # key -> its variants' idents, least recently used first.
-        self._variants: "dict[str, OrderedDict[tuple, None]]" = {}
+        # key -> its variants' idents, least recently used first (a dict
+        # keeps insertion order and costs less than an OrderedDict).
+        self._variants: "dict[str, dict[tuple, None]]" = {}
         if disk is not None:
             for ident in disk.idents():
-                self._variants.setdefault(ident[0], OrderedDict())[ident] = None
+                self._variants.setdefault(ident[0], {})[ident] = None
 
     def variants(self, key: str) -> list[Entry]:
         out = []
@@ -375,7 +376,8 @@ class Store:
         """Fires with the entry with its body (memory, else read from disk)."""
         idents = self._variants.get(entry.key)
         if idents is not None and entry.ident in idents:
-            idents.move_to_end(entry.ident)  # this variant was used
+            del idents[entry.ident]  # this variant was used: now the newest
+            idents[entry.ident] = None
         cached = self.memory.get(entry.ident)
         if cached is not None and cached.body is not None:
             return succeed(cached)
@@ -394,9 +396,9 @@ class Store:
         for other in self.variants(entry.key):
             if other.vary != entry.vary:
                 self.remove(other.ident)
-        idents = self._variants.setdefault(entry.key, OrderedDict())
+        idents = self._variants.setdefault(entry.key, {})
+        idents.pop(entry.ident, None)
         idents[entry.ident] = None
-        idents.move_to_end(entry.ident)
         while len(idents) > self.max_variants:
             self.remove(next(iter(idents)))
         self.memory.put(entry)
