@@ -335,12 +335,14 @@ class Cache:
         """
         ctx = ask.ctx
         entry, age = stale if stale is not None else (None, 0.0)
+        why = self.unshared.why(ask.key)
+        if entry is None and self._passes_range(ask, why):
+            # Not even behind a pull in flight: if its client leaves, this
+            # request alone would keep the whole object coming.
+            return await self._pass_range(ask)
         flight = None if alone else self.inflight.get(ask.key)
         leader = flight is None
         if flight is None:
-            why = self.unshared.why(ask.key)
-            if entry is None and self._passes_range(ask, why):
-                return await self._pass_range(ask)
             # Hit-for-miss: the last answer was not shared, so do not queue.
             flight = Flight(self, ask.key, register=not alone and why != "private")
             waiter = flight.join()
