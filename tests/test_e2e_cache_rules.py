@@ -71,6 +71,9 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
     d = tmp_path_factory.mktemp("rules")
     o = Origin("127.0.0.12", "origin").start()
     o.calls, o.sent = [], 0
+    hung = Origin("127.0.0.13", "hung").start()  # a primary that never answers /late
+    hung.hang("/late")
+    standby_port = free_port("127.0.0.14")  # a standby that is not up yet
     ca = trustme.CA()
     ca_file = str(d / "ca.pem")
     ca.cert_pem.write_to_path(ca_file)
@@ -81,19 +84,24 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
     config = write_config(str(d), f"""
         from cdnpull.config import Domain, IPOrigin, Settings
         settings = Settings(cache_max_object="4MiB")
-        domains = [Domain("www.test.com", origin=IPOrigin(["{o.addr}"]), probe=None)]
+        domains = [
+            Domain("www.test.com", origin=IPOrigin(["{o.addr}"]), probe=None),
+            Domain("late.test.com", origin=IPOrigin(["{hung.addr}"]), probe=None,
+                   standby=IPOrigin(["127.0.0.14:{standby_port}"]),
+                   first_byte_timeout=2.0, total_timeout=10.0),
+        ]
         """)
     tls_port = free_port()
     cdn = start_cdn(config, str(d), "--listen",
                     f"ssl:{tls_port}:privateKey={key_file}:certKey={cert_file}:interface=127.0.0.1",
                     admin=True)
     yield dict(cdn=cdn, client=Client(cdn.url), admin=Client(cdn.admin_url), o=o,
-               tls_port=tls_port, ca_file=ca_file)
+               tls_port=tls_port, ca_file=ca_file, standby_port=standby_port)
     cdn.stop()
     for c in o.calls:
         if c.active():
             c.cancel()
-    await DeferredList([o.stop()])
+    await DeferredList([o.stop(), hung.stop()])
 
 
 def xcache(response):  # type: ignore[no-untyped-def]
@@ -257,3 +265,29 @@ async def test_concurrent_requests_for_a_stale_object_make_one_conditional_reque
     conditional = [s for s in o.seen if s.path == b"/rev" and b"if-none-match" in s.headers]
     assert len(conditional) == 1
     assert {xcache(r) for r, _ in results} == {"HIT"}
+
+
+# -- issue 17, defect 4: a latecomer does not inherit a failed pull ---------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_latecomer_whose_shared_pull_fails_gets_its_own_try_and_the_standbys_answer(world):  # type: ignore[no-untyped-def]
+    client = lambda: Client(world["cdn"].url)  # noqa: E731
+    # The first request: the primary hangs (2 s to first byte), the standby
+    # is down: it gets a 504 at about 2 s.
+    first = Deferred.fromCoroutine(client().get("/late", host="late.test.com"))
+    await sleep(0.7)
+    late = Deferred.fromCoroutine(client().get("/late", host="late.test.com"))  # joins it
+    r1, _ = await first
+    assert r1.code == 504
+    # The standby comes up while the latecomer still has most of its budget.
+    standby = Origin("127.0.0.14", "standby").start(world["standby_port"])
+    standby.text("/late", b"from the standby", headers={b"cache-control": b"max-age=60"})
+    try:
+        r2, b2 = await late
+        # Its own failover chain: the primary again (2 s), then the standby.
+        assert (r2.code, b2) == (200, b"from the standby")
+        assert standby.count("/late") == 1
+        assert "a waiting request tries on its own" in world["cdn"].log()
+    finally:
+        await standby.stop()
