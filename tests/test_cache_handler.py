@@ -208,6 +208,15 @@ def test_after_a_private_answer_requests_do_not_queue_behind_one_another() -> No
     assert len(w.origin.pulls) == 3
 
 
+def test_an_answer_kept_from_an_authorized_request_does_not_stop_collapsing_for_others() -> None:
+    w = World()
+    w.get("/api", BEARER)
+    w.origin.answer(0, 200, b"for x", {b"cache-control": b"max-age=60"})  # not stored: Authorization
+    w.get("/api")
+    w.get("/api")
+    assert len(w.origin.pulls) == 2  # the two anonymous requests share one pull
+
+
 def test_twenty_concurrent_misses_for_a_cacheable_object_are_one_origin_request() -> None:
     w = World()
     requests = [w.get("/c.jpg")[0] for _ in range(20)]

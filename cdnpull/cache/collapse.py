@@ -227,7 +227,9 @@ class Flight:
         self.auth_ok = verdict.auth_ok
         self.strip_cookies = verdict.strip_cookies
         if self.remember:
-            if not verdict.ok and response.code < 500:
+            if not verdict.ok and response.code < 500 and not authorized(reqh):
+                # (An answer kept from one request for its Authorization
+                # says nothing about the URL's answers to anyone else.)
                 cache.unshared.mark(self.key, "private")
             elif too_big:
                 cache.unshared.mark(self.key, "large")
