@@ -378,13 +378,28 @@ def test_a_range_far_into_an_unknown_object_is_passed_on() -> None:
     assert w.origin.header(1, b"range") == b"bytes=0-9"
 
 
-def test_a_range_near_the_start_of_an_unknown_object_fills_it_collapsed() -> None:
+def test_an_open_range_near_the_start_of_an_unknown_object_joins_the_fill() -> None:
     w = World()
     r1, _, _ = w.get("/m", {b"Range": b"bytes=0-"})
-    r2, _, _ = w.get("/m", {b"Range": b"bytes=2-3"})
+    r2, _, _ = w.get("/m", {b"Range": b"bytes=2-"})
+    r3, _, _ = w.get("/m")
     assert len(w.origin.pulls) == 1 and w.origin.header(0, b"range") is None
     w.origin.answer(0, 200, b"abcdef", {b"cache-control": b"max-age=60"})
-    assert (r1.code, r1.body, r2.code, r2.body) == (206, b"abcdef", 206, b"cd")
+    assert (r1.code, r1.body, r2.code, r2.body, r3.body) == (206, b"abcdef", 206, b"cdef", b"abcdef")
+
+
+@pytest.mark.parametrize("value", [b"bytes=0-0", b"bytes=10-20", b"bytes=-5", b"bytes=2000000-"])
+def test_a_range_that_could_cost_more_than_itself_plus_a_mib_is_passed_on(value) -> None:  # type: ignore[no-untyped-def]
+    w = World()
+    w.get("/n", {b"Range": value})
+    assert w.origin.header(0, b"range") == value
+
+
+@pytest.mark.parametrize("value", [b"bytes=0-1,5-6", b"bytes=x-", b"items=0-1", b"bytes=-"])
+def test_no_single_byte_range_is_a_plain_miss(value) -> None:  # type: ignore[no-untyped-def]
+    w = World()
+    w.get("/q", {b"Range": value})
+    assert w.origin.header(0, b"range") is None
 
 
 def test_a_passed_on_range_of_a_storable_object_fills_it_behind() -> None:
@@ -455,3 +470,16 @@ def test_max_variants_is_validated() -> None:
     for bad in (0, -1, True, "32", 100_000):
         with pytest.raises(ConfigError, match="settings.max_variants"):
             validate(domains, Settings(max_variants=bad))
+
+
+def test_no_second_fill_behind_when_the_object_was_stored_while_a_range_was_passed_on() -> None:
+    w = World()
+    r1, _, _ = w.get("/s", {b"Range": b"bytes=-4"})
+    w.origin.answer(0, 206, b"wxyz", {b"content-range": b"bytes 22-25/26",
+                                      b"cache-control": b"max-age=60"})
+    r2, _, _ = w.get("/s", {b"Range": b"bytes=0-1"})  # passed on while the fill runs
+    w.origin.answer(1, 200, b"abcdefghijklmnopqrstuvwxyz", {b"cache-control": b"max-age=60"})
+    w.origin.answer(2, 206, b"ab", {b"content-range": b"bytes 0-1/26",
+                                    b"cache-control": b"max-age=60"})
+    assert r2.body == b"ab"
+    assert len(w.origin.pulls) == 3  # no second whole fill

@@ -95,10 +95,11 @@ class _Ask:
     passthrough: Callable
 
 
-def _range_start(reqh: dict) -> Optional[int]:
+def _range_spec(reqh: dict) -> Optional[tuple[int, Optional[int]]]:
     """
-    The first byte of a single byte range the client asked for; -1 for a
-    suffix range (the last N bytes); None when there is no single range.
+    The single byte range the client asked for as (first, last or None for
+    "to the end"); first is -1 for a suffix range (the last N bytes).  None
+    when there is no single, well-formed byte range.
     """
     values = reqh.get(b"range")
     if not values or len(values) != 1:
@@ -106,13 +107,14 @@ def _range_start(reqh: dict) -> Optional[int]:
     text = values[0].strip().lower()
     if not text.startswith(b"bytes=") or b"," in text:
         return None
-    first, dash, _ = text[6:].strip().partition(b"-")
-    if not dash:
+    first, dash, last = text[6:].strip().partition(b"-")
+    first, last = first.strip(), last.strip()
+    if not dash or not (first or last) or (first and not first.isdigit()) or (
+            last and not last.isdigit()):
         return None
-    first = first.strip()
     if not first:
-        return -1
-    return int(first) if first.isdigit() else None
+        return -1, None
+    return int(first), int(last) if last else None
 
 
 def _range_total(headers: Headers) -> Optional[int]:
@@ -398,17 +400,22 @@ class Cache:
 
     def _passes_range(self, ask: _Ask, why: Optional[str]) -> bool:
         """
-        Whether a Range miss is passed on to the origin as it is: always
-        when the object is known not to be stored (private or too large),
-        and when fetching the whole object up to the range would cost more
-        than the range plus L{RANGE_READ_AHEAD} bytes.
+        Whether a Range miss is passed on to the origin as it is, rather
+        than answered from a whole-object fill: when the object is known
+        not to be stored (private or too large), and when the whole object
+        could cost the origin more than the range plus L{RANGE_READ_AHEAD}
+        bytes: a range with an end (once the client has it, what the origin
+        already sent is wasted: on loopback 2-3 MiB were in flight), a
+        suffix range, or one that starts further in.  Only an open range
+        near the start (C{bytes=0-}, what players send first) joins a fill.
         """
         if ask.request.method != b"GET":
             return False
-        first = _range_start(ask.reqh)
-        if first is None:
+        spec = _range_spec(ask.reqh)
+        if spec is None:
             return False
-        return why is not None or first < 0 or first >= RANGE_READ_AHEAD
+        first, last = spec
+        return why is not None or first < 0 or last is not None or first >= RANGE_READ_AHEAD
 
     async def _pass_range(self, ask: _Ask) -> None:
         """The client's Range goes to the origin; a storable object is filled behind."""
@@ -431,8 +438,8 @@ class Cache:
 
     def _fill_behind(self, ask: _Ask, response: Any) -> None:
         """Fetch and store the whole object when the 206 shows it will be stored."""
-        if ask.key in self.inflight or self.unshared.why(ask.key):
-            return
+        if ask.key in self.inflight or self.unshared.why(ask.key) or self._find(ask) is not None:
+            return  # being filled, known not to be stored, or stored meanwhile
         total = _range_total(response.headers)
         if total is None:
             return
