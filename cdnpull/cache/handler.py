@@ -188,8 +188,12 @@ class Cache:
 
     def _find(self, ask: _Ask) -> Optional[Entry]:
         auth = authorized(ask.reqh)
+        wanted: dict = {}  # the request's values, once per set of Vary names
         for candidate in self.store.variants(ask.key):
-            if vary_key(candidate.vary, ask.reqh) == candidate.variant and (candidate.auth_ok or not auth):
+            variant = wanted.get(candidate.vary)
+            if variant is None:
+                variant = wanted[candidate.vary] = vary_key(candidate.vary, ask.reqh)
+            if variant == candidate.variant and (candidate.auth_ok or not auth):
                 return candidate
         return None
 
