@@ -483,3 +483,16 @@ def test_no_second_fill_behind_when_the_object_was_stored_while_a_range_was_pass
                                     b"cache-control": b"max-age=60"})
     assert r2.body == b"ab"
     assert len(w.origin.pulls) == 3  # no second whole fill
+
+
+def test_a_disk_cache_is_trimmed_to_max_variants_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    run = HeldRun()
+    disk = DiskStore(str(tmp_path), 1 << 30, run)
+    disk.load()
+    for i in range(5):
+        disk.put(_entry(i, b"x"))
+    disk = DiskStore(str(tmp_path), 1 << 30, run)
+    disk.load()
+    assert len(disk) == 5
+    store = Store(MemoryStore(1 << 20), disk, max_variants=2)
+    assert len(disk) == 2 and len(store.variants("http://www.test.com/v")) == 2

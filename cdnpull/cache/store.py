@@ -358,6 +358,9 @@ class Store:
         if disk is not None:
             for ident in disk.idents():
                 self._variants.setdefault(ident[0], {})[ident] = None
+            for idents in list(self._variants.values()):
+                while len(idents) > max_variants:
+                    self.remove(next(iter(idents)))
 
     def variants(self, key: str) -> list[Entry]:
         out = []
