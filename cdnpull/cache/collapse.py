@@ -217,7 +217,7 @@ class Flight:
         response = result.response
         headers = header_map(response.headers)
         response_time = cache.clock.seconds()
-        verdict = storable(b"GET", reqh, response.code, headers, rule, response_time)
+        verdict = storable(b"GET", reqh, response.code, headers, rule, response_time, cache.targeted)
         too_big = response.length is not UNKNOWN_LENGTH and response.length > cache.max_object
         storing = verdict.ok and not too_big
         self.vary = vary_names(headers)

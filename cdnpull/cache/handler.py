@@ -39,10 +39,11 @@ from .collapse import Flight, Unshared, authorized
 from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
     current_age,
+    directives,
     match_rule,
     not_modified,
-    parse_cache_control,
     parse_range,
+    same_origin_target,
     storable,
     vary_key,
 )
@@ -134,8 +135,11 @@ class Cache:
     log = Logger()
 
     def __init__(self, store: Store, puller: Any, clock: Any, max_object: int,
-                 stale_if_error: float) -> None:
+                 stale_if_error: float, targeted: tuple = (b"cdn-cache-control",)) -> None:
         self.store = store
+        # Targeted cache-control fields this node obeys (RFC 9213), lower
+        # case, in precedence order; never forwarded to clients.
+        self.targeted = tuple(targeted)
         self.puller = puller
         self.clock = clock
         self.max_object = max_object
@@ -156,21 +160,55 @@ class Cache:
             text += "?" + query.decode("latin-1")
         return text
 
+    @staticmethod
+    def _both_schemes(url: str) -> list[str]:
+        """The keys a URL names: its http and its https copy, whichever it says."""
+        rest = url.split("://", 1)[-1]
+        authority, slash, path = rest.partition("/")
+        host = normalise_host(authority.encode("utf-8")) or authority.lower()
+        return [f"{scheme}://{host}{slash}{path}" for scheme in ("http", "https")]
+
     def purge(self, urls: list, prefixes: list) -> dict:
         """
         Drop stored answers by full URL or URL prefix (memory and disk), of
         both schemes whichever one the URL names.
         """
-        def both(url: str) -> list[str]:
-            rest = url.split("://", 1)[-1]
-            authority, slash, path = rest.partition("/")
-            host = normalise_host(authority.encode("utf-8")) or authority.lower()
-            return [f"{scheme}://{host}{slash}{path}" for scheme in ("http", "https")]
-
-        n = self.store.purge([k for u in urls for k in both(u)],
-                             [k for p in prefixes for k in both(p)])
+        keys = [k for u in urls for k in self._both_schemes(u)]
+        # A URL also names its entries keyed on forwarded headers (URL + "\n...").
+        n = self.store.purge(keys, [k for p in prefixes for k in self._both_schemes(p)]
+                             + [k + "\n" for k in keys])
         self.log.info("cache: purged {n} objects", n=n)
         return {"purged": n}
+
+    def invalidate(self, live: Any, oreq: OriginRequest, response_headers: Headers) -> int:
+        """
+        RFC 9111 section 4.4: an unsafe request got a non-error answer, so
+        the stored answers for its target URI, and for the same-host
+        C{Location} and C{Content-Location} of that answer, are dropped
+        (every variant, both schemes, memory and disk).  Returns how many were.
+        """
+        targets = [oreq.target]
+        for name in (b"location", b"content-location"):
+            for value in response_headers.getRawHeaders(name, [])[:1]:
+                same = same_origin_target(value.strip(), oreq.client_scheme, oreq.host, oreq.target)
+                if same is not None and same not in targets:
+                    targets.append(same)
+        n = 0
+        for target in targets:
+            rule = match_rule(live.config.cache, target.split(b"?", 1)[0].decode("latin-1"))
+            for scheme in ("http", "https"):
+                key = self.key_of(scheme, oreq.host, target, bool(rule and rule.ignore_query))
+                for entry in self.store.variants(key):
+                    self.store.remove(entry.ident)
+                    n += 1
+                if getattr(live.config, "forward_headers", ()):
+                    # Keys with forwarded header values after a newline.
+                    n += self.store.purge([], [key + "\n"])
+        if n:
+            self.log.debug("cache: {n} stored answers invalidated by {method} {key}", n=n,
+                           method=oreq.method.decode("latin-1"),
+                           key=oreq.host + oreq.target.decode("latin-1"))
+        return n
 
     # -- one request -------------------------------------------------------
 
@@ -181,8 +219,9 @@ class Cache:
         if rule is not None and rule.ttl == 0:
             ctx.cache = "BYPASS"
             return await passthrough()
+        # key_extra: the values of headers the domain forwards (forward_headers).
         key = self.key_of(oreq.client_scheme, oreq.host, oreq.target,
-                          bool(rule and rule.ignore_query))
+                          bool(rule and rule.ignore_query)) + oreq.key_extra
         ask = _Ask(request, live, oreq, ctx, key, rule, _map(request.requestHeaders), passthrough)
         await self._lookup(ask, alone=False)
 
@@ -208,7 +247,7 @@ class Cache:
             age = current_age(headers, entry.request_time, entry.response_time, self.clock.seconds())
             status = "HIT" if age < entry.lifetime else None
             if status is None:
-                cc = parse_cache_control(headers.get(b"cache-control"))
+                cc, _ = directives(headers, self.targeted)
                 swr = cc.seconds("stale-while-revalidate")
                 if swr is not None and age - entry.lifetime <= swr and not cc.has("must-revalidate"):
                     self._refresh_in_background(ask, entry)
@@ -312,9 +351,13 @@ class Cache:
         self._common(out, status, age)
         request.finish()
 
-    @staticmethod
-    def _common(out: Headers, status: str, age: Optional[float]) -> None:
-        """Age (None: keep the origin's, else 0; SPEC §5 wants it on every answer), Via, X-Cache."""
+    def _common(self, out: Headers, status: str, age: Optional[float]) -> None:
+        """
+        Age (None: keep the origin's, else 0; SPEC §5 wants it on every
+        answer), Via, X-Cache; targeted cache-control fields are ours only.
+        """
+        for name in self.targeted:
+            out.removeHeader(name)
         if age is not None:
             out.setRawHeaders(b"age", [b"%d" % int(age)])
         elif not out.hasHeader(b"age"):
@@ -451,7 +494,8 @@ class Cache:
             self.unshared.mark(ask.key, "large")
             return
         headers = _map(response.headers)
-        if not storable(b"GET", ask.reqh, 200, headers, ask.rule, self.clock.seconds()).ok:
+        if not storable(b"GET", ask.reqh, 200, headers, ask.rule, self.clock.seconds(),
+                        self.targeted).ok:
             return
         flight = Flight(self, ask.key, background=True)
         flight.launch(ask.live, self._origin_request(ask.oreq), ask.rule, ask.reqh)
@@ -500,7 +544,7 @@ class Cache:
         merged = entry.header_map()
         merged.update(update)
         response_time = self.clock.seconds()
-        verdict = storable(b"GET", reqh, entry.status, merged, rule, response_time)
+        verdict = storable(b"GET", reqh, entry.status, merged, rule, response_time, self.targeted)
         fresh = replace(entry, headers=[(n, v) for n, vs in merged.items() for v in vs],
                         request_time=request_time, response_time=response_time,
                         lifetime=verdict.lifetime if verdict.ok else 0.0)
@@ -512,7 +556,7 @@ class Cache:
 
     def _stale_ok(self, entry: Entry, age: float) -> bool:
         headers = entry.header_map()
-        cc = parse_cache_control(headers.get(b"cache-control"))
+        cc, _ = directives(headers, self.targeted)
         limit = self.stale_if_error
         own = cc.seconds("stale-if-error")
         if own is not None:
