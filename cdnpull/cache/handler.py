@@ -498,7 +498,9 @@ class Cache:
                         self.targeted).ok:
             return
         flight = Flight(self, ask.key, background=True)
-        flight.launch(ask.live, self._origin_request(ask.oreq), ask.rule, ask.reqh)
+        # Its interim answers (103) are nobody's: the client has its range.
+        flight.launch(ask.live, replace(self._origin_request(ask.oreq), on_interim=None),
+                      ask.rule, ask.reqh)
 
     async def _stream(self, ask: _Ask, fill: Fill, status: str, strip_cookies: bool = False) -> None:
         request, ctx, reqh = ask.request, ask.ctx, ask.reqh
@@ -590,6 +592,7 @@ class Cache:
         extra = _validators(entry.header_map())
         rule, reqh = ask.rule, ask.reqh
         flight = Flight(self, ask.key, background=True)
-        flight.launch(ask.live, self._origin_request(ask.oreq, extra), rule, reqh,
+        flight.launch(ask.live, replace(self._origin_request(ask.oreq, extra), on_interim=None),
+                      rule, reqh,
                       stale=entry if extra else None,
                       refresh=lambda e, result, t: self._refreshed(e, result, t, rule, reqh))
