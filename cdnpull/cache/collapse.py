@@ -9,13 +9,13 @@ origin themselves.  When the answer's headers are in, the flight decides:
  - a stored answer (and an answer that would be stored but is too large) is
    shared: every waiter reads the same L{Fill};
  - an answer that is not stored -- C{private}, C{no-store}, C{Set-Cookie},
-   no freshness, C{Vary: *}, an error -- or that answers a request carrying
+   no freshness, C{Vary: *}, an error made uncacheable -- or that answers a request carrying
    C{Authorization} without being explicitly shareable (C{public},
    C{s-maxage}, C{must-revalidate}; RFC 9111 section 3.5) goes only to the
    request that asked for it.  The others are sent on their own, and the key
    is remembered as "not shared" for a while (L{Unshared}, Varnish's
    hit-for-miss) so that the next requests do not queue behind an answer
-   they cannot have;
+   they cannot have (not when only the request's Authorization kept it);
  - a 304 to a revalidation refreshes the stored answer once, and every
    waiter whose request matches it is served from it;
  - a failed pull goes to the request that started it; the waiters get their

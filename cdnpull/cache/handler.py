@@ -36,6 +36,7 @@ from ..headers import VIA, end_to_end
 from ..pull import OriginRequest
 from ..routing import normalise_host
 from .collapse import Flight, Unshared, authorized
+from .collapse import header_map as _map
 from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
     current_age,
@@ -72,10 +73,6 @@ def _validators(headers: dict) -> dict:
     if headers.get(b"last-modified"):
         extra[b"if-modified-since"] = headers[b"last-modified"][0]
     return extra
-
-
-def _map(headers: Headers) -> dict:
-    return {k.lower(): list(v) for k, v in headers.getAllRawHeaders()}
 
 
 class _Vanished(Exception):
