@@ -208,7 +208,8 @@ def build_service(loaded: LoadedConfig, reactor: Any,
             raise ConfigError(f"settings.cache_dir: cannot use {settings.cache_dir}: "
                               f"{e.strerror or e}") from None
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
-    runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk),
+    runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk,
+                                max_variants=settings.max_variants),
                           runtime.puller, reactor, parse_size(settings.cache_max_object),
                           float(settings.stale_if_error),
                           tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))
