@@ -48,14 +48,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def fill(directory: str, n: int, size: int) -> None:
     """N objects of C{size} bytes, in the format of the cdnpull being measured."""
-    from cdnpull.cache import store
+    import inspect
 
+    from cdnpull.cache import store
+    from cdnpull.cache.handler import Cache
+
+    # The key the node computes for http://HOST/o/i (with the scheme, where
+    # the code under test puts it there).
+    if "scheme" in inspect.signature(Cache.key_of).parameters:
+        key_of = lambda i: Cache.key_of("http", HOST, b"/o/%d" % i, False)  # noqa: E731
+    else:
+        key_of = lambda i: Cache.key_of(HOST, b"/o/%d" % i, False)  # noqa: E731
     now = time.time()
     made = set()
     for i in range(n):
         body = (b"%08d" % i) * (size // 8)
         entry = store.Entry(
-            key=f"{HOST}/o/{i}", variant=(), vary=(), status=200, phrase=b"OK",
+            key=key_of(i), variant=(), vary=(), status=200, phrase=b"OK",
             headers=[(b"cache-control", b"max-age=864000"), (b"content-type", b"application/octet-stream")],
             length=len(body), request_time=now, response_time=now, lifetime=864000.0, body=body)
         path = os.path.join(directory, store._file_name(entry.ident))
