@@ -39,6 +39,7 @@ from .collapse import Flight, Unshared, authorized
 from .collapse import header_map as _map
 from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
+    byte_ranges,
     current_age,
     directives,
     match_rule,
@@ -93,26 +94,20 @@ class _Ask:
     passthrough: Callable
 
 
-def _range_spec(reqh: dict) -> Optional[tuple[int, Optional[int]]]:
+def _client_range(reqh: dict) -> Optional[bytes]:
     """
-    The single byte range the client asked for as (first, last or None for
-    "to the end"); first is -1 for a suffix range (the last N bytes).  None
-    when there is no single, well-formed byte range.
+    The client's C{Range} as one value: two C{Range} lines are read (and
+    passed on) as one list, so the origin and the node answer the same ranges.
     """
     values = reqh.get(b"range")
-    if not values or len(values) != 1:
+    if not values:
         return None
-    text = values[0].strip().lower()
-    if not text.startswith(b"bytes=") or b"," in text:
-        return None
-    first, dash, last = text[6:].strip().partition(b"-")
-    first, last = first.strip(), last.strip()
-    if not dash or not (first or last) or (first and not first.isdigit()) or (
-            last and not last.isdigit()):
-        return None
-    if not first:
-        return -1, None
-    return int(first), int(last) if last else None
+    if len(values) == 1:
+        return values[0]
+    specs = [v.strip().partition(b"=") for v in values]
+    if all(unit.strip().lower() == b"bytes" and eq for unit, eq, _ in specs):
+        return b"bytes=" + b", ".join(spec.strip() for _, _, spec in specs)
+    return b", ".join(v.strip() for v in values)
 
 
 def _range_total(headers: Headers) -> Optional[int]:
@@ -327,8 +322,8 @@ class Cache:
 
     @staticmethod
     def _range(reqh: dict, headers: dict, size: int) -> Optional[tuple[int, int]]:
-        ranges = reqh.get(b"range")
-        if not ranges:
+        value = _client_range(reqh)
+        if not value:
             return None
         if_range = reqh.get(b"if-range")
         if if_range:
@@ -337,7 +332,7 @@ class Cache:
             modified = (headers.get(b"last-modified") or [None])[0]
             if validator.startswith(b"W/") or validator not in (etag, modified):
                 return None
-        return parse_range(ranges[0], size)
+        return parse_range(value, size)
 
     def _answer_304(self, request: Any, headers: dict, status: str, age: float) -> None:
         out = request.responseHeaders
@@ -445,28 +440,44 @@ class Cache:
     def _passes_range(self, ask: _Ask, why: Optional[str]) -> bool:
         """
         Whether a Range miss is passed on to the origin as it is, rather
-        than answered from a whole-object fill: when the object is known
-        not to be stored (private or too large), and when the whole object
-        could cost the origin more than the range plus L{RANGE_READ_AHEAD}
-        bytes: a range with an end (once the client has it, what the origin
-        already sent is wasted: on loopback 2-3 MiB were in flight), a
-        suffix range, or one that starts further in.  Only an open range
-        near the start (C{bytes=0-}, what players send first) joins a fill.
+        than answered from a whole-object fill (SPEC.md 8.5: a range of an
+        object that is not stored costs the origin at most the range plus
+        L{RANGE_READ_AHEAD} bytes).  Only a request with a range open to the
+        end near the start (C{bytes=0-}, what players send first, also in a
+        list of several) joins a fill of an object not known to be unstored:
+        it asks for nearly all of it anyway.  Everything else with a
+        C{bytes} Range goes on: a range with an end (once the client has it,
+        what the origin already sent is wasted: on loopback 2-3 MiB were in
+        flight), a suffix range, one that starts further in, several ranges
+        (the origin's C{multipart/byteranges} answer streams through), and a
+        range set the node cannot read (the origin decides).  A Range of
+        another unit is ignored (RFC 9110 14.2): the client gets the whole
+        object, which is what it costs.
         """
         if ask.request.method != b"GET":
             return False
-        spec = _range_spec(ask.reqh)
-        if spec is None:
+        value = _client_range(ask.reqh)
+        if value is None:
             return False
-        first, last = spec
-        return why is not None or first < 0 or last is not None or first >= RANGE_READ_AHEAD
+        ranges = byte_ranges(value)
+        if ranges is None:
+            return value.strip().lower().startswith(b"bytes")
+        if why is not None:
+            return True
+        return not any(first is not None and last is None and first < RANGE_READ_AHEAD
+                       for first, last in ranges)
 
     async def _pass_range(self, ask: _Ask) -> None:
         """The client's Range goes to the origin; a storable object is filled behind."""
         ctx = ask.ctx
         flight = Flight(self, ask.key, register=False, remember=False)
         waiter = flight.join()
-        flight.launch(ask.live, replace(ask.oreq, method=b"GET", started=ctx.start), ask.rule,
+        oreq = ask.oreq
+        if len(ask.reqh.get(b"range", ())) > 1:
+            headers = oreq.headers.copy()
+            headers.setRawHeaders(b"range", [_client_range(ask.reqh)])
+            oreq = replace(oreq, headers=headers)
+        flight.launch(ask.live, replace(oreq, method=b"GET", started=ctx.start), ask.rule,
                       ask.reqh)
         ctx.pending = waiter.ready
         try:
