@@ -44,6 +44,7 @@ from .policy import (
     directives,
     match_rule,
     not_modified,
+    parse_cache_control,
     parse_range,
     same_origin_target,
     storable,
@@ -108,6 +109,10 @@ def _client_range(reqh: dict) -> Optional[bytes]:
     if all(unit.strip().lower() == b"bytes" and eq for unit, eq, _ in specs):
         return b"bytes=" + b", ".join(spec.strip() for _, _, spec in specs)
     return b", ".join(v.strip() for v in values)
+
+
+def _only_if_cached(values: Optional[list]) -> bool:
+    return bool(values) and parse_cache_control(values).has("only-if-cached")
 
 
 def _range_total(headers: Headers) -> Optional[int]:
@@ -208,6 +213,8 @@ class Cache:
         rule = match_rule(live.config.cache, path)
         if rule is not None and rule.ttl == 0:
             ctx.cache = "BYPASS"
+            if _only_if_cached(request.requestHeaders.getRawHeaders(b"cache-control")):
+                return self._not_cached(request, ctx)
             return await passthrough()
         # key_extra: the values of headers the domain forwards (forward_headers).
         key = self.key_of(oreq.client_scheme, oreq.host, oreq.target,
@@ -245,12 +252,16 @@ class Cache:
                     self._refresh_in_background(ask, entry)
                     status = "STALE"
             if status is None:
+                if _only_if_cached(ask.reqh.get(b"cache-control")):
+                    return self._not_cached(ask.request, ask.ctx)
                 return await self._fetch(ask, alone, stale=(entry, age))
             try:
                 return await self._serve_entry(ask, entry, status, age)
             except _Vanished:
                 self.log.info("cache: {key} vanished before it was read; asking the origin",
                               key=ask.key)
+        if _only_if_cached(ask.reqh.get(b"cache-control")):
+            return self._not_cached(ask.request, ask.ctx)
         if ask.request.method == b"HEAD":
             # Not filled from a HEAD (there is no body to store).
             ask.ctx.cache = "MISS"
@@ -333,6 +344,25 @@ class Cache:
             if validator.startswith(b"W/") or validator not in (etag, modified):
                 return None
         return parse_range(value, size)
+
+    @staticmethod
+    def _not_cached(request: Any, ctx: Any) -> None:
+        """
+        RFC 9111 5.2.1.7: C{only-if-cached} and nothing fresh stored is a 504,
+        without asking the origin (answered here: the origin did not fail, so
+        no warning is logged).
+        """
+        body = b"504 Gateway Timeout\n"
+        ctx.cache, ctx.group, ctx.origin = "MISS", "cache", "-"
+        request.setResponseCode(504)
+        out = request.responseHeaders
+        out.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        out.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        out.setRawHeaders(b"age", [b"0"])
+        out.setRawHeaders(b"x-cache", [b"MISS"])
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
 
     def _answer_304(self, request: Any, headers: dict, status: str, age: float) -> None:
         out = request.responseHeaders
