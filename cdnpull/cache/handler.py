@@ -7,8 +7,10 @@ HEAD of a domain, between routing and the failover chain.
        │      stale ─► conditional pull (one per key) ─► 304 ──► HIT (headers refreshed)
        │                         │        ─► new answer ─► MISS (stored)
        │                         └─ every origin failed ──► STALE (stale-if-error)
-       ├─ none, a Range far in or of an object not stored ─► the Range passed
-       │        on ─► MISS (206); an object that will be stored is filled behind
+       ├─ none, a Range (not one open near the start), or of an object not
+       │        stored ─► the Range passed on ─► MISS (206, multipart too);
+       │        an object that will be stored is filled behind
+       ├─ none, Cache-Control: only-if-cached ─► 504, the origin not asked
        └─ none ─► collapsed pull (one per key) ─► MISS, streamed to every
                 waiter that may have it (L{collapse})
 
