@@ -160,7 +160,8 @@ async def test_several_ranges_cost_the_origin_only_the_ranges(world, name, cache
     await sleep(0.3)  # (nothing else is fetched behind the client's back for no-store)
     if cache_control == b"no-store":
         assert o.sent <= requested + MiB, (o.sent, requested)
-    assert [s.headers.get(b"range") for s in o.seen if s.path == path.encode()][0] == [value]
+    sent = b"bytes=0-0" if name == "empty-element" else value  # one range, sent clean
+    assert [s.headers.get(b"range") for s in o.seen if s.path == path.encode()][0] == [sent]
     if len(wanted) == 1:
         first, last = wanted[0]
         assert b == BIG[first:last + 1]

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from ..config import BucketOrigin
 from ..errors import OriginTimeout, OriginUnavailable
 from ..headers import VIA, end_to_end
 from ..pull import OriginRequest
@@ -111,6 +112,39 @@ def _client_range(reqh: dict) -> Optional[bytes]:
     if all(unit.strip().lower() == b"bytes" and eq for unit, eq, _ in specs):
         return b"bytes=" + b", ".join(spec.strip() for _, _, spec in specs)
     return b", ".join(v.strip() for v in values)
+
+
+def _range_spec(first: Optional[int], last: Optional[int]) -> bytes:
+    if first is None:
+        return b"-%d" % (last or 0)
+    return b"%d-" % first if last is None else b"%d-%d" % (first, last)
+
+
+def _range_for_origin(value: bytes, bucket: bool) -> bytes:
+    """
+    The C{Range} sent to the origin for a client's (passed-on) C{Range}:
+    one range as one clean range (C{bytes=0-0,} is C{bytes=0-0}: SeaweedFS
+    answers the first with 416), several as they came -- but not to a bucket:
+    S3 and SeaweedFS answer several ranges with the whole object, so a
+    bucket is asked for the one range that covers them when that costs at
+    most L{RANGE_READ_AHEAD} more than the ranges (the client gets it, a
+    coalesced answer RFC 9110 14.2 allows), else for the first range only
+    (a 206 whose C{Content-Range} says what the client got).
+    """
+    ranges = byte_ranges(value)
+    if ranges is None:
+        return value  # the origin decides what it makes of it
+    if len(ranges) == 1:
+        return b"bytes=" + _range_spec(*ranges[0])
+    if not bucket:
+        return value
+    if all(first is not None and last is not None for first, last in ranges):
+        low = min(first for first, _ in ranges)  # type: ignore[type-var]
+        high = max(last for _, last in ranges)  # type: ignore[type-var]
+        wanted = sum(last - first + 1 for first, last in ranges)  # type: ignore[operator]
+        if high - low + 1 <= wanted + RANGE_READ_AHEAD:
+            return b"bytes=%d-%d" % (low, high)
+    return b"bytes=" + _range_spec(*ranges[0])
 
 
 def _only_if_cached(values: Optional[list]) -> bool:
@@ -505,9 +539,14 @@ class Cache:
         flight = Flight(self, ask.key, register=False, remember=False)
         waiter = flight.join()
         oreq = ask.oreq
-        if len(ask.reqh.get(b"range", ())) > 1:
+        value = _client_range(ask.reqh)
+        config = ask.live.config
+        bucket = any(isinstance(getattr(config, role, None), BucketOrigin)
+                     for role in ("origin", "standby"))
+        sent = _range_for_origin(value, bucket) if value is not None else None
+        if sent != ask.reqh.get(b"range", [None])[0] or len(ask.reqh.get(b"range", ())) > 1:
             headers = oreq.headers.copy()
-            headers.setRawHeaders(b"range", [_client_range(ask.reqh)])
+            headers.setRawHeaders(b"range", [sent])
             oreq = replace(oreq, headers=headers)
         flight.launch(ask.live, replace(oreq, method=b"GET", started=ctx.start), ask.rule,
                       ask.reqh)
