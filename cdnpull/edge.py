@@ -7,6 +7,7 @@ becomes an HTTP status here and only here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import Any, Optional
 
@@ -34,6 +35,8 @@ from .stream import BodyRelay, Discard
 __all__ = ["Edge", "EdgeRequest", "EdgeSite"]
 
 NO_BODY_METHODS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE")
+# RFC 9110 section 9.2.1; any other method's success invalidates the cache.
+SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS", b"TRACE")
 
 
 @dataclass
@@ -102,8 +105,8 @@ class Edge(Resource):
         if config.forward_headers or (config.is_wildcard and not is_dns_name(host)):
             return None  # keyed on more than the URL, or a 400: the ordinary way
         now = self.clock.seconds()
-        answer = fresh_hit(cache, live, host, target, method, head.fields, now,
-                           not head.keep_alive)
+        answer = fresh_hit(cache, live, "https" if conn.isSecure() else "http", host, target,
+                           method, head.fields, now, not head.keep_alive)
         if answer is None:
             return None
         data, body, status, sent = answer
@@ -131,6 +134,10 @@ class Edge(Resource):
             raise EdgeError("invalid request target", 400) from None
         if not target.startswith(b"/"):
             raise EdgeError("request target must be a path", 400)
+        if b"#" in request.uri:
+            # RFC 9112 3.2: no fragment in a request target.  Taken as part of
+            # the path it would be one more cache key for the same object.
+            raise EdgeError("a fragment (#) in the request target", 400)
         hosts = request.requestHeaders.getRawHeaders(b"host", [])
         if len(hosts) > 1:
             # RFC 9112 section 3.2: which one would an origin or another
@@ -175,18 +182,22 @@ class Edge(Resource):
             client_scheme=scheme,
             body=body,
             key_extra=key_extra,
+            on_interim=partial(_send_interim, request),
         )
+
+        cache = self.runtime.cache
 
         async def passthrough() -> None:
             ctx.pending = self.runtime.puller.pull(live, oreq)
             result: PullResult = await ctx.pending
             ctx.pending = None
+            if cache is not None and request.method not in SAFE_METHODS and 200 <= result.response.code < 400:
+                cache.invalidate(live, oreq, result.response.headers)
             ctx.group = result.group
             ctx.origin = str(result.address)
             ctx.origin_ms = result.elapsed * 1000
             await self._respond(request, ctx, result)
 
-        cache = self.runtime.cache
         if cache is not None and request.method in (b"GET", b"HEAD"):
             await cache.handle(request, live, oreq, ctx, passthrough)
         else:
@@ -211,7 +222,9 @@ class Edge(Resource):
         out = request.responseHeaders
         # Like nginx, the origin's Server header is replaced by ours; its
         # Date stays (it dates the content, and caches compute Age from it).
-        for name, values in end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders():
+        # Targeted cache-control fields (CDN-Cache-Control) are for this node only.
+        ours = getattr(self.runtime.cache, "targeted", ())
+        for name, values in end_to_end(response.headers, drop=(b"server",) + ours).getAllRawHeaders():
             out.setRawHeaders(name, list(values))
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             out.setRawHeaders(b"content-length", [b"%d" % response.length])
@@ -312,6 +325,18 @@ def _client_ip(request: Request) -> Optional[str]:
     return getattr(peer, "host", None)
 
 
+def _send_interim(request: Request, status: int, reason: bytes, fields: list) -> None:
+    """
+    Pass an origin's interim answer (103 Early Hints, 102, ...) on to an
+    HTTP/1.1 client, while its final answer has not started (RFC 9110 15.2).
+    """
+    if (request.startedWriting or request.finished or request.clientproto != b"HTTP/1.1"
+            or getattr(request, "_disconnected", False) or request.channel is None):
+        return
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [name + b": " + value for name, value in fields]
+    request.channel.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+
+
 def _has_body(request: Request) -> bool:
     return bool(request.getHeader(b"content-length") not in (None, b"0")
                 or request.getHeader(b"transfer-encoding"))
@@ -330,6 +355,9 @@ class EdgeRequest(Request):
     """
 
     body_pipe: Optional[BodyPipe] = None
+    # An answer has the Content-Type its origin gave it, or none (Twisted
+    # would add text/html); the node's own answers set theirs.
+    defaultContentType = None
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:

@@ -27,7 +27,7 @@ def cache_with(*entries: Entry) -> Cache:
 
 
 def entry(**kw) -> Entry:  # type: ignore[no-untyped-def]
-    values = dict(key=HOST + "/a", variant=(), vary=(), status=200, phrase=b"OK",
+    values = dict(key="http://" + HOST + "/a", variant=(), vary=(), status=200, phrase=b"OK",
                   headers=[(b"content-type", b"text/plain"), (b"etag", b'"v1"'),
                            (b"cache-control", b"max-age=100"), (b"age", b"10")],
                   length=5, request_time=NOW - 1, response_time=NOW, lifetime=100.0,
@@ -40,7 +40,8 @@ LIVE = SimpleNamespace(config=SimpleNamespace(cache=()))
 
 
 def hit(cache, target=b"/a", method=b"GET", fields=None, now=NOW + 5, close=False, live=LIVE):  # type: ignore[no-untyped-def]
-    return fresh_hit(cache, live, HOST, target, method, fields or {b"host": [HOST.encode()]}, now, close)
+    return fresh_hit(cache, live, "http", HOST, target, method, fields or {b"host": [HOST.encode()]},
+                     now, close)
 
 
 def head_of(data: bytes) -> tuple[bytes, dict, bytes]:
@@ -65,10 +66,10 @@ def test_a_fresh_entry_is_answered_whole_with_its_age():  # type: ignore[no-unty
     assert fields[b"via"] == b"1.1 cdnpull" and fields[b"accept-ranges"] == b"bytes"
     assert fields[b"etag"] == b'"v1"' and b"connection" not in fields
     # The header block is made once and kept with the entry.
-    wire = cache.store.memory.get((HOST + "/a", ())).wire
+    wire = cache.store.memory.get(("http://" + HOST + "/a", ())).wire
     assert wire is not None
     hit(cache)
-    assert cache.store.memory.get((HOST + "/a", ())).wire is wire
+    assert cache.store.memory.get(("http://" + HOST + "/a", ())).wire is wire
 
 
 def test_head_close_and_304():  # type: ignore[no-untyped-def]
@@ -84,7 +85,7 @@ def test_head_close_and_304():  # type: ignore[no-untyped-def]
 
 
 def test_what_the_fast_path_leaves_to_the_edge():  # type: ignore[no-untyped-def]
-    cache = cache_with(entry(), entry(key=HOST + "/v", vary=(b"accept-language",),
+    cache = cache_with(entry(), entry(key="http://" + HOST + "/v", vary=(b"accept-language",),
                                       variant=((b"accept-language", b"fr"),)))
     assert hit(cache, now=NOW + 95) is None  # stale (10 s old when stored, +1 s, +85 s)
     assert hit(cache, target=b"/b") is None  # a miss

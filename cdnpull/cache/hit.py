@@ -44,7 +44,7 @@ class Wire:
 
     __slots__ = ("headers", "base_age", "full", "not_modified", "validators")
 
-    def __init__(self, entry: Entry) -> None:
+    def __init__(self, entry: Entry, targeted: tuple = ()) -> None:
         headers = entry.header_map()
         self.headers = headers
         # Age at the response time; every hit adds the time since (RFC 9111 4.2.3).
@@ -52,18 +52,20 @@ class Wire:
                                     entry.response_time)
         via = b", ".join(headers.get(b"via", []) + [VIA])
         common = [(b"server", b"cdnpull"), (b"via", via), (b"x-cache", b"HIT")]
-        own = [(n, v) for n, v in entry.headers if n not in (b"age", b"content-length", b"via")]
+        # Targeted cache-control fields (CDN-Cache-Control) are the node's only.
+        drop = (b"age", b"content-length", b"via") + tuple(targeted)
+        own = [(n, v) for n, v in entry.headers if n not in drop]
         status = b"HTTP/1.1 %d %s\r\n" % (entry.status, entry.phrase)
         extra = [(b"accept-ranges", b"bytes")] if entry.status == 200 else []
         self.full = (status + _block(common + own + extra)
                      + b"Content-Length: %d\r\n" % entry.length)
-        kept = [(n, v) for n in NOT_MODIFIED_HEADERS for v in headers.get(n, ())]
+        kept = [(n, v) for n in NOT_MODIFIED_HEADERS if n not in targeted for v in headers.get(n, ())]
         self.not_modified = b"HTTP/1.1 304 Not Modified\r\n" + _block(common + kept)
         self.validators = bool(headers.get(b"etag") or headers.get(b"last-modified"))
 
 
-def fresh_hit(cache: Any, live: Any, host: str, target: bytes, method: bytes, fields: dict,
-              now: float, close: bool) -> Optional[tuple[bytes, bytes, int, int]]:
+def fresh_hit(cache: Any, live: Any, scheme: str, host: str, target: bytes, method: bytes,
+              fields: dict, now: float, close: bool) -> Optional[tuple[bytes, bytes, int, int]]:
     """
     The whole answer to a GET or HEAD that a fresh memory entry answers:
     (head, body, status, body bytes sent), or None.  A small body comes joined to its head
@@ -72,14 +74,14 @@ def fresh_hit(cache: Any, live: Any, host: str, target: bytes, method: bytes, fi
     @param fields: the request headers, lower-case name -> [values].
     @param close: the connection ends after this answer (C{Connection: close}).
     """
-    if b"range" in fields:
+    if b"range" in fields or cache.store.loading:
         return None
     path, _, query = target.partition(b"?")
     rule = match_rule(live.config.cache, path.decode("latin-1")) if live.config.cache else None
     if rule is not None and rule.ttl == 0:
         return None
-    key = cache.key_of(host, target, bool(rule and rule.ignore_query))
-    authorized = b"authorization" in fields
+    key = cache.key_of(scheme, host, target, bool(rule and rule.ignore_query))
+    authorized = bool(fields.get(b"authorization"))
     entry = None
     for candidate in cache.store.variants(key):
         if (not candidate.vary or vary_key(candidate.vary, fields) == candidate.variant) \
@@ -90,10 +92,11 @@ def fresh_hit(cache: Any, live: Any, host: str, target: bytes, method: bytes, fi
         return None
     wire = entry.wire
     if wire is None:
-        wire = entry.wire = Wire(entry)
+        wire = entry.wire = Wire(entry, cache.targeted)
     age = wire.base_age + max(0.0, now - entry.response_time)
     if age >= entry.lifetime:
         return None
+    cache.store.body(entry)  # (fired already) this variant was used: now the newest
     tail = b"Age: %d\r\nConnection: close\r\n\r\n" % age if close else b"Age: %d\r\n\r\n" % age
     if wire.validators and (b"if-none-match" in fields or b"if-modified-since" in fields) \
             and entry.status == 200 and not_modified(fields, wire.headers):

@@ -9,8 +9,11 @@ Refused (the request fails with L{NoResponse}, the connection is aborted,
 never pooled): what llhttp refuses (a bad status line, bare CR or LF,
 folded or NUL-carrying headers, an invalid or repeated C{Content-Length},
 C{Content-Length} with C{Transfer-Encoding}, a bad chunk), a
-C{Transfer-Encoding} other than exactly C{chunked}, a head over 64 KiB or
-with more than 200 fields, an HTTP version other than 1.0 and 1.1.  Bytes
+C{Transfer-Encoding} other than exactly C{chunked}, a C{Content-Length}
+over 2^63-1, a head over 64 KiB or with more than 200 fields, an HTTP
+version other than 1.0 and 1.1.  Interim (1xx) answers go to the request's
+C{on_interim} callback (not 101), without their hop-by-hop headers;
+headers the final answer names in C{Connection} are removed from it.  Bytes
 after a complete response, or while no request is outstanding, drop the
 connection.  A response to HEAD ends at its head and its connection is not
 reused (llhttp cannot be told the request was HEAD).
@@ -22,7 +25,7 @@ L{cdnpull.errors.ConnectFailed}.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import httptools
 from twisted.internet import error as ierror
@@ -35,12 +38,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..errors import ClientBodyInterrupted, NoResponse
+from ..headers import HOP_BY_HOP
 from ..upload import BodyInterrupted
 from .compat import fill_headers
 
 __all__ = ["OriginPool", "OriginResponse", "MAX_HEAD", "MAX_HEADERS"]
 
 MAX_HEAD = 64 * 1024
+MAX_LENGTH = 2 ** 63 - 1  # the largest Content-Length believed
 MAX_HEADERS = 200
 BODY_METHODS_WITH_LENGTH = (b"POST", b"PUT")
 CONNECTION_CONTROL = frozenset((b"content-length", b"connection", b"keep-alive", b"te", b"trailers",
@@ -117,11 +122,14 @@ class OriginConnection(Protocol):
         self._reusable = True
         self._body_producer: Any = None
         self._expiry: Any = None
+        self._on_interim: Any = None
 
     # -- sending -------------------------------------------------------------
 
-    def send(self, method: bytes, target: bytes, headers: Headers, body: Any) -> Deferred:
+    def send(self, method: bytes, target: bytes, headers: Headers, body: Any,
+             on_interim: Optional[Callable[[int, bytes, list], None]] = None) -> Deferred:
         self.state = "head"
+        self._on_interim = on_interim
         self._method = method
         self._headers = []
         self._head_seen = 0
@@ -243,21 +251,37 @@ class OriginConnection(Protocol):
         if parser.get_http_version() not in ("1.0", "1.1"):
             self._refuse(f"HTTP version {parser.get_http_version()}")
             raise _Stop()
-        if 100 <= code < 200:
-            self._headers = []  # an interim answer: the final head follows
-            self._phrase = b""
-            return
         fields: dict = {}
         for name, value in self._headers:
             fields.setdefault(name.lower(), []).append(value)
+        # Headers the origin names in Connection are for this hop only.
+        named = {t.strip(b" \t").lower() for v in fields.get(b"connection", ()) for t in v.split(b",")}
+        named.discard(b"")
+        if 100 <= code < 200:
+            # An interim answer: passed on (not 101), the final head follows.
+            if self._on_interim is not None and code != 101:
+                skip = HOP_BY_HOP | named
+                try:
+                    self._on_interim(code, self._phrase.strip(b" "),
+                                     [(n, v) for n, v in self._headers if n.lower() not in skip])
+                except Exception:  # noqa: BLE001 - the final answer still counts
+                    self.log.failure("passing on an interim answer")
+            self._headers = []
+            self._phrase = b""
+            return
         te = fields.get(b"transfer-encoding")
         if te is not None and (len(te) > 1 or te[0].strip(b" \t").lower() != b"chunked"):
             self._refuse(f"unsupported Transfer-Encoding {b','.join(te)[:40]!r}")
             raise _Stop()
         cl = fields.get(b"content-length")
+        if cl and (len(cl[0]) > 19 or int(cl[0]) > MAX_LENGTH):
+            self._refuse(f"Content-Length too large {cl[0][:40]!r}")
+            raise _Stop()
         headers = Headers()
-        # As Agent: the connection's own headers are not the answer's.
-        fill_headers(headers, {k: v for k, v in fields.items() if k not in CONNECTION_CONTROL})
+        # As Agent: the connection's own headers are not the answer's (nor
+        # those the origin named in Connection).
+        fill_headers(headers, {k: v for k, v in fields.items()
+                               if k not in CONNECTION_CONTROL and k not in named})
         if self._method == b"HEAD" or code in (204, 304):
             length: Any = 0
         elif cl:
@@ -419,7 +443,8 @@ class OriginPool:
         self._all: set = set()
 
     def request(self, endpoint: Any, address: Any, method: bytes, target: bytes,
-                headers: Headers, body: Any, attempt: Any) -> Deferred:
+                headers: Headers, body: Any, attempt: Any,
+                on_interim: Optional[Callable[[int, bytes, list], None]] = None) -> Deferred:
         key = (address.host, address.port)
         idle = self._idle.get(key)
         while idle:
@@ -429,7 +454,7 @@ class OriginPool:
             conn._expiry = None
             if conn.transport is not None and conn.transport.connected and conn.state == "idle":
                 attempt.connecting = attempt.connected = True
-                return conn.send(method, target, headers, body)
+                return conn.send(method, target, headers, body, on_interim)
         attempt.connecting = True
         connecting = endpoint.connect(_ConnectFactory(self, key, address))
         sent: list = []
@@ -448,7 +473,7 @@ class OriginPool:
             if result.called:  # cancelled meanwhile
                 conn.transport.loseConnection()
                 return
-            sent.append(conn.send(method, target, headers, body))
+            sent.append(conn.send(method, target, headers, body, on_interim))
             sent[0].chainDeferred(result)
 
         def failed(f: Failure) -> None:

@@ -34,6 +34,7 @@ which is its channel (one request at a time, as in HTTPChannel).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass
 from io import BytesIO
@@ -86,6 +87,67 @@ class Head:
         self.pipe: Optional[BodyPipe] = None
         self.expect = False
         self.started = False
+
+
+_TE_TRAILING_OWS = re.compile(rb"(?i)(\r\ntransfer-encoding:[ \t]*chunked)[ \t]+(?=\r\n)")
+
+
+def _te_trailing_ows(data: bytes) -> bytes:
+    """
+    C{Transfer-Encoding: chunked} followed by tabs is C{chunked} (RFC 9110
+    5.5: whitespace around a field value is not part of it), but llhttp
+    refuses it; in the head at the start of C{data}, drop that whitespace.
+    """
+    end = data.find(b"\r\n\r\n")
+    end = len(data) if end < 0 else end + 2  # (with the last field's CRLF)
+    return _TE_TRAILING_OWS.sub(rb"\1", data[:end]) + data[end:]
+
+
+class _ChunkSizes:
+    """
+    Follows a chunked body's framing just far enough to read each chunk's
+    size (llhttp checks the framing itself and refuses what is wrong).
+    """
+
+    __slots__ = ("state", "left", "line", "seen")
+
+    def __init__(self) -> None:
+        self.state = "size"
+        self.left = 0
+        self.line = b""
+        self.seen = 0  # sizes announced so far
+
+    def too_large(self, data: bytes, allowed: int) -> bool:
+        """Whether a size in C{data} takes the body past C{allowed} bytes."""
+        i, n = 0, len(data)
+        while i < n and self.state != "done":
+            if self.state == "size":
+                lf = data.find(b"\n", i)
+                if lf < 0:
+                    self.line += data[i:]
+                    return len(self.line) > 1024  # (llhttp refuses such a line)
+                line = (self.line + data[i:lf]).split(b";", 1)[0].strip(b"\r \t")
+                self.line = b""
+                i = lf + 1
+                try:
+                    size = int(line, 16)
+                except ValueError:
+                    self.state = "done"  # llhttp answers the 400
+                    return False
+                self.seen += size
+                if self.seen > allowed:
+                    return True
+                if size == 0:
+                    self.state = "done"  # trailers: nothing more to size
+                else:
+                    self.state, self.left = "data", size + 2  # the data and its CRLF
+            else:
+                take = min(self.left, n - i)
+                self.left -= take
+                i += take
+                if not self.left:
+                    self.state = "size"
+        return False
 
 
 class _ReadGate:
@@ -155,7 +217,8 @@ class ClientConnection(Protocol):
                  "_refused", "_closing", "_refusal", "_stopped", "_parser", "_head", "_queue",
                  "_active", "_backlog", "_backlog_size", "_feeding", "_pausers", "_producer",
                  "_write_paused", "_sweeper", "_send_timer", "_idle_since", "_head_since",
-                 "_head_seen", "_body_seen", "_in_body", "_tab", "_header_bytes", "_peer_host")
+                 "_head_seen", "_body_seen", "_in_body", "_header_bytes", "_peer_host", "_secure",
+                 "_chunks", "_data", "_fresh", "_tail")
 
     def __init__(self, limits: Optional[ClientLimits] = None, clock: Any = None,
                  sweeper: Optional["Sweeper"] = None) -> None:
@@ -187,9 +250,15 @@ class ClientConnection(Protocol):
         self._head_seen = 0
         self._body_seen = 0
         self._in_body = False
-        self._tab = False
         self._header_bytes = 0
         self._peer_host: Optional[str] = None
+        self._secure: Optional[bool] = None
+        # Chunk sizes of a chunked body, read ahead of llhttp (which does not
+        # tell them) so that a chunk too large for the limit is a 413 at once.
+        self._chunks: Optional[_ChunkSizes] = None
+        self._data = b""  # what llhttp is being fed
+        self._fresh = "idle"  # where the message being read began in it
+        self._tail = b""  # the end of the previous feed (a head end split across feeds)
 
     @property
     def peer_host(self) -> str:
@@ -249,8 +318,15 @@ class ClientConnection(Protocol):
         parser = self._parser
         if parser is None:
             parser = self._parser = httptools.HttpRequestParser(self)
-        if not self._in_body and b"\t" in data:
-            self._tab = True  # checked against Transfer-Encoding (llhttp strips it)
+        if not self._in_body and b"chunked\t" in data:
+            data = _te_trailing_ows(data)
+        chunks = self._chunks
+        if chunks is not None:
+            self._check_chunks(chunks, data)
+            if self._refused:
+                return
+        self._data = data
+        self._fresh = "idle" if self._head is None else "cont"
         self._feeding = True
         try:
             parser.feed_data(data)
@@ -266,6 +342,8 @@ class ClientConnection(Protocol):
             self._fail(500, "internal error")
         finally:
             self._feeding = False
+            self._tail = (self._tail + data)[-3:] if len(data) < 3 else data[-3:]
+            self._data = b""
         if self._refused or self._stopped:
             return
         if self._head is not None and not self._in_body:
@@ -311,6 +389,9 @@ class ClientConnection(Protocol):
     # -- llhttp callbacks --------------------------------------------------
 
     def on_message_begin(self) -> None:
+        # Where this message began: at the start of the bytes being fed, or
+        # behind another message in them.
+        self._fresh = "first" if self._fresh == "idle" else "later"
         self._head = Head()
         self._header_bytes = 0
         self._body_seen = 0
@@ -356,9 +437,8 @@ class ClientConnection(Protocol):
         if len(fields.get(b"host", ())) > 1:
             self._stop(400, "more than one Host header")
         te = fields.get(b"transfer-encoding")
-        if te is not None and (len(te) > 1 or te[0].strip(b" ") != b"chunked" or self._tab):
+        if te is not None and (len(te) > 1 or te[0].strip(b" \t") != b"chunked"):
             self._stop(400, "Transfer-Encoding other than exactly 'chunked'")
-        self._tab = False
         cl = fields.get(b"content-length")
         length = int(cl[0]) if cl else (None if te else 0)  # llhttp checked the digits
         if length is not None and length > limits.max_body:
@@ -367,6 +447,8 @@ class ClientConnection(Protocol):
         expect = fields.get(b"expect")
         head.expect = bool(expect) and expect[0].lower() == b"100-continue" and version == "1.1"
         self._in_body = length != 0
+        if length is None:
+            self._watch_chunks()
         if length != 0 and head.method not in (b"GET", b"HEAD"):
             # A body to stream: the request is made now, its body follows
             # through a pipe (started at once when nothing is ahead of it).
@@ -376,6 +458,8 @@ class ClientConnection(Protocol):
                 self._start(head)
 
     def on_body(self, data: bytes) -> None:
+        if self._closing:
+            return  # answered and closing: the rest of the body is dropped
         self._body_seen += len(data)
         if self._body_seen > self.limits.max_body:
             pipe = self._head.pipe
@@ -390,6 +474,7 @@ class ClientConnection(Protocol):
     def on_message_complete(self) -> None:
         head, self._head = self._head, None
         self._in_body = False
+        self._chunks = None
         if head.pipe is not None:
             head.pipe.finish()
             if head.started:
@@ -397,6 +482,35 @@ class ClientConnection(Protocol):
         if self._queue is None:
             self._queue = deque()
         self._queue.append(head)
+
+    def _watch_chunks(self) -> None:
+        """
+        Read the chunk sizes of the body that begins after this head.  Where
+        it begins in the bytes being fed: after the first CRLF CRLF when the
+        message began with them (or before them); a message that began
+        behind another in the same bytes is not watched (llhttp still counts
+        its body as it comes).
+        """
+        data = self._data
+        if self._fresh == "first":
+            end = data.find(b"\r\n\r\n")
+            start = end + 4 if end >= 0 else -1
+        elif self._fresh == "cont":  # the head began in an earlier feed
+            joined = self._tail + data
+            end = joined.find(b"\r\n\r\n")
+            start = end + 4 - len(self._tail) if end >= 0 else -1
+        else:
+            return
+        if start < 0:
+            return
+        chunks = self._chunks = _ChunkSizes()
+        self._check_chunks(chunks, data[start:])
+        if self._refused:
+            raise _Refused()
+
+    def _check_chunks(self, chunks: "_ChunkSizes", data: bytes) -> None:
+        if chunks.too_large(data, self.limits.max_body):
+            self.refuse(413, f"request body larger than {self.limits.max_body} bytes")
 
     # -- answering -------------------------------------------------------------
 
@@ -436,7 +550,9 @@ class ClientConnection(Protocol):
         return self.transport.getHost()
 
     def isSecure(self) -> bool:
-        return ISSLTransport(self.transport, None) is not None
+        if self._secure is None:
+            self._secure = ISSLTransport(self.transport, None) is not None
+        return self._secure
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -569,6 +685,8 @@ class ClientConnection(Protocol):
     # -- flow control -----------------------------------------------------------------
 
     def _pause_reading(self, why: str) -> None:
+        if self._closing:
+            return
         if not self._pausers and self.transport is not None:
             self.transport.pauseProducing()
         if self._pausers is None:
