@@ -1,6 +1,7 @@
 """
 C{python -m cdnpull check CONFIG}: validate a config module and print what it
-declares, without starting anything.
+declares, without starting anything.  C{python -m cdnpull ctl ...}: the admin
+API from a shell (L{cdnpull.ctl}).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import ctl
 from .config import BucketOrigin, ConfigError, DomainOrigin, IPOrigin
 from .loader import load_config
 
@@ -62,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="validate a config module and print what it declares")
     p.add_argument("config")
+    p = sub.add_parser("ctl", help="talk to a running node's admin API")
+    ctl.build_parser(p)
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.config)
+    if args.command == "ctl":
+        return ctl.main(args)
     return 2  # pragma: no cover
 
 

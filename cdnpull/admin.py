@@ -154,6 +154,9 @@ class AdminResource(Resource):
         if parts == ["domains"]:
             self._allow(method, b"GET")
             return 200, table_json(self.runtime.table, now, dns)
+        if parts == ["stats"]:
+            self._allow(method, b"GET")
+            return 200, self._stats(request)
         if parts == ["purge"]:
             self._allow(method, b"POST")
             return self._purge(self._body(request))
@@ -187,6 +190,15 @@ class AdminResource(Resource):
     def _allow(method: bytes, *allowed: bytes) -> None:
         if method not in allowed:
             raise _HTTPError(405, f"method not allowed; use {' or '.join(a.decode() for a in allowed)}")
+
+    def _stats(self, request: Request) -> Any:
+        """C{GET /api/stats[?domain=NAME]}: the recent history (cdnpull.stats)."""
+        args = request.args.get(b"domain")
+        name = None
+        if args:
+            name = args[0].decode("utf-8", "replace").strip().lower().rstrip(".")
+            self.control.live(name)  # UnknownDomain -> 404
+        return self.runtime.stats.json(name)
 
     def _purge(self, body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict) or not (set(body) <= {"urls", "prefixes"}) or not body:

@@ -90,20 +90,28 @@ class Metrics:
             ["domain", "group"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         r.register(_TableCollector(table, clock, cache))
+        # The recent history (cdnpull.stats.Stats), told of the same events.
+        self.stats: Any = None
 
     # -- hooks the other parts call --------------------------------------
 
     def request(self, domain: Optional[str], status: int, cache: str) -> None:
         self.requests.labels(domain or "-", f"{status // 100}xx", cache).inc()
+        if self.stats is not None:
+            self.stats.request(domain, cache)
 
     def origin_try(self, domain: str, group: str, address: str, outcome: str,
                    seconds: Optional[float]) -> None:
         self.origin_requests.labels(domain, group, address, outcome).inc()
         if seconds is not None:
             self.origin_seconds.labels(domain, group).observe(seconds)
+        if self.stats is not None:
+            self.stats.origin_try(domain, address, outcome, seconds)
 
     def failover(self, domain: str) -> None:
         self.failovers.labels(domain).inc()
+        if self.stats is not None:
+            self.stats.failover(domain)
 
     def probe(self, group: Any, state: Any, ok: bool) -> None:
         self.probes.labels(group.domain, group.role, str(state.address),

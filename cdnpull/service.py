@@ -37,6 +37,7 @@ from .origins.dns import DNSManager, make_resolver
 from .origins.tls import TLSPolicy
 from .probing import HTTPChecker, ProbeManager
 from .pull import Puller
+from .stats import Stats
 
 __all__ = ["Runtime", "CdnService", "build_service"]
 
@@ -68,14 +69,19 @@ class Runtime:
         # that probes watch).
         self.watchers: list = [self.dns.table_changed, self.probes.table_changed]
         self.metrics: Any = None
+        self.stats: Optional[Stats] = None
         self.cache: Any = None
         self.access_log: Any = None
 
     def start(self) -> None:
         self.dns.start(self.table)
         self.probes.start(self.table)
+        if self.stats is not None:
+            self.stats.start()
 
     def stop(self) -> Deferred:
+        if self.stats is not None:
+            self.stats.stop()
         self.probes.stop()
         self.dns.stop()
         return self.client.close()
@@ -202,6 +208,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
                           float(settings.stale_if_error))
     metrics = Metrics(lambda: runtime.table, reactor, cache=lambda: runtime.cache)
     runtime.metrics = metrics
+    runtime.stats = metrics.stats = Stats(reactor, lambda: runtime.table, lambda: runtime.cache)
     runtime.puller.observer = metrics
     runtime.probes.on_result = metrics.probe
     control = Control(runtime, StateFile(settings.state_file),
