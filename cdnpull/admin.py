@@ -32,6 +32,15 @@ __all__ = ["AdminResource", "read_token", "MAX_BODY"]
 
 MAX_BODY = 64 * 1024
 CONSOLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console.html")
+# The console's own assets (its charts and the vendored uPlot), served from
+# memory under /console/: the page loads nothing from anywhere else.
+ASSETS = {
+    "charts.js": b"application/javascript; charset=utf-8",
+    "charts.css": b"text/css; charset=utf-8",
+    "uPlot.iife.min.js": b"application/javascript; charset=utf-8",
+    "uPlot.min.css": b"text/css; charset=utf-8",
+}
+ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console")
 
 
 def read_token(path: Optional[str]) -> Optional[bytes]:
@@ -65,6 +74,10 @@ class AdminResource(Resource):
         self.token = token
         with open(CONSOLE, "rb") as f:
             self.console = f.read()
+        self.assets: dict[str, tuple[bytes, bytes]] = {}
+        for name, content_type in ASSETS.items():
+            with open(os.path.join(ASSET_DIR, name), "rb") as f:
+                self.assets["/console/" + name] = (content_type, f.read())
 
     # -- plumbing ----------------------------------------------------------
 
@@ -80,6 +93,12 @@ class AdminResource(Resource):
                               b"default-src 'self'; script-src 'unsafe-inline' 'self'; "
                               b"style-src 'unsafe-inline' 'self'; connect-src 'self'")
             return self.console
+        asset = self.assets.get(path)
+        if asset is not None:
+            if request.method not in (b"GET", b"HEAD"):
+                return self._json(request, 405, {"error": "method not allowed"})
+            request.setHeader(b"content-type", asset[0])
+            return asset[1]
         if not self._authorised(request):
             request.setHeader(b"www-authenticate", b'Bearer realm="cdnpull"')
             return self._json(request, 401, {"error": "Authorization: Bearer <token> required"})
