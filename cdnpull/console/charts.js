@@ -26,6 +26,9 @@ const Charts = (() => {
     ["latency_ms", "Latency per address", " ms", false],
   ];
   const COUNT_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 1e5, 1e6];
+  // Byte ticks: 1, 2, 5, 10, ... of B, KiB, MiB, GiB.
+  const BYTE_STEPS = [0, 1, 2, 3].flatMap(
+    k => [1, 2, 5, 10, 20, 50, 100, 200, 500].map(m => m * 1024 ** k));
   const sections = new Map();   // domain name -> its persistent chart section
   let node = null;              // the cache charts
   let last = null;              // the last /api/stats answer
@@ -95,6 +98,7 @@ const Charts = (() => {
       this.format = (options && options.format) || (v => fmt(v, unit, this.counts));
       this.tick = (options && options.tick) || (v => tick(v, unit));
       this.range = options && options.range;
+      this.steps = options && options.steps;
       this.legend = series.length > 1;
       this.value = el("span", {"class": "chart-value"});
       this.box = el("div", {"class": "chart"});
@@ -118,10 +122,11 @@ const Charts = (() => {
           y: {range: this.range || ((u, min, max) => [0, max > 0 ? max * 1.15 : 1])},
         },
         axes: [
-          {...axis, space: 60, values: (u, splits) => splits.map(clock)},
+          // Time ticks on whole minutes (every 5 on a narrow chart).
+          {...axis, space: 44, incrs: [60, 120, 300, 600, 900], values: (u, splits) => splits.map(clock)},
           {...axis, space: 26, values: (u, splits) => splits.map(v => this.tick(v)),
            size: (u, values) => values ? Math.ceil(12 + 7 * Math.max(...values.map(v => v.length))) : 30,
-           ...(this.counts ? {incrs: COUNT_STEPS} : {})},
+           ...(this.steps ? {incrs: this.steps} : this.counts ? {incrs: COUNT_STEPS} : {})},
         ],
         series: [{}, ...this.series.map(s => ({
           label: s.label, stroke: s.colour, width: 1.6, fill: s.colour + "1f",
@@ -272,7 +277,7 @@ const Charts = (() => {
     if (!node) {
       node = {
         bytes: new Chart("cache-bytes", "Cache size", "", [{label: "bytes", colour: COLOURS.bytes}],
-                         {format: bytes, tick: bytes}),
+                         {format: bytes, tick: bytes, steps: BYTE_STEPS}),
         objects: new Chart("cache-objects", "Cache objects", "",
                            [{label: "objects", colour: COLOURS.objects}], {counts: true}),
       };
