@@ -35,6 +35,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"admin API (env CDNPULL_ADMIN; default {DEFAULT_ADMIN})")
     parser.add_argument("--token-file", default=None, metavar="PATH",
                         help="file holding the admin token (env CDNPULL_TOKEN_FILE)")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT, metavar="SECONDS",
+                        help=f"give up on an admin API that does not answer (default {TIMEOUT:g})")
     sub = parser.add_subparsers(dest="action", required=True, metavar="COMMAND")
     sub.add_parser("status", help="domains, origin groups, addresses, states and block reasons")
     for name, what in (("switch", "swap primary and standby"),
@@ -221,9 +223,10 @@ def read_token(path: Optional[str]) -> Optional[str]:
     return token
 
 
-async def call(reactor: Any, base: str, token: Optional[str], method: str, path: str,
-               body: Any = None) -> Any:
+async def _call(reactor: Any, base: str, token: Optional[str], method: str, path: str,
+                body: Any = None, timeout: float = TIMEOUT) -> Any:
     import treq
+    from twisted.internet.defer import CancelledError
     from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
     from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 
@@ -238,9 +241,15 @@ async def call(reactor: Any, base: str, token: Optional[str], method: str, path:
     client = treq.client.HTTPClient(Agent(reactor, pool=pool))
     try:
         response = await client.request(method, base + path, headers=headers, data=data,
-                                         timeout=TIMEOUT)
+                                         timeout=timeout)
         content = await response.content()
-    except (ConnectError, DNSLookupError, TimeoutError, ResponseFailed) as e:
+    except (CancelledError, TimeoutError):
+        raise CtlError(f"no answer from the admin API at {base} within {timeout:g} s") from None
+    except ResponseFailed as e:
+        if any(r.check(CancelledError) for r in e.reasons):
+            raise CtlError(f"no answer from the admin API at {base} within {timeout:g} s") from None
+        raise CtlError(f"cannot reach the admin API at {base}: {_short(e.reasons[0].value)}") from None
+    except (ConnectError, DNSLookupError) as e:
         raise CtlError(f"cannot reach the admin API at {base}: {_short(e)}") from None
     try:
         decoded = json.loads(content)
@@ -268,28 +277,31 @@ async def run(reactor: Any, args: argparse.Namespace, out: TextIO) -> None:
     token = read_token(args.token_file)
     a = args.action
 
+    def call(method: str, path: str, body: Any = None) -> Any:
+        return _call(reactor, base, token, method, path, body, args.timeout)
+
     def domain_path(suffix: str = "") -> str:
         return f"/api/domains/{quote(args.domain, safe='')}{suffix}"
 
     if a == "status":
-        print_status(await call(reactor, base, token, "GET", "/api/domains"), out)
+        print_status(await call("GET", "/api/domains"), out)
     elif a == "switch":
-        print_domain(await call(reactor, base, token, "POST", domain_path("/switch")), out)
+        print_domain(await call("POST", domain_path("/switch")), out)
     elif a in ("set-origin", "set-standby"):
         which = "/origin" if a == "set-origin" else "/standby"
         body = origin_body(args)
-        print_domain(await call(reactor, base, token, "PUT", domain_path(which), body), out)
+        print_domain(await call("PUT", domain_path(which), body), out)
     elif a == "drop-standby":
-        print_domain(await call(reactor, base, token, "DELETE", domain_path("/standby")), out)
+        print_domain(await call("DELETE", domain_path("/standby")), out)
     elif a == "restore":
-        print_domain(await call(reactor, base, token, "DELETE", domain_path("/override")), out)
+        print_domain(await call("DELETE", domain_path("/override")), out)
     elif a == "purge":
         key = "prefixes" if args.prefix else "urls"
-        result = await call(reactor, base, token, "POST", "/api/purge", {key: args.urls})
+        result = await call("POST", "/api/purge", {key: args.urls})
         out.write(f"purged {result.get('purged', 0)} cached object(s)\n")
     elif a == "stats":
         path = f"/api/stats?domain={quote(args.domain, safe='')}"
-        print_stats(await call(reactor, base, token, "GET", path), out)
+        print_stats(await call("GET", path), out)
 
 
 def main(args: argparse.Namespace) -> int:

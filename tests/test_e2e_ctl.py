@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from .support import Client, Origin, closed_port, start_cdn, write_config
+from .support import Client, Origin, Silent, closed_port, start_cdn, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -160,6 +160,14 @@ async def test_an_unreachable_admin_is_one_line_and_status_1():  # type: ignore[
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr == (f"cdnpull ctl: cannot reach the admin API at http://127.0.0.1:{port}: "
                         "Connection refused\n")
+    silent = Silent("127.0.0.1")
+    try:
+        r = await run("--timeout", "0.5", "status", admin=f"127.0.0.1:{silent.port}")
+    finally:
+        await silent.stop()
+    assert r.returncode == 1
+    assert r.stderr == (f"cdnpull ctl: no answer from the admin API at "
+                        f"http://127.0.0.1:{silent.port} within 0.5 s\n")
     r = await run("switch")  # a usage error is argparse's: status 2
     assert r.returncode == 2 and "domain" in r.stderr
 
