@@ -7,6 +7,7 @@ API from a shell (L{cdnpull.ctl}).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import ctl
@@ -60,7 +61,9 @@ def check(path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cdnpull")
+    # The `cdnpull` console script or `python -m cdnpull`.
+    prog = "cdnpull" if os.path.basename(sys.argv[0]) == "cdnpull" else "python -m cdnpull"
+    parser = argparse.ArgumentParser(prog=prog)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="validate a config module and print what it declares")
     p.add_argument("config")
