@@ -234,8 +234,10 @@ async def _call(reactor: Any, base: str, token: Optional[str], method: str, path
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     data = None
-    if body is not None:
+    if method != "GET":
+        # The admin takes changes only as JSON (415 otherwise), bodiless ones too.
         headers["Content-Type"] = "application/json"
+    if body is not None:
         data = json.dumps(body).encode("utf-8")
     pool = HTTPConnectionPool(reactor, persistent=False)
     client = treq.client.HTTPClient(Agent(reactor, pool=pool))

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from twisted.logger import Logger
 
 from .config import Config, ConfigError, Settings, validate
+from .overrides import warn_http_signing
 
 log = Logger()
 
@@ -109,5 +110,7 @@ def load_config(path: str, **overrides: Any) -> LoadedConfig:
         raise ConfigError(f"{os.path.basename(path)}: 'services' must be a function of the reactor")
     config = validate(module.domains, settings)
     _warn_unverified(config)
+    for d in config.domains:
+        warn_http_signing(d, log)
     return LoadedConfig(config=config, path=os.path.abspath(path), services=services,
                         overrides=dict(overrides))
