@@ -39,7 +39,7 @@ INTERVAL = 5.0
 SAMPLES = 180
 HITS = frozenset({"HIT", "STALE"})
 # Origin outcomes (cdnpull.pull) that count as an origin error.
-ORIGIN_ERRORS = frozenset({"connect_error", "no_response", "timeout", "5xx"})
+ORIGIN_ERRORS = frozenset({"connect_error", "tls_error", "no_response", "timeout", "5xx"})
 
 DOMAIN_SERIES = ("requests", "hit_ratio", "origin_errors", "failovers", "origin_latency_ms")
 ADDRESS_SERIES = ("requests", "errors", "latency_ms", "blocked")
