@@ -148,6 +148,15 @@ def sparkline(values: list, top: Optional[float] = None) -> str:
     return "".join(out)
 
 
+def squeeze(values: list, per: int) -> list:
+    """Mean of every C{per} samples (None when all of them are None)."""
+    out = []
+    for i in range(0, len(values), per):
+        numbers = [v for v in values[i:i + per] if isinstance(v, (int, float))]
+        out.append(sum(numbers) / len(numbers) if numbers else None)
+    return out
+
+
 def _last(values: list, unit: str, scale: float = 1.0, digits: int = 1) -> str:
     for v in reversed(values):
         if isinstance(v, (int, float)):
@@ -164,11 +173,13 @@ def print_stats(data: dict, out: TextIO, width: int = 60) -> None:
     if not data["domains"]:
         raise CtlError("no statistics for this domain yet")
     d = data["domains"][0]
-    span = len(data["times"]) * data["interval"]
+    n = len(data["times"])
+    per = max(1, math.ceil(n / width))  # samples per bar: the whole window fits
+    span = n * data["interval"]
     span_text = f"{span / 60:.0f} min" if span >= 120 else f"{span:.0f} s"
-    out.write(f"{d['name']}: last {span_text}, one bar per {data['interval']:g} s; "
+    out.write(f"{d['name']}: last {span_text}, one bar per {per * data['interval']:g} s; "
               f"figures: last, peak\n")
-    cut = lambda v: v[-width:]  # noqa: E731
+    cut = lambda v: squeeze(v, per)  # noqa: E731
     rows = [
         ("requests/s", d["requests"], None, "", 1.0, 2),
         ("hit ratio", d["hit_ratio"], 1.0, "%", 100.0, 0),
@@ -181,7 +192,8 @@ def print_stats(data: dict, out: TextIO, width: int = 60) -> None:
                   f"{_last(values, unit, scale, digits)}, {_peak(values, unit, scale, digits)}\n")
     for a in d["addresses"]:
         group = a["group"] or "gone"
-        blocked = "".join("█" if b == 1 else ("·" if b == 0 else " ") for b in cut(a["blocked"]))
+        blocked = "".join("█" if b is not None and b > 0 else ("·" if b == 0 else " ")
+                          for b in cut(a["blocked"]))
         out.write(f"  {a['address']} ({group})\n")
         out.write(f"    {'requests/s':<12} {sparkline(cut(a['requests']))}  "
                   f"{_last(a['requests'], '', 1.0, 2)}\n")

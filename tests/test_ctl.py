@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from cdnpull.ctl import admin_url, print_status, sparkline
+from cdnpull.ctl import admin_url, print_status, sparkline, squeeze
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -15,6 +15,11 @@ def test_sparkline_scales_to_the_peak_and_leaves_gaps():
     assert sparkline([None, 0, 5, 10]) == " ▁▅█"
     assert sparkline([0.5, 1.0], top=1.0) == "▅█"
     assert sparkline([0, 0]) == "▁▁" and sparkline([]) == ""
+
+
+def test_a_long_window_is_squeezed_into_the_width():
+    assert squeeze([1, 3, None, None, 4], 2) == [2.0, None, 4.0]
+    assert squeeze([1, 2], 1) == [1, 2]
 
 
 def test_admin_endpoint_forms(monkeypatch):  # type: ignore[no-untyped-def]
