@@ -178,6 +178,10 @@ def traffic(url: str, n: int = 6) -> None:
                 pass
 
 
+def cdn_url_of(path: str) -> str:
+    return "http://www.test.com" + path
+
+
 def drive_charts(admin: str, cdn: str, blocked: str, shot: str) -> dict:
     from playwright.sync_api import expect
 
@@ -209,6 +213,10 @@ def drive_charts(admin: str, cdn: str, blocked: str, shot: str) -> dict:
         page.locator(f'[data-domain="www.test.com"] button[data-action="switch"]').click()
         expect(page.locator('[data-domain="www.test.com"] .badge')).to_have_text("changed at runtime")
         seen["charts_after_switch"] = page.locator(card("requests") + " canvas").count()
+        page.locator("#purge-urls").fill(cdn_url_of("/hit.txt"))
+        page.locator('#purge button[type="submit"]').click()
+        page.wait_for_timeout(500)
+        seen["purge_error"] = page.locator("#error").is_visible()
         seen["width"] = page.evaluate("document.documentElement.scrollWidth")
         page.screenshot(path=shot, full_page=True)
     return seen
@@ -246,6 +254,9 @@ async def test_console_draws_live_charts_from_the_node_only(tmp_path):  # type: 
         assert d["failovers"][-1] > 0 and 0 < d["hit_ratio"][-1] < 1, d
         seen = await deferToThread(drive_charts, cdn.admin_url, cdn.url, dead,
                                    str(tmp_path / "console.png"))
+        # The console's purge dropped the cached copy: the next GET is a miss.
+        response, _ = await Client(cdn.url).get("/hit.txt", host="www.test.com")
+        seen["after_purge"] = response.headers.getRawHeaders("x-cache")
     finally:
         cdn.stop()
         await p.stop()
@@ -264,6 +275,7 @@ async def test_console_draws_live_charts_from_the_node_only(tmp_path):  # type: 
     assert seen["samples_after"] > seen["samples_before"]
     assert seen["ink_after"] != before["requests"]
     assert seen["charts_after_switch"] == 1
+    assert seen["purge_error"] is False and seen["after_purge"] == ["MISS"]
     assert seen["width"] <= 1366  # no sideways scrolling on a laptop screen
     admin = cdn.admin_url + "/"
     assert seen["requests"] and all(u.startswith(admin) for u in seen["requests"]), seen["requests"]
