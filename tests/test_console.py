@@ -202,6 +202,8 @@ def drive_charts(admin: str, cdn: str, blocked: str, shot: str) -> dict:
         row = page.locator(f'{charts} .timeline-row[data-address="{blocked}"]')
         seen["blocked_rects"] = row.locator("rect.blocked").count()
         seen["timeline_state"] = page.locator(card("blocks") + " .chart-value").inner_text()
+        seen["last_error"] = page.locator(
+            f'[data-domain="www.test.com"] tr.address[data-address="{blocked}"] td').nth(5).inner_text()
         seen["cache_value"] = page.locator('#node-charts [data-chart="cache-objects"] .chart-value').inner_text()
         # More traffic while the page is open: the charts move on by themselves.
         traffic(cdn, 10)
@@ -271,6 +273,7 @@ async def test_console_draws_live_charts_from_the_node_only(tmp_path):  # type: 
     assert p.addr in seen["legend"] and dead in seen["legend"] and sb.addr in seen["legend"]
     assert seen["blocked_rects"] >= 1 and seen["timeline_state"] == "1 blocked now"
     assert seen["cache_value"] == "1"
+    assert seen["last_error"].startswith("connect refused at "), seen["last_error"]
     assert seen["value_before"].endswith("/s") and seen["value_before"] != "0/s"
     assert seen["samples_after"] > seen["samples_before"]
     assert seen["ink_after"] != before["requests"]
