@@ -69,10 +69,10 @@ def origin_body(args: argparse.Namespace) -> dict:
         if args.addresses or args.host:
             raise CtlError("--json: give the origin either as --json or by its fields, not both")
         try:
-            body = json.loads(args.body)
+            given: dict = json.loads(args.body)
         except ValueError as e:
             raise CtlError(f"--json: not valid JSON ({e})") from None
-        return body
+        return given
     if bool(args.addresses) == bool(args.host):
         raise CtlError(f"{args.action}: give IP addresses or --host NAME (one of them)")
     body: dict = {"port": args.port, "scheme": args.scheme, "verify": not args.no_verify}
@@ -242,7 +242,7 @@ async def _call(reactor: Any, base: str, token: Optional[str], method: str, path
     from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
     from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 
-    headers = {"Accept": "application/json"}
+    headers: dict[str | bytes, str | bytes] = {"Accept": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     data = None
@@ -252,7 +252,8 @@ async def _call(reactor: Any, base: str, token: Optional[str], method: str, path
     if body is not None:
         data = json.dumps(body).encode("utf-8")
     pool = HTTPConnectionPool(reactor, persistent=False)
-    client = treq.client.HTTPClient(Agent(reactor, pool=pool))
+    agent: Any = Agent(reactor, pool=pool)
+    client = treq.client.HTTPClient(agent)
     try:
         response = await client.request(method, base + path, headers=headers, data=data,
                                          timeout=timeout)
