@@ -87,6 +87,14 @@ class Edge(Resource):
         if live is None:
             raise EdgeError(f"unknown host {host}", 404)
         ctx.domain = live.name
+        if request.isSecure():
+            if live.config.hsts:
+                request.setHeader(b"strict-transport-security", live.config.hsts.encode("ascii"))
+        elif live.config.https_only:
+            # Before the cache: the redirect is never stored as the object.
+            # 308 keeps the method and body of anything but GET and HEAD.
+            request.setHeader(b"location", b"https://%s%s" % (host.encode("ascii"), target))
+            raise EdgeError("moved to https", 301 if request.method in (b"GET", b"HEAD") else 308)
         if isinstance(live.primary.origin, BucketOrigin) and request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             raise EdgeError("only GET and HEAD reach a bucket", 405)

@@ -10,12 +10,13 @@ import importlib.util
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
+from .certs import CertificateSet, load_certificates
 from .config import Config, ConfigError, Settings, validate
 
 log = Logger()
@@ -35,6 +36,8 @@ class LoadedConfig:
     services: Optional[Callable[[Any], Any]] = None
     # The Settings fields the command line replaced: a reload applies them again.
     overrides: Any = None
+    # The edge certificates, read and checked (cdnpull.certs).
+    certificates: CertificateSet = field(default_factory=CertificateSet)
 
 
 _counter = [0]
@@ -109,5 +112,8 @@ def load_config(path: str, **overrides: Any) -> LoadedConfig:
         raise ConfigError(f"{os.path.basename(path)}: 'services' must be a function of the reactor")
     config = validate(module.domains, settings)
     _warn_unverified(config)
+    certificates, warnings = load_certificates(config)
+    for warning in warnings:
+        log.warn("{warning}", warning=warning)
     return LoadedConfig(config=config, path=os.path.abspath(path), services=services,
-                        overrides=dict(overrides))
+                        overrides=dict(overrides), certificates=certificates)

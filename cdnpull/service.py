@@ -17,14 +17,14 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
 from .admin import AdminResource, read_token
 from .cache import Cache, DiskStore, MemoryStore, Store
-from .config import Config, ConfigError, Domain, parse_size
+from .certs import CertificateSet, days_left_collector
+from .config import Config, ConfigError, Domain, is_tls_listen, parse_size
 from .control import Control
 from .edge import Edge, EdgeSite
 from .httpserver import ClientLimits
@@ -37,8 +37,12 @@ from .origins.dns import DNSManager, make_resolver
 from .origins.tls import TLSPolicy
 from .probing import HTTPChecker, ProbeManager
 from .pull import Puller
+from .tlsserver import SNIServer, server_endpoint
 
 __all__ = ["Runtime", "CdnService", "build_service"]
+
+# Settings a SIGHUP applies (the others wait for a restart).
+RELOADED_SETTINGS = ("certificates", "default_certificate")
 
 
 class Runtime:
@@ -70,6 +74,8 @@ class Runtime:
         self.metrics: Any = None
         self.cache: Any = None
         self.access_log: Any = None
+        # The edge certificates (cdnpull.certs), replaced whole on SIGHUP.
+        self.certificates = CertificateSet()
 
     def start(self) -> None:
         self.dns.start(self.table)
@@ -84,10 +90,19 @@ class Runtime:
         """Swap in a new table built from C{domains} (already validated)."""
         old = self.table
         new = build_table(domains, self.reactor, previous=old, bases=bases, rng=self.rng)
+        self._label_certificates(new)
         self.table = new
         for watcher in list(self.watchers):
             watcher(old, new)
         return new
+
+    def set_certificates(self, certificates: CertificateSet) -> None:
+        self.certificates = certificates
+        self._label_certificates(self.table)
+
+    def _label_certificates(self, table: LiveTable) -> None:
+        for live in table.domains.values():
+            live.certificate = self.certificates.for_domain(live.config)
 
 
 class Listener(StreamServerEndpointService):
@@ -96,8 +111,9 @@ class Listener(StreamServerEndpointService):
     the process with status 1 (no traceback for a port already in use).
     """
 
-    def __init__(self, description: str, reactor: Any, factory: Any) -> None:
-        super().__init__(serverFromString(reactor, description), factory)
+    def __init__(self, description: str, reactor: Any, factory: Any,
+                 tls: Optional[SNIServer] = None) -> None:
+        super().__init__(server_endpoint(reactor, description, tls), factory)
         self.description = description
         self._raiseSynchronously = True
 
@@ -125,6 +141,8 @@ class CdnService(MultiService):
         self.loaded = loaded
         self.control = control
         self._old_sighup: Any = None
+        # The certificates of tls: listeners, when there are any.
+        self.tls: Optional[SNIServer] = None
 
     def startService(self) -> None:
         self.runtime.start()
@@ -165,13 +183,19 @@ class CdnService(MultiService):
             return succeed(None)
         old_settings = self.runtime.config.settings
         changed = [f.name for f in fields(old_settings)
-                   if getattr(old_settings, f.name) != getattr(new.config.settings, f.name)]
+                   if getattr(old_settings, f.name) != getattr(new.config.settings, f.name)
+                   and f.name not in RELOADED_SETTINGS]
         if changed:
             self.log.warn("reload: settings {fields} changed; they take effect at the next "
                           "restart", fields=", ".join(changed))
         d = self.control.reload(new.config)
 
         def done(_: Any) -> None:
+            # Certificates are read again even when their paths did not
+            # change (renewed in place): new handshakes use them.
+            self.runtime.set_certificates(new.certificates)
+            if self.tls is not None:
+                self.tls.update(new.certificates)
             self.log.info("reloaded {path}: {n} domains", path=path,
                           n=len(self.runtime.table.domains))
 
@@ -192,6 +216,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     config = loaded.config
     settings = config.settings
     runtime = Runtime(reactor, config, rng)
+    runtime.certificates = loaded.certificates
     run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
     disk = None
     if settings.cache_dir:
@@ -202,6 +227,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
                           float(settings.stale_if_error))
     metrics = Metrics(lambda: runtime.table, reactor, cache=lambda: runtime.cache)
     runtime.metrics = metrics
+    metrics.registry.register(days_left_collector(lambda: runtime.certificates, reactor))
     runtime.puller.observer = metrics
     runtime.probes.on_result = metrics.probe
     control = Control(runtime, StateFile(settings.state_file),
@@ -223,8 +249,10 @@ def build_service(loaded: LoadedConfig, reactor: Any,
         send_timeout=float(settings.client_send_timeout),
     )
     site = EdgeSite(edge, limits=limits, reactor=reactor)
+    if any(is_tls_listen(d) for d in settings.listen):
+        service.tls = SNIServer(runtime.certificates)
     for description in settings.listen:
-        Listener(description, reactor, site).setServiceParent(service)
+        Listener(description, reactor, site, service.tls).setServiceParent(service)
     if settings.admin:
         try:
             token = read_token(settings.admin_token_file)
