@@ -182,7 +182,8 @@ class Edge(Resource):
             self.log.failure("unexpected error serving {uri}", failure, uri=request.uri)
             status, message = 500, "internal error"
         if request.startedWriting:
-            request.transport.abortConnection()  # type: ignore[union-attr]
+            # (An HTTP/2 stream has no transport: resetting the stream is its abort.)
+            (request.transport or request.channel).abortConnection()  # type: ignore[union-attr]
             return
         body = f"{status} {message}\n".encode("utf-8", "replace")
         request.setResponseCode(status)

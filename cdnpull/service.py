@@ -37,7 +37,8 @@ from .origins.dns import DNSManager, make_resolver
 from .origins.tls import TLSPolicy
 from .probing import HTTPChecker, ProbeManager
 from .pull import Puller
-from .tlsserver import SNIServer, server_endpoint
+from .http2 import h2_connection_factory
+from .tlsserver import H2, HTTP11, ByALPN, SNIServer, server_endpoint
 
 __all__ = ["Runtime", "CdnService", "build_service"]
 
@@ -249,10 +250,14 @@ def build_service(loaded: LoadedConfig, reactor: Any,
         send_timeout=float(settings.client_send_timeout),
     )
     site = EdgeSite(edge, limits=limits, reactor=reactor)
+    tls_site = None
     if any(is_tls_listen(d) for d in settings.listen):
-        service.tls = SNIServer(runtime.certificates)
+        service.tls = SNIServer(runtime.certificates, protocols=(H2, HTTP11))
+        tls_site = ByALPN(site, reactor, limits.header_timeout,
+                          h2=h2_connection_factory(site, limits, reactor))
     for description in settings.listen:
-        Listener(description, reactor, site, service.tls).setServiceParent(service)
+        factory = tls_site if is_tls_listen(description) else site
+        Listener(description, reactor, factory, service.tls).setServiceParent(service)
     if settings.admin:
         try:
             token = read_token(settings.admin_token_file)

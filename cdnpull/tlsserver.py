@@ -22,14 +22,16 @@ from typing import Any, Optional, Sequence
 
 from OpenSSL import SSL
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamServerEndpoint
+from twisted.internet.interfaces import (IHandshakeListener, IOpenSSLServerConnectionCreator,
+                                         IStreamServerEndpoint)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from .certs import CertificateSet, LoadedCertificate
 from .config import is_tls_listen
 
-__all__ = ["SNIServer", "server_endpoint", "INTERMEDIATE_CIPHERS"]
+__all__ = ["SNIServer", "ByALPN", "server_endpoint", "INTERMEDIATE_CIPHERS"]
 
 # https://ssl-config.mozilla.org/ "intermediate" (guidelines 5.7), for TLS
 # 1.2; TLS 1.3 uses OpenSSL's default suites, which are the same three.
@@ -41,6 +43,7 @@ INTERMEDIATE_CIPHERS = (
     b"DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
 )
 HTTP11 = b"http/1.1"
+H2 = b"h2"
 
 
 def _alpn_choice(protocols: Sequence[bytes]):  # type: ignore[no-untyped-def]
@@ -114,6 +117,75 @@ class SNIServer:
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self._state[2], None)
+
+
+class ByALPN(Factory):
+    """
+    The protocol factory of a C{tls:} listener: once the handshake is done,
+    each connection is handed to the HTTP/2 connection when the client
+    chose C{h2}, else to the site's own HTTP/1.1 protocol.  A client that
+    does not finish its handshake within C{handshake_timeout} is dropped.
+
+    @param h2: a function of the address making an HTTP/2 connection, or
+        None (no HTTP/2).
+    """
+
+    noisy = False
+
+    def __init__(self, site: Any, clock: Any, handshake_timeout: float,
+                 h2: Optional[Any] = None) -> None:
+        self.site = site
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self.h2 = h2
+
+    def doStart(self) -> None:
+        self.site.doStart()
+
+    def doStop(self) -> None:
+        self.site.doStop()
+
+    def buildProtocol(self, addr: Any) -> "_Negotiating":
+        return _Negotiating(self, addr)
+
+
+@implementer(IHandshakeListener)
+class _Negotiating(Protocol):
+    inner: Any = None
+
+    def __init__(self, factory: ByALPN, addr: Any) -> None:
+        self.factory = factory
+        self.addr = addr
+        self._timer: Any = None
+
+    def connectionMade(self) -> None:
+        self._timer = self.factory.clock.callLater(self.factory.handshake_timeout,
+                                                   self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        self.transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        chosen = getattr(self.transport, "negotiatedProtocol", None)
+        if chosen == H2 and self.factory.h2 is not None:
+            self.inner = self.factory.h2(self.addr)
+        else:
+            self.inner = self.factory.site.buildProtocol(self.addr)
+        self.inner.makeConnection(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.inner.dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
 
 
 @implementer(IStreamServerEndpoint)
