@@ -131,54 +131,80 @@ def read_certificate(spec: Certificate, where: str, now: float) -> LoadedCertifi
     @raise ConfigError: one line per problem.
     """
     problems = []
+    cert_data = key_data = None
+    try:
+        cert_data = _read(spec.cert_file, f"{where}.cert_file")
+    except ConfigError as e:
+        problems += e.problems
+    try:
+        key_data = _read(spec.key_file, f"{where}.key_file")
+    except ConfigError as e:
+        problems += e.problems
+    try:
+        return parse_certificate(cert_data, key_data, spec, where, now)
+    except ConfigError as e:
+        raise ConfigError(problems + list(e.problems)) from None
+
+
+def parse_certificate(cert_data: Optional[bytes], key_data: Optional[bytes], spec: Certificate,
+                      where: str, now: float, fields: tuple = ("cert_file", "key_file"),
+                      names: Optional[tuple] = None) -> LoadedCertificate:
+    """
+    Check a PEM certificate (chain) and its PEM key given as bytes (None:
+    already reported as unreadable).
+
+    @param fields: how problems name the two (config fields or API fields).
+    @param names: how problems show the two (default: the file paths).
+    @raise ConfigError: one line per problem.
+    """
+    cf, kf = (f"{where}.{f}" for f in fields)
+    cn, kn = names or (repr(spec.cert_file), repr(spec.key_file))
+    problems = []
     chain: tuple = ()
     key = None
-    try:
-        data = _read(spec.cert_file, f"{where}.cert_file")
+    if cert_data is not None:
         try:
-            chain = tuple(x509.load_pem_x509_certificates(data))
+            chain = tuple(x509.load_pem_x509_certificates(cert_data))
         except ValueError:
-            problems.append(f"{where}.cert_file: {spec.cert_file!r} holds no valid PEM certificate")
-    except ConfigError as e:
-        problems += e.problems
-    try:
-        data = _read(spec.key_file, f"{where}.key_file")
+            problems.append(f"{cf}: {cn} holds no valid PEM certificate")
+    if key_data is not None:
         try:
-            key = serialization.load_pem_private_key(data, password=None)
+            key = serialization.load_pem_private_key(key_data, password=None)
         except TypeError:
-            problems.append(f"{where}.key_file: {spec.key_file!r} is encrypted; give the key "
-                            "without a passphrase (readable by the node only)")
+            problems.append(f"{kf}: {kn} is encrypted; give the key without a passphrase "
+                            "(readable by the node only)")
         except (ValueError, UnsupportedAlgorithm):
-            problems.append(f"{where}.key_file: {spec.key_file!r} holds no valid PEM private key")
+            problems.append(f"{kf}: {kn} holds no valid PEM private key")
         else:
             if not isinstance(key, _KEY_TYPES):
-                problems.append(f"{where}.key_file: {type(key).__name__} keys are not supported "
+                problems.append(f"{kf}: {type(key).__name__} keys are not supported "
                                 "(RSA, ECDSA or EdDSA)")
                 key = None
-    except ConfigError as e:
-        problems += e.problems
-    if problems:
+    if problems or not chain or key is None:
         raise ConfigError(problems)
     leaf = chain[0]
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if leaf.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
-        problems.append(f"{where}.key_file: {spec.key_file!r} does not match the certificate "
-                        f"in {spec.cert_file!r}")
+        problems.append(f"{kf}: {kn} does not match the certificate in {cn}")
     if leaf.not_valid_after_utc.timestamp() <= now:
-        problems.append(f"{where}.cert_file: {spec.cert_file!r} expired on "
-                        f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        problems.append(f"{cf}: {cn} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     try:
         san = leaf.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
-        names = tuple(dict.fromkeys(_ascii_name(n) for n in san.get_values_for_type(x509.DNSName)))
+        dns = tuple(dict.fromkeys(_ascii_name(n) for n in san.get_values_for_type(x509.DNSName)))
     except x509.ExtensionNotFound:
-        names = ()
+        dns = ()
     except ValueError as e:  # a malformed extension
-        problems.append(f"{where}.cert_file: {spec.cert_file!r}: unreadable subjectAltName: {e}")
-        names = ()
+        problems.append(f"{cf}: {cn}: unreadable subjectAltName: {e}")
+        dns = ()
     if problems:
         raise ConfigError(problems)
-    return LoadedCertificate(spec, chain, key, names)
+    return LoadedCertificate(spec, chain, key, dns)
+
+
+def names_text(cert: LoadedCertificate) -> str:
+    """What a certificate covers, for messages."""
+    return _names_text(cert)
 
 
 def _names_text(cert: LoadedCertificate) -> str:
@@ -204,6 +230,8 @@ class CertificateSet:
         self.own: dict = dict(own or {})
         self.shared = tuple(shared)
         self.default = default
+        # Domains whose own certificate was set through the admin API.
+        self.replaced: frozenset = frozenset()
         self._own_routes: RoutingTable[LoadedCertificate] = RoutingTable(self.own.items())
         self._exact: dict = {}
         self._wild: dict = {}  # "img.test" -> the certificate naming "*.img.test"
@@ -252,7 +280,7 @@ class CertificateSet:
         """The certificate that serves a domain's name, and where it comes from."""
         own = self.own.get(domain.name)
         if own is not None:
-            return own, "domain"
+            return own, "admin" if domain.name in self.replaced else "domain"
         name = _ascii_name(domain.name)
         if name.startswith("*."):
             found = self._wild.get(name[2:])

@@ -24,6 +24,7 @@ from .accesslog import AccessLog
 from .admin import AdminResource, read_token
 from .cache import Cache, DiskStore, MemoryStore, Store
 from .certs import CertificateSet, days_left_collector
+from .certstore import CertificateStore, EdgeCertificates
 from .config import Config, ConfigError, Domain, is_tls_listen, parse_size
 from .control import Control
 from .edge import Edge, EdgeSite
@@ -75,8 +76,12 @@ class Runtime:
         self.metrics: Any = None
         self.cache: Any = None
         self.access_log: Any = None
-        # The edge certificates (cdnpull.certs), replaced whole on SIGHUP.
+        # The edge certificates (cdnpull.certs), replaced whole on SIGHUP:
+        # the config module's, and what is served (with the ones replaced
+        # through the admin API, cdnpull.certstore).
+        self.module_certificates = CertificateSet()
         self.certificates = CertificateSet()
+        self.edge_certificates: Any = None
 
     def start(self) -> None:
         self.dns.start(self.table)
@@ -194,9 +199,8 @@ class CdnService(MultiService):
         def done(_: Any) -> None:
             # Certificates are read again even when their paths did not
             # change (renewed in place): new handshakes use them.
-            self.runtime.set_certificates(new.certificates)
-            if self.tls is not None:
-                self.tls.update(new.certificates)
+            self.runtime.module_certificates = new.certificates
+            self.runtime.edge_certificates.refresh()
             self.log.info("reloaded {path}: {n} domains", path=path,
                           n=len(self.runtime.table.domains))
 
@@ -217,8 +221,19 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     config = loaded.config
     settings = config.settings
     runtime = Runtime(reactor, config, rng)
-    runtime.certificates = loaded.certificates
     run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
+    service: Optional[CdnService] = None
+
+    def serve_certificates(certificates: CertificateSet) -> None:
+        runtime.set_certificates(certificates)
+        if service is not None and service.tls is not None:
+            service.tls.update(certificates)
+
+    runtime.module_certificates = loaded.certificates
+    runtime.edge_certificates = EdgeCertificates(
+        runtime, CertificateStore(f"{settings.state_file}.certs" if settings.state_file else None),
+        serve_certificates, run_in_thread, reactor)
+    runtime.certificates = runtime.edge_certificates.effective(config, loaded.certificates)
     disk = None
     if settings.cache_dir:
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)

@@ -462,3 +462,89 @@ async def test_sighup_swaps_certificates_for_new_handshakes_and_keeps_open_conne
     finally:
         cdn.stop()
         await origin.stop()
+
+
+# -- replacing a certificate through the admin API --------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_api_replaces_a_certificate_checked_persisted_and_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    d = str(tmp_path)
+    ca = trustme.CA()
+    module_cert = issue(ca, d, "module", "www.test.com")
+    config = write_config(d, f"""
+        from cdnpull.config import Certificate, Domain, IPOrigin
+        domains = [Domain("www.test.com", origin=IPOrigin(["127.0.0.2"]), probe=None,
+                          certificate=Certificate({module_cert.cert_file!r}, {module_cert.key_file!r})),
+                   Domain("other.test", origin=IPOrigin(["127.0.0.2"]), probe=None)]
+        """)
+    new = ca.issue_cert("www.test.com")
+    body = {"cert_pem": "".join(p.bytes().decode() for p in new.cert_chain_pems),
+            "key_pem": new.private_key_pem.bytes().decode()}
+    new_der = leaf_der_of(new)
+    port = free_port()
+
+    def start():  # type: ignore[no-untyped-def]
+        return start_cdn(config, d, "--listen", f"tls:{port}:interface=127.0.0.1", admin=True)
+
+    cdn = start()
+    try:
+        admin = Client(cdn.admin_url)
+        url = "/api/domains/www.test.com/certificate"
+        # Refused, each with one line naming the field; nothing changes.
+        past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+        expired = ca.issue_cert("www.test.com", not_before=past - datetime.timedelta(days=9),
+                                not_after=past)
+        other = ca.issue_cert("other.test")
+        cases = [
+            ({"cert_pem": body["cert_pem"]}, 'body: must be {"cert_pem"'),
+            ({"cert_pem": "junk", "key_pem": body["key_pem"]},
+             "certificate.cert_pem: cert_pem holds no valid PEM certificate"),
+            ({"cert_pem": body["cert_pem"], "key_pem": other.private_key_pem.bytes().decode()},
+             "certificate.key_pem: key_pem does not match the certificate in cert_pem"),
+            ({"cert_pem": expired.cert_chain_pems[0].bytes().decode(),
+              "key_pem": expired.private_key_pem.bytes().decode()},
+             "certificate.cert_pem: cert_pem expired on "),
+            ({"cert_pem": other.cert_chain_pems[0].bytes().decode(),
+              "key_pem": other.private_key_pem.bytes().decode()},
+             "certificate.cert_pem: does not cover www.test.com (its names: other.test)"),
+        ]
+        for bad, message in cases:
+            status, answer = await admin.api("PUT", url, bad)
+            assert status == 400 and answer["error"].startswith(message), answer
+        status, _ = await admin.api("PUT", "/api/domains/nope.test/certificate", body)
+        assert status == 404
+        assert await deferToThread(handshake, port, "www.test.com") == leaf_der(module_cert.cert_file)
+
+        status, answer = await admin.api("PUT", url, body)
+        assert status == 200, answer
+        assert answer["https"]["certificate"]["source"] == "admin"
+        assert await deferToThread(handshake, port, "www.test.com") == new_der
+        store = os.path.join(d, "state.json.certs")
+        assert os.stat(store).st_mode & 0o777 == 0o700
+        assert sorted(os.listdir(store)) == ["www.test.com.key", "www.test.com.pem"]
+        for name in os.listdir(store):
+            assert os.stat(os.path.join(store, name)).st_mode & 0o777 == 0o600
+
+        # Kept across a reload and a restart.
+        cdn.proc.send_signal(signal.SIGHUP)
+        await deferToThread(_wait_for, lambda: "reloaded " in cdn.log())
+        assert await deferToThread(handshake, port, "www.test.com") == new_der
+        cdn.stop()
+        cdn = start()
+        assert await deferToThread(handshake, port, "www.test.com") == new_der
+
+        # Deleted: back to the config module's.
+        status, answer = await Client(cdn.admin_url).api("DELETE", url)
+        assert status == 200 and answer["https"]["certificate"]["source"] == "domain"
+        assert await deferToThread(handshake, port, "www.test.com") == leaf_der(module_cert.cert_file)
+        assert os.listdir(store) == []
+        assert "Traceback" not in cdn.log()
+    finally:
+        cdn.stop()
+
+
+def leaf_der_of(leaf) -> bytes:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_bytes(Encoding.DER)
