@@ -6,15 +6,38 @@ With C{Settings.admin_token_file} set, every API call and C{/metrics} needs
 C{Authorization: Bearer <token>} (compared in constant time; 401 otherwise).
 The console page itself is static (no data in it) and is served without the
 token; it asks for the token and sends it with every call.
+
+Other web sites cannot use it through the operator's browser, whatever the
+token setting (checked in this order, before anything else):
+
+ - 421 unless C{Host} is an IP literal, C{localhost} or a name in
+   C{Settings.admin_hosts} (any port): a DNS-rebinding page has its own name;
+ - 403 when an C{Origin} header is present and is not this listener's own
+   origin (C{scheme://Host}); a client without C{Origin} (curl, scripts) is
+   not asked for one;
+ - 415 for PUT, POST and DELETE without C{Content-Type: application/json}:
+   a cross-site form or a "simple" fetch cannot send that type without a
+   CORS preflight, which gets no CORS answer;
+ - the console page is sent with a Content-Security-Policy (its inline
+   script by hash, C{frame-ancestors 'none'}) and C{X-Frame-Options: DENY}.
+
+Bodies are read through the client side's connection
+(L{cdnpull.httpserver.EdgeChannel}: header and idle timeouts, a 1 MiB body
+limit, 413); a body that is not JSON, or JSON nested deeper than
+L{MAX_DEPTH}, is a 400.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import ipaddress
 import json
 import os
-from typing import Any, Optional
-from urllib.parse import unquote
+import re
+from typing import Any, Iterable, Optional
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -27,11 +50,15 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .control import Control, UnknownDomain
 from .overrides import BadRequest
 from .status import domain_json, table_json
+from .upload import BodyInterrupted
 
-__all__ = ["AdminResource", "read_token", "MAX_BODY"]
+__all__ = ["AdminResource", "read_token", "MAX_BODY", "MAX_DEPTH", "parse_json_body",
+           "console_policy"]
 
-MAX_BODY = 64 * 1024
+MAX_BODY = 1024 * 1024
+MAX_DEPTH = 32
 CONSOLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console.html")
+CHANGING = (b"PUT", b"POST", b"DELETE")
 
 
 def read_token(path: Optional[str]) -> Optional[bytes]:
@@ -51,34 +78,157 @@ class _HTTPError(Exception):
         self.message = message
 
 
+# -- bodies ----------------------------------------------------------------------
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether JSON text nests arrays/objects deeper than C{limit} (strings skipped)."""
+    depth = 0
+    for ch in _NOT_BRACKET.sub("", _STRING.sub("", text)):
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_body(raw: bytes, limit: int = MAX_DEPTH) -> Any:
+    """
+    A request body as JSON, or L{_HTTPError} 400.  The depth is checked
+    before parsing: the parser recurses, and a deep body must be a 400, not
+    a RecursionError.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _HTTPError(400, "body: not valid JSON (not UTF-8)") from None
+    if _too_deep(text, limit):
+        raise _HTTPError(400, f"body: JSON nested deeper than {limit} levels")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise _HTTPError(400, "body: not valid JSON") from None
+
+
+class _Collect:
+    """The consumer a streamed request body is read into."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+
+
+# -- who may call -------------------------------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _split_host(value: str) -> Optional[tuple[str, Optional[int]]]:
+    """C{Host} as (lower-case name or IP, port or None); None when malformed."""
+    value = value.strip().lower()
+    port: Optional[str] = None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                return None
+            port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    else:
+        host, sep, port_text = value.partition(":")
+        if sep:
+            port = port_text
+    if port is not None and (not port.isdigit() or len(port) > 5):
+        return None
+    if host.endswith("."):
+        host = host[:-1]
+    if not host:
+        return None
+    return host, (int(port) if port else None)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def console_policy(page: bytes) -> bytes:
+    """
+    The console's Content-Security-Policy: its inline scripts by hash (so an
+    injected script would not run), nothing from outside the node, no
+    framing, no form posts anywhere.
+    """
+    hashes = [
+        "'sha256-%s'" % base64.b64encode(hashlib.sha256(m.group(1)).digest()).decode("ascii")
+        for m in re.finditer(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>",
+                               re.sub(rb"<!--.*?-->", b"", page, flags=re.S), re.S | re.I)
+    ]
+    return ("default-src 'none'; script-src 'self' " + " ".join(hashes) + "; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'").encode("ascii")
+
+
 class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
     def __init__(self, runtime: Any, control: Control, metrics: Any, clock: Any,
-                 token: Optional[bytes] = None) -> None:
+                 token: Optional[bytes] = None, hosts: Iterable[str] = ()) -> None:
         super().__init__()
         self.runtime = runtime
         self.control = control
         self.metrics = metrics
         self.clock = clock
         self.token = token
+        self.hosts = frozenset(h.lower().rstrip(".") for h in hosts) | {"localhost"}
         with open(CONSOLE, "rb") as f:
             self.console = f.read()
+        self.console_csp = console_policy(self.console)
 
     # -- plumbing ----------------------------------------------------------
 
     def render(self, request: Request) -> Any:
         request.setHeader(b"server", b"cdnpull-admin")
         request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        refusal = self._refusal(request)
+        if refusal is not None:
+            status, message = refusal
+            self.log.info("admin: refused {method} {path} from {peer}: {status} {why}",
+                          method=request.method.decode("latin-1"),
+                          path=request.path.decode("latin-1")[:200], status=status,
+                          why=message, peer=getattr(request.getClientAddress(), "host", "-"))
+            return self._json(request, status, {"error": message})
         path = request.path.decode("utf-8", "replace")
         if path in ("/", "/index.html"):
             if request.method not in (b"GET", b"HEAD"):
                 return self._json(request, 405, {"error": "method not allowed"})
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
-            request.setHeader(b"content-security-policy",
-                              b"default-src 'self'; script-src 'unsafe-inline' 'self'; "
-                              b"style-src 'unsafe-inline' 'self'; connect-src 'self'")
+            request.setHeader(b"content-security-policy", self.console_csp)
+            request.setHeader(b"x-frame-options", b"DENY")
+            request.setHeader(b"referrer-policy", b"no-referrer")
             return self.console
         if not self._authorised(request):
             request.setHeader(b"www-authenticate", b'Bearer realm="cdnpull"')
@@ -93,6 +243,42 @@ class AdminResource(Resource):
         d = Deferred.fromCoroutine(self._api(request, path))
         d.addCallbacks(lambda r: self._send(request, *r), lambda f: self._error(request, f))
         return NOT_DONE_YET
+
+    def _refusal(self, request: Request) -> Optional[tuple[int, str]]:
+        """Why a request may not be answered at all (status, message), or None."""
+        hosts = request.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) != 1:
+            return 400, "exactly one Host header is required"
+        try:
+            host_text = hosts[0].decode("ascii")
+        except UnicodeDecodeError:
+            host_text = ""
+        host = _split_host(host_text)
+        if host is None or not (_is_ip(host[0]) or host[0] in self.hosts):
+            return 421, ("this admin listener does not answer to that Host (an IP address, "
+                         "localhost or a name in Settings.admin_hosts)")
+        origins = request.requestHeaders.getRawHeaders(b"origin")
+        if origins is not None:
+            scheme = "https" if request.isSecure() else "http"
+            own = (scheme, host[0], host[1] or _DEFAULT_PORTS[scheme])
+            if len(origins) != 1 or self._origin(origins[0]) != own:
+                return 403, "cross-origin request refused: Origin is not this admin's own"
+        if request.method in CHANGING:
+            ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+            if ctype != b"application/json":
+                return 415, "Content-Type: application/json is required"
+        return None
+
+    @staticmethod
+    def _origin(value: bytes) -> Optional[tuple]:
+        try:
+            parts = urlsplit(value.decode("ascii").strip().lower())
+            port = parts.port
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            return None
+        return parts.scheme, parts.hostname.rstrip("."), port or _DEFAULT_PORTS[parts.scheme]
 
     def _authorised(self, request: Request) -> bool:
         if self.token is None:
@@ -109,14 +295,18 @@ class AdminResource(Resource):
         return (json.dumps(body, indent=1) + "\n").encode("utf-8")
 
     def _send(self, request: Request, status: int, body: Any) -> None:
-        if request._disconnected:  # type: ignore[attr-defined]
+        if request._disconnected or request.finished:  # type: ignore[attr-defined]
             return
+        if getattr(request.channel, "_refused", False):
+            return  # the connection already answered for itself (413, 408)
         data = self._json(request, status, body)
         request.setHeader(b"content-length", b"%d" % len(data))
         request.write(data)
         request.finish()
 
     def _error(self, request: Request, failure: Failure) -> None:
+        if failure.check(BodyInterrupted):
+            return  # the body never arrived whole: the connection is gone or refused
         if failure.check(_HTTPError):
             status, message = failure.value.status, failure.value.message
         elif failure.check(BadRequest):
@@ -131,18 +321,24 @@ class AdminResource(Resource):
             status, message = 500, "internal error"
         self._send(request, status, {"error": message})
 
-    def _body(self, request: Request) -> Any:
-        content = request.content
-        content.seek(0, 2)
-        size = content.tell()
-        if size > MAX_BODY:
+    async def _body(self, request: Request) -> Any:
+        """
+        The request's JSON body.  A body the connection streams (sent with a
+        method other than GET/HEAD) is read from its pipe; its size is
+        bounded by the connection (413 past L{MAX_BODY}).
+        """
+        pipe = getattr(request, "body_pipe", None)
+        if pipe is not None:
+            collect = _Collect()
+            await pipe.startProducing(collect)
+            raw = b"".join(collect.chunks)
+        else:
+            content = request.content
+            content.seek(0)
+            raw = content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
             raise _HTTPError(413, f"body: larger than {MAX_BODY} bytes")
-        content.seek(0)
-        raw = content.read()
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise _HTTPError(400, "body: not valid JSON") from None
+        return parse_json_body(raw)
 
     # -- the API -----------------------------------------------------------
 
@@ -156,7 +352,7 @@ class AdminResource(Resource):
             return 200, table_json(self.runtime.table, now, dns)
         if parts == ["purge"]:
             self._allow(method, b"POST")
-            return self._purge(self._body(request))
+            return self._purge(await self._body(request))
         if len(parts) >= 2 and parts[0] == "domains":
             name = parts[1].strip().lower().rstrip(".")
             action = parts[2:]
@@ -165,11 +361,11 @@ class AdminResource(Resource):
                 return 200, domain_json(self.control.live(name), now, dns)
             if action == ["origin"]:
                 self._allow(method, b"PUT")
-                live = await self.control.set_origin(name, self._body(request))
+                live = await self.control.set_origin(name, await self._body(request))
             elif action == ["standby"]:
                 self._allow(method, b"PUT", b"DELETE")
                 if method == b"PUT":
-                    live = await self.control.set_standby(name, self._body(request))
+                    live = await self.control.set_standby(name, await self._body(request))
                 else:
                     live = await self.control.delete_standby(name)
             elif action == ["switch"]:
@@ -181,7 +377,7 @@ class AdminResource(Resource):
             elif action == ["certificate"]:  # the edge certificate (cdnpull.certstore)
                 self._allow(method, b"PUT", b"DELETE")
                 if method == b"PUT":
-                    live = await self.runtime.edge_certificates.set(name, self._body(request))
+                    live = await self.runtime.edge_certificates.set(name, await self._body(request))
                 else:
                     live = await self.runtime.edge_certificates.remove(name)
             else:

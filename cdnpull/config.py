@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "Address",
     "parse_address",
+    "admin_is_loopback",
     "validate",
     "DEFAULT_BLOCK_FOR",
 ]
@@ -44,6 +45,14 @@ __all__ = [
 DEFAULT_BLOCK_FOR = 60.0
 SCHEMES = ("http", "https", "follow")
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Client-sent headers the node drops unless Domain.forward_headers names
+# them (cdnpull/headers.py): they steer an origin without being in the key.
+STEERING_HEADERS = (
+    "forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+    "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-ssl", "x-real-ip",
+    "x-original-url", "x-rewrite-url", "x-original-host",
+    "x-http-method-override", "x-http-method", "x-method-override",
+)
 
 
 class ConfigError(Exception):
@@ -193,9 +202,12 @@ class S3Credentials:
     # Environment variables that from_env() found missing; reported by
     # validate() with the domain's name.
     missing: tuple = ()
-    # The prefix from_env() read, so that a runtime change can name it
-    # (keys themselves are never written to the state file).
+    # The prefix from_env() read (for messages; keys are never logged).
     env_prefix: Optional[str] = None
+    # The name these keys were declared under in Settings(credentials=...):
+    # the only way the admin API and the state file refer to keys.  Set by
+    # Settings itself; not part of equality (same keys, same credentials).
+    name: Optional[str] = field(default=None, compare=False)
 
     @classmethod
     def from_env(cls, prefix: str) -> "S3Credentials":
@@ -275,6 +287,14 @@ class Probe:
     timeout: float = 3.0
     block_for: float = DEFAULT_BLOCK_FOR
     kind: str = "http"
+    # The Host (and TLS server name) probes send; None: the domain's
+    # origin_host, else its name.  A wildcard domain has no name of its own
+    # to probe with: give one here (or origin_host).
+    host: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.host, str):
+            object.__setattr__(self, "host", self.host.strip().lower())
 
 
 @dataclass(frozen=True)
@@ -334,6 +354,10 @@ class Domain:
     connect_timeout: float = 5.0
     first_byte_timeout: float = 30.0
     total_timeout: float = 60.0
+    # Client-sent forwarding and override headers (X-Forwarded-Host,
+    # Forwarded, X-Original-URL, ...) are dropped; the ones named here reach
+    # the origin, and their values become part of the cache key.
+    forward_headers: tuple = ()
     # Edge HTTPS: the domain's own certificate (else one from
     # Settings.certificates covering its name), plain-http requests answered
     # with a redirect to https, and a Strict-Transport-Security value.
@@ -345,6 +369,8 @@ class Domain:
         if isinstance(self.name, str):
             object.__setattr__(self, "name", self.name.strip().lower().rstrip("."))
         object.__setattr__(self, "cache", _tuple(self.cache))
+        object.__setattr__(self, "forward_headers", tuple(
+            h.strip().lower() if isinstance(h, str) else h for h in _tuple(self.forward_headers)))
         object.__setattr__(self, "failover_on", frozenset(_tuple(self.failover_on)))
         if isinstance(self.origin_host, str):
             object.__setattr__(self, "origin_host", self.origin_host.strip().lower())
@@ -424,6 +450,13 @@ class Settings:
     client_header_timeout: float = 30.0
     client_idle_timeout: float = 75.0
     client_send_timeout: float = 60.0
+    # Host names (besides IP literals and localhost) the admin listener
+    # answers to; any other Host gets 421 (DNS rebinding).
+    admin_hosts: tuple = ()
+    # Keys the admin API may give a bucket origin, by name:
+    # {"STATIC": S3Credentials.from_env("STATIC")}, used as
+    # {"type": "bucket", ..., "credentials": "STATIC"}.
+    credentials: dict = field(default_factory=dict, hash=False)
     # Edge HTTPS (tls: listeners): certificates chosen by the name a client
     # asks for, and the one for clients that name none or an unknown one.
     certificates: tuple = ()
@@ -433,6 +466,13 @@ class Settings:
         object.__setattr__(self, "listen", _tuple(self.listen))
         object.__setattr__(self, "certificates", _tuple(self.certificates))
         object.__setattr__(self, "nameservers", _tuple(self.nameservers))
+        object.__setattr__(self, "admin_hosts", tuple(
+            h.strip().lower().rstrip(".") if isinstance(h, str) else h
+            for h in _tuple(self.admin_hosts)))
+        if isinstance(self.credentials, dict):
+            object.__setattr__(self, "credentials", {
+                k: replace(v, name=k) if isinstance(v, S3Credentials) and isinstance(k, str) else v
+                for k, v in self.credentials.items()})
 
     def override(self, **changes: object) -> "Settings":
         """A copy with the given fields replaced (C{None} is a value: C{admin=None} disables)."""
@@ -458,6 +498,7 @@ class Config:
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_REGION = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
 def _hostname_problem(name: object) -> Optional[str]:
@@ -473,6 +514,24 @@ def _hostname_problem(name: object) -> Optional[str]:
     if not all(_LABEL.match(label) for label in labels):
         return f"{name!r} is not a valid hostname"
     return None
+
+
+def _host_port_problem(value: object) -> Optional[str]:
+    """A host name with an optional C{:port} (a Host header value)."""
+    if not isinstance(value, str):
+        return f"{value!r} is not a hostname"
+    host, sep, port = value.partition(":")
+    if sep and (e := _port_problem(int(port) if port.isdigit() else port)):
+        return f"{value!r}: port {e}"
+    return _hostname_problem(host)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def _domain_name_problem(name: object) -> Optional[str]:
@@ -593,14 +652,23 @@ def _origin_problems(origin: object, where: str, domain: Domain) -> list[str]:
             except ValueError:
                 pass
     elif isinstance(origin, BucketOrigin):
-        parts = urlsplit(origin.endpoint) if isinstance(origin.endpoint, str) else None
+        try:
+            parts = urlsplit(origin.endpoint) if isinstance(origin.endpoint, str) else None
+        except ValueError:  # e.g. an unclosed '[' (an admin body may say anything)
+            parts = None
         if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             p.append(f"{where}.endpoint: {origin.endpoint!r} is not an http:// or https:// URL")
+            parts = None
         else:
             try:
                 parts.port
             except ValueError as e:
                 p.append(f"{where}.endpoint: {e}")
+            if not _is_ip_literal(parts.hostname) and (e := _hostname_problem(parts.hostname)):
+                p.append(f"{where}.endpoint: {e}")
+            elif not parts.hostname.isascii():
+                p.append(f"{where}.endpoint: {parts.hostname!r}: write the host in its ASCII "
+                         "(xn--) form; it is signed into every request")
             if parts.path not in ("", "/") or parts.query:
                 p.append(f"{where}.endpoint: {origin.endpoint!r} must not have a path")
         if not isinstance(origin.bucket, str) or not _BUCKET.match(origin.bucket):
@@ -616,6 +684,10 @@ def _origin_problems(origin: object, where: str, domain: Domain) -> list[str]:
                 pass
         if not isinstance(origin.region, str) or not origin.region:
             p.append(f"{where}.region: a region name is required")
+        elif not _REGION.match(origin.region):
+            # It goes into every signature's credential scope.
+            p.append(f"{where}.region: {origin.region!r} is not a region name "
+                     "(ASCII letters, digits, '-', '_' and '.')")
         creds = origin.credentials
         if creds is not None:
             if not isinstance(creds, S3Credentials):
@@ -658,8 +730,15 @@ def _domain_problems(d: object) -> list[str]:
     if d.origin_host is not None:
         if isinstance(d.origin, BucketOrigin):
             p.append(f"{name}: origin_host: a bucket origin always uses the bucket's own host")
-        elif (e := _hostname_problem(d.origin_host.split(":")[0] if isinstance(d.origin_host, str) else d.origin_host)):
+        elif (e := _host_port_problem(d.origin_host)):
             p.append(f"{name}: origin_host: {e}")
+    if d.forward_headers and isinstance(d.origin, BucketOrigin):
+        p.append(f"{name}: forward_headers: a bucket origin only receives Range, conditional, "
+                 "Accept-Encoding and User-Agent headers")
+    for i, h in enumerate(d.forward_headers):
+        if h not in STEERING_HEADERS:
+            p.append(f"{name}: forward_headers[{i}]: {h!r} is not one of the headers the node "
+                     f"drops ({', '.join(STEERING_HEADERS)})")
     if d.probe is not None:
         if not isinstance(d.probe, Probe):
             p.append(f"{name}: probe: must be a Probe or None")
@@ -671,6 +750,20 @@ def _domain_problems(d: object) -> list[str]:
                 p.append(f"{name}: probe.kind: {d.probe.kind!r} is not 'http' or 'tcp'")
             if not isinstance(d.probe.path, str) or not d.probe.path.startswith("/"):
                 p.append(f"{name}: probe.path: {d.probe.path!r} must start with '/'")
+            if d.probe.host is not None:
+                if isinstance(d.origin, BucketOrigin):
+                    p.append(f"{name}: probe.host: a bucket origin is always probed with the "
+                             "bucket's own host")
+                elif (e := _host_port_problem(d.probe.host)):
+                    p.append(f"{name}: probe.host: {e}")
+            elif (d.is_wildcard and d.origin_host is None and d.probe.kind == "http"
+                  and any(getattr(o, "scheme", None) == "https" and getattr(o, "verify", True)
+                          for o in (d.origin, d.standby) if not isinstance(o, BucketOrigin))):
+                # A probe with the bare name would fail the origin's
+                # certificate (*.example.com does not cover example.com) and
+                # block every address at start.
+                p.append(f"{name}: probe.host: a wildcard domain with a verified https origin "
+                         "needs a name to probe with (Probe(host=...) or origin_host)")
     for i, rule in enumerate(d.cache):
         if not isinstance(rule, CacheRule):
             p.append(f"{name}: cache[{i}]: {rule!r} is not a CacheRule")
@@ -721,6 +814,8 @@ def _settings_problems(s: object) -> list[str]:
         p += _certificate_problems(s.default_certificate, "settings.default_certificate")
     if s.admin is not None and not isinstance(s.admin, str):
         p.append(f"settings.admin: {s.admin!r} is not an endpoint string")
+    elif is_tls_listen(s.admin):
+        p.append("settings.admin: tls: is for client listeners (use ssl:PORT:privateKey=...)")
     if isinstance(s.stale_if_error, bool) or not isinstance(s.stale_if_error, (int, float)) or s.stale_if_error < 0:
         p.append("settings.stale_if_error: must be a number of seconds >= 0")
     for f in ("client_max_request_line", "client_max_header_line", "client_max_header_bytes",
@@ -745,9 +840,78 @@ def _settings_problems(s: object) -> list[str]:
         p.append(f"settings.origin_ca_file: {s.origin_ca_file!r} does not exist")
     if s.admin_token_file is not None and not os.path.isfile(s.admin_token_file):
         p.append(f"settings.admin_token_file: {s.admin_token_file!r} does not exist")
+    p += _admin_problems(s)
     if isinstance(s.max_connections_per_origin, bool) or not isinstance(s.max_connections_per_origin, int) or s.max_connections_per_origin < 1:
         p.append("settings.max_connections_per_origin: must be a whole number >= 1")
     return p
+
+
+_CREDENTIALS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+
+
+def _admin_problems(s: Settings) -> list[str]:
+    p: list[str] = []
+    for i, h in enumerate(s.admin_hosts):
+        if (e := _hostname_problem(h)):
+            p.append(f"settings.admin_hosts[{i}]: {e}")
+    if (isinstance(s.admin, str) and s.admin and s.admin_token_file is None
+            and not admin_is_loopback(s.admin)):
+        p.append(f"settings.admin_token_file: required when the admin listener "
+                 f"({s.admin!r}) is not on a loopback interface")
+    if not isinstance(s.credentials, dict):
+        p.append("settings.credentials: must be a dict of name -> S3Credentials")
+        return p
+    for name, creds in s.credentials.items():
+        if not isinstance(name, str) or not _CREDENTIALS_NAME.match(name):
+            p.append(f"settings.credentials: {name!r} is not a name (letters, digits, '_.-')")
+        elif not isinstance(creds, S3Credentials):
+            p.append(f"settings.credentials[{name!r}]: must be S3Credentials")
+        elif creds.missing:
+            p.append(f"settings.credentials[{name!r}]: environment variable "
+                     f"{', '.join(creds.missing)} is not set")
+        elif not creds.access_key or not creds.secret_key:
+            p.append(f"settings.credentials[{name!r}]: access_key and secret_key are required")
+    return p
+
+
+def _endpoint_parts(description: str) -> list[str]:
+    """A Twisted endpoint string split on its unescaped colons."""
+    parts, current, escaped = [], "", False
+    for ch in description:
+        if escaped:
+            current, escaped = current + ch, False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts
+
+
+def admin_is_loopback(description: str) -> bool:
+    """
+    Whether an admin endpoint string listens only on this machine: a UNIX
+    socket, or tcp/tcp6/ssl with a loopback C{interface}.  Anything else
+    (no interface, a wildcard, a name, an unknown endpoint type) is not.
+    """
+    parts = _endpoint_parts(description.strip())
+    kind = parts[0].lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    keywords = dict(a.split("=", 1) for a in parts[1:] if "=" in a)
+    positional = [a for a in parts[1:] if "=" not in a]
+    interface = keywords.get("interface")
+    if interface is None and kind == "tcp" and len(positional) >= 2:
+        interface = positional[1]
+    try:
+        return ipaddress.ip_address((interface or "").strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def domain_problems(domain: object) -> list[str]:
@@ -785,7 +949,27 @@ def validate(domains: Iterable[object], settings: object = None) -> Config:
                      for i, e in enumerate(settings.listen) if is_tls_listen(e)]
     if problems:
         raise ConfigError(problems)
+    declared = settings.credentials  # type: ignore[attr-defined]
+    if declared:
+        domains = tuple(_name_credentials(d, declared) for d in domains)
     return Config(settings=settings, domains=domains)  # type: ignore[arg-type]
+
+
+def _name_credentials(domain: Domain, declared: dict) -> Domain:
+    """
+    A bucket signed with keys equal to ones declared in
+    C{Settings.credentials} carries their name, so that the admin API shows
+    it and a GET answer can be PUT back as it is.
+    """
+    changes = {}
+    for f in ("origin", "standby"):
+        o = getattr(domain, f)
+        if isinstance(o, BucketOrigin) and o.credentials is not None and o.credentials.name is None:
+            for creds in declared.values():
+                if creds == o.credentials:
+                    changes[f] = replace(o, credentials=creds)
+                    break
+    return replace(domain, **changes) if changes else domain
 
 
 def origin_fields(origin: Origin) -> dict:

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from .config import Config, Domain
 from .overrides import (BadRequest, Override, StateFile, apply_override, check_domain,
-                        effective_domains, origin_from_json)
+                        effective_domains, origin_from_json, warn_http_signing)
 
 __all__ = ["Control", "UnknownDomain"]
 
@@ -52,7 +52,9 @@ class Control:
 
     def restore(self) -> None:
         """Re-apply the changes kept in the state file (synchronously, at start)."""
-        self.overrides = self.state_file.load(self.bases)
+        self.overrides = self.state_file.load(self.bases, self.credentials)
+        for name in self.overrides:
+            warn_http_signing(apply_override(self.bases[name], self.overrides[name]), self.log)
         if self.overrides:
             self.log.info("re-applied runtime changes for {domains} from {path}",
                           domains=", ".join(sorted(self.overrides)), path=self.state_file.path)
@@ -61,6 +63,11 @@ class Control:
     def _apply(self) -> None:
         domains = effective_domains(self.bases.values(), self.overrides)
         self.runtime.apply(domains, bases=dict(self.bases))
+
+    @property
+    def credentials(self) -> dict:
+        """The keys a runtime change may name (Settings.credentials; fixed until a restart)."""
+        return self.runtime.config.settings.credentials
 
     # -- changes -----------------------------------------------------------
 
@@ -71,10 +78,12 @@ class Control:
         return live
 
     def set_origin(self, name: str, data: Any) -> Deferred:
-        return self._change(name, lambda cur: Override(origin_from_json(data, "origin"), cur.standby))
+        return self._change(name, lambda cur: Override(
+            origin_from_json(data, "origin", self.credentials), cur.standby))
 
     def set_standby(self, name: str, data: Any) -> Deferred:
-        return self._change(name, lambda cur: Override(cur.origin, origin_from_json(data, "standby")))
+        return self._change(name, lambda cur: Override(
+            cur.origin, origin_from_json(data, "standby", self.credentials)))
 
     def delete_standby(self, name: str) -> Deferred:
         return self._change(name, lambda cur: Override(cur.origin, None))
@@ -103,7 +112,9 @@ class Control:
                 current = self.live(name).config
                 override = make(Override(current.origin, current.standby))
                 if override is not None:
-                    check_domain(apply_override(base, override))
+                    changed = apply_override(base, override)
+                    check_domain(changed)
+                    warn_http_signing(changed, self.log)
                     if override == Override(base.origin, base.standby):
                         override = None  # back to what the module says
                 new = dict(self.overrides)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from http import HTTPStatus
 from typing import Any, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -24,9 +25,9 @@ from .accesslog import AccessLog, AccessRecord
 from .config import BucketOrigin
 from .errors import EdgeError
 from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
-from .headers import VIA, add_forwarding, end_to_end
+from .headers import VIA, end_to_end, origin_headers
 from .pull import OriginRequest, PullResult
-from .routing import normalise_host, split_target
+from .routing import is_dns_name, normalise_host, split_target
 from .stream import BodyRelay, Discard
 
 __all__ = ["Edge", "EdgeSite"]
@@ -77,16 +78,28 @@ class Edge(Resource):
     # -- the pipeline ----------------------------------------------------
 
     async def _serve(self, request: Request, ctx: _Context) -> None:
-        authority, target = split_target(request.uri)
+        try:
+            authority, target = split_target(request.uri)
+        except ValueError:  # an absolute-form target urlsplit cannot read
+            raise EdgeError("invalid request target", 400) from None
         if not target.startswith(b"/"):
             raise EdgeError("request target must be a path", 400)
-        host = normalise_host(authority if authority is not None else request.getHeader(b"host"))
+        hosts = request.requestHeaders.getRawHeaders(b"host", [])
+        if len(hosts) > 1:
+            # RFC 9112 section 3.2: which one would an origin or another
+            # cache in front of it read?
+            raise EdgeError("more than one Host header", 400)
+        # An absolute-form target is routed by its authority; Host is ignored.
+        host = normalise_host(authority if authority is not None else (hosts or [None])[0])
         if host is None:
             raise EdgeError("missing or invalid Host header", 400)
         live = self.runtime.table.route(host)
         if live is None:
             raise EdgeError(f"unknown host {host}", 404)
         ctx.domain = live.name
+        if live.config.is_wildcard and not is_dns_name(host):
+            # The client's name becomes the origin's Host (and TLS name).
+            raise EdgeError("the Host is not a valid DNS name", 400)
         if request.isSecure():
             if live.config.hsts:
                 request.setHeader(b"strict-transport-security", live.config.hsts.encode("ascii"))
@@ -99,14 +112,19 @@ class Edge(Resource):
             request.setHeader(b"allow", b"GET, HEAD")
             raise EdgeError("only GET and HEAD reach a bucket", 405)
 
-        # Framing is ours to set (the body is re-framed for the origin).
-        headers = end_to_end(request.requestHeaders,
-                             drop=(b"host", b"content-length", b"expect"))
+        # Framing is ours to set (the body is re-framed for the origin);
+        # headers that would steer the origin unkeyed are dropped unless the
+        # domain lets them through (and then they are keyed on).
         scheme = "https" if request.isSecure() else "http"
-        add_forwarding(headers, _client_ip(request), scheme)
+        headers, key_extra = origin_headers(request.requestHeaders, _client_ip(request), scheme,
+                                            live.config.forward_headers)
         body = None
         pipe = getattr(request, "body_pipe", None)
-        if pipe is not None:
+        if request.method in (b"GET", b"HEAD"):
+            # A GET or HEAD body has no meaning (RFC 9110 section 9.3.1) and
+            # is not in the cache key: it never reaches the origin.
+            pass
+        elif pipe is not None:
             body = lambda: pipe  # noqa: E731 - streamed; sent at most once
         elif request.method not in NO_BODY_METHODS or _has_body(request):
             body = self._body_producer(request)
@@ -117,6 +135,7 @@ class Edge(Resource):
             host=host,
             client_scheme=scheme,
             body=body,
+            key_extra=key_extra,
         )
 
         async def passthrough() -> None:
@@ -185,7 +204,13 @@ class Edge(Resource):
             # (An HTTP/2 stream has no transport: resetting the stream is its abort.)
             (request.transport or request.channel).abortConnection()  # type: ignore[union-attr]
             return
-        body = f"{status} {message}\n".encode("utf-8", "replace")
+        if status >= 500:
+            # Which origin addresses were tried and why is for the log (and
+            # the admin API), never for the client: hiding the origin is
+            # half of what a CDN is for.
+            body = f"{status} {_phrase(status)}\n".encode("ascii")
+        else:
+            body = f"{status} {message}\n".encode("utf-8", "replace")
         request.setResponseCode(status)
         request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
@@ -235,6 +260,13 @@ class Edge(Resource):
         )
 
 
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def _client_ip(request: Request) -> Optional[str]:

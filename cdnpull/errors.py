@@ -10,6 +10,7 @@ __all__ = [
     "EdgeError",
     "OriginError",
     "ConnectFailed",
+    "TLSFailed",
     "NoResponse",
     "FirstByteTimeout",
     "OriginUnavailable",
@@ -48,6 +49,14 @@ class ConnectFailed(OriginError):
     The address could not be reached (refused, unreachable, connect timeout,
     TLS handshake or certificate failure): nothing was sent, so the request
     may go to another address, and the address gets blocked.
+    """
+
+
+class TLSFailed(ConnectFailed):
+    """
+    The TCP connection was made but the TLS handshake or the certificate
+    check failed.  When the server name was the client's choice (a wildcard
+    domain) this is the request's failure, not the address's.
     """
 
 

@@ -6,6 +6,7 @@ as the L{cdnpull.errors} types that the failover chain decides on.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional
 
 from twisted.internet import error as ierror
@@ -30,7 +31,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from .config import Address
-from .errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse
+from .errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse, TLSFailed
 from .upload import BodyInterrupted
 from .origins.framing import InvalidOriginResponse, StrictClientProtocol
 from .origins.tls import TLSPolicy
@@ -102,8 +103,10 @@ class _AddressEndpoints:
     """Endpoints to the one chosen address, whatever the URI says."""
 
     def __init__(self, client: "OriginClient", attempt: _Attempt, address: Address,
-                 scheme: str, server_name: str, verify: bool, connect_timeout: float) -> None:
+                 scheme: str, server_name: str, verify: bool, connect_timeout: float,
+                 client_name: bool = False) -> None:
         self._client = client
+        self._client_name = client_name
         self._attempt = attempt
         self._address = address
         self._scheme = scheme
@@ -114,7 +117,8 @@ class _AddressEndpoints:
     def endpointForURI(self, uri):  # type: ignore[no-untyped-def]
         endpoint = tcp_endpoint(self._client.reactor, self._address, self._connect_timeout)
         if self._scheme == "https":
-            creator = self._client.tls.creator_for(self._server_name, self._verify)
+            creator = self._client.tls.creator_for(self._server_name, self._verify,
+                                                   client_name=self._client_name)
             endpoint = wrapClientTLS(creator, endpoint)
         return _TrackingEndpoint(endpoint, self._attempt)
 
@@ -134,6 +138,20 @@ class _QuietPool(HTTPConnectionPool):
         "buildProtocol": lambda self, addr: StrictClientProtocol(self._quiescentCallback),
     })
 
+    # Set when the pool is dropped from the client (a client-chosen name
+    # that aged out): connections still in use are closed when they finish
+    # instead of being kept.
+    retired = False
+
+    def _putConnection(self, key, connection):  # type: ignore[no-untyped-def]
+        if self.retired:
+            connection.transport.loseConnection()
+            return
+        super()._putConnection(key, connection)
+
+    def idle(self) -> bool:
+        return not any(self._connections.values())
+
 
 class OriginClient:
     """
@@ -142,25 +160,68 @@ class OriginClient:
     Plain HTTP connections share one pool (keyed by address and port); TLS
     connections get one pool per (server name, verify), so a connection set up
     for one name is never reused for another.
+
+    A server name chosen by a client (a wildcard domain sends the client's
+    name) must not let clients grow the node's state: those pools live in a
+    small LRU of C{max_client_names} names, keep idle connections for
+    C{client_name_idle} seconds, and a name unused for that long is dropped
+    with its pool.
     """
 
     def __init__(self, reactor, tls: Optional[TLSPolicy] = None,  # type: ignore[no-untyped-def]
-                 max_per_origin: int = 64, idle_timeout: float = 60.0) -> None:
+                 max_per_origin: int = 64, idle_timeout: float = 60.0,
+                 max_client_names: int = 64, client_name_idle: float = 15.0) -> None:
         self.reactor = reactor
-        self.tls = tls if tls is not None else TLSPolicy()
+        self.tls = tls if tls is not None else TLSPolicy(max_client_names=max_client_names)
         self._max = max_per_origin
         self._idle = idle_timeout
         self._pools: dict = {}
+        # (server name, verify) -> (pool, last used), least recently used first.
+        self._client_pools: OrderedDict = OrderedDict()
+        self.max_client_names = max_client_names
+        self.client_name_idle = client_name_idle
 
-    def _pool(self, scheme: str, server_name: str, verify: bool) -> HTTPConnectionPool:
+    def _new_pool(self, idle: float) -> "_QuietPool":
+        pool = _QuietPool(self.reactor, persistent=True)
+        pool.maxPersistentPerHost = self._max
+        pool.cachedConnectionTimeout = idle
+        return pool
+
+    def _pool(self, scheme: str, server_name: str, verify: bool,
+              client_name: bool = False) -> HTTPConnectionPool:
+        if scheme == "https" and client_name:
+            return self._client_pool((server_name, verify))
         key = None if scheme == "http" else (server_name, verify)
         pool = self._pools.get(key)
         if pool is None:
-            pool = _QuietPool(self.reactor, persistent=True)
-            pool.maxPersistentPerHost = self._max
-            pool.cachedConnectionTimeout = self._idle
-            self._pools[key] = pool
+            pool = self._pools[key] = self._new_pool(self._idle)
         return pool
+
+    def _client_pool(self, key: tuple) -> HTTPConnectionPool:
+        now = self.reactor.seconds()
+        pools = self._client_pools
+        found = pools.pop(key, None)
+        pool = found[0] if found is not None else self._new_pool(self.client_name_idle)
+        # Names unused for a while go (their pools are idle by then), and the
+        # least recently used beyond the bound.
+        while pools:
+            oldest_key, (oldest, used) = next(iter(pools.items()))
+            if len(pools) < self.max_client_names and not (
+                    now - used > self.client_name_idle and oldest.idle()):
+                break
+            del pools[oldest_key]
+            self._retire(oldest)
+        pools[key] = (pool, now)
+        return pool
+
+    def _retire(self, pool: "_QuietPool") -> None:
+        pool.retired = True
+        pool.closeCachedConnections().addErrback(lambda f: None)
+
+    @property
+    def client_names(self) -> list:
+        """The client-chosen server names with live state, oldest first."""
+        return [name for name, _ in self._client_pools]
 
     def request(
         self,
@@ -175,6 +236,7 @@ class OriginClient:
         connect_timeout: float,
         first_byte_timeout: float,
         verify: bool = True,
+        client_name: bool = False,
     ) -> "Deferred[IResponse]":
         """
         Send one request to C{address} and fire with the response once its
@@ -185,11 +247,13 @@ class OriginClient:
         @raise ConnectFailed: nothing was sent; the address is unreachable.
         @raise NoResponse: the connection broke before any response.
         @raise FirstByteTimeout: no response within C{first_byte_timeout}.
+        @param client_name: C{server_name} was chosen by the client (a
+            wildcard domain): its state is bounded (see the class).
         """
         attempt = _Attempt()
-        pool = self._pool(scheme, server_name, verify)
+        pool = self._pool(scheme, server_name, verify, client_name)
         factory = _AddressEndpoints(self, attempt, address, scheme, server_name,
-                                    verify, connect_timeout)
+                                    verify, connect_timeout, client_name)
         agent = Agent.usingEndpointFactory(self.reactor, factory, pool=pool)
         host = f"[{address.host}]" if address.is_ipv6 else address.host
         url = f"{scheme}://{host}:{address.port}".encode("ascii") + target
@@ -223,7 +287,7 @@ class OriginClient:
                         raise NoResponse(address, f"invalid response: {r.getErrorMessage()}")
                 tls = _tls_failure(result, server_name)
                 if tls:
-                    raise ConnectFailed(address, tls)
+                    raise TLSFailed(address, tls)
                 inner = [r.getErrorMessage() for r in result.value.reasons if isinstance(r, Failure)]
                 raise NoResponse(address, "connection lost before a response" +
                                  (f" ({'; '.join(inner)})" if inner else ""))
@@ -237,8 +301,9 @@ class OriginClient:
         answer our close_notify within C{grace} seconds is cut off, so that a
         stuck origin never holds up shutdown.
         """
-        pools = list(self._pools.values())
+        pools = list(self._pools.values()) + [p for p, _ in self._client_pools.values()]
         self._pools.clear()
+        self._client_pools.clear()
         if not pools:
             return succeed(None)
         protocols = [proto for p in pools for protos in p._connections.values() for proto in protos]

@@ -2,6 +2,14 @@
 Header rules at the proxy boundary: hop-by-hop headers (RFC 9110 section
 7.6.1, and every header named in C{Connection}) never cross it, in either
 direction; C{X-Forwarded-For} and C{Via} are added on the way to the origin.
+
+A client may not steer the origin through headers the cache does not key
+on: the forwarding headers an origin trusts (C{Forwarded},
+C{X-Forwarded-Host}, ...) and the URL and method overrides some frameworks
+obey (C{X-Original-URL}, C{X-HTTP-Method-Override}, ...) are dropped
+(L{STEERING}); the node sets C{X-Forwarded-Proto} and C{X-Real-IP} itself.
+A domain's C{forward_headers} lets named ones through, and the edge then
+puts their values in the cache key.
 """
 
 from __future__ import annotations
@@ -11,7 +19,10 @@ from typing import Iterable, Optional
 
 from twisted.web.http_headers import Headers
 
-__all__ = ["HOP_BY_HOP", "connection_tokens", "end_to_end", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
+from .config import STEERING_HEADERS
+
+__all__ = ["HOP_BY_HOP", "STEERING", "connection_tokens", "end_to_end", "origin_headers",
+           "add_forwarding", "forwarded_key", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
 
 # A header field name: an RFC 9110 token.
 FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -34,7 +45,14 @@ HOP_BY_HOP = frozenset(
     )
 )
 
+# Client-sent headers that would let one client change what the origin
+# answers (for everyone, once cached) without being part of the cache key.
+STEERING = frozenset(n.encode("ascii") for n in STEERING_HEADERS)
+
 VIA = b"1.1 cdnpull"
+# What never goes from the client to the origin as it came: framing is the
+# node's to set (bodies are re-framed), Host is the origin's.
+_REQUEST_DROP = frozenset((b"host", b"content-length", b"expect")) | STEERING
 
 
 def connection_tokens(headers: Headers) -> frozenset:
@@ -61,12 +79,47 @@ def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> Headers:
     return out
 
 
-def add_forwarding(headers: Headers, client_ip: Optional[str], proto: str) -> None:
-    """Append the client to C{X-Forwarded-For}, add ourselves to C{Via}."""
+def origin_headers(client: Headers, client_ip: Optional[str], proto: str,
+                   forward: Iterable[str] = ()) -> tuple[Headers, str]:
+    """
+    The headers of the origin request for a client's headers, and the
+    suffix its cache key gets for the C{forward}ed (a domain's
+    C{forward_headers}) steering headers it carries.
+    """
+    kept = frozenset(h.encode("ascii") for h in forward)
+    headers = end_to_end(client, drop=_REQUEST_DROP - kept if kept else _REQUEST_DROP)
+    add_forwarding(headers, client_ip, proto, kept)
+    return headers, forwarded_key(headers, kept) if kept else ""
+
+
+def add_forwarding(headers: Headers, client_ip: Optional[str], proto: str,
+                   kept: frozenset = frozenset()) -> None:
+    """
+    Append the client to C{X-Forwarded-For}, add ourselves to C{Via}, set
+    C{X-Forwarded-Proto} and C{X-Real-IP}.  A header in C{kept} (a domain's
+    C{forward_headers}) that the client sent keeps the client's value.
+    """
     if client_ip:
         previous = b", ".join(headers.getRawHeaders(b"x-forwarded-for", []))
         ip = client_ip.encode("ascii", "replace")
         headers.setRawHeaders(b"x-forwarded-for", [previous + b", " + ip if previous else ip])
+        if not (b"x-real-ip" in kept and headers.hasHeader(b"x-real-ip")):
+            headers.setRawHeaders(b"x-real-ip", [ip])
     via = headers.getRawHeaders(b"via", [])
     headers.setRawHeaders(b"via", [b", ".join(via + [VIA])])
-    headers.setRawHeaders(b"x-forwarded-proto", [proto.encode("ascii")])
+    if not (b"x-forwarded-proto" in kept and headers.hasHeader(b"x-forwarded-proto")):
+        headers.setRawHeaders(b"x-forwarded-proto", [proto.encode("ascii")])
+
+
+def forwarded_key(headers: Headers, kept: Iterable[bytes]) -> str:
+    """
+    The values of the C{kept} steering headers a request carries, as a
+    suffix of its cache key ("" when it carries none): two requests that
+    may get different answers never share a cache entry.
+    """
+    parts = []
+    for name in sorted(kept):
+        values = headers.getRawHeaders(name)
+        if values:
+            parts.append(name.decode("ascii") + "=" + b", ".join(values).decode("latin-1"))
+    return "".join("\n" + p for p in parts)

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, RESPONSES
 from twisted.web.server import Request
 
-from .headers import CONTROL_CHAR, FIELD_NAME
+from .headers import CONTROL_CHAR, FIELD_NAME, connection_tokens
 from .upload import BodyPipe
 
 __all__ = ["ClientLimits", "EdgeChannel", "EdgeRequest"]
@@ -52,15 +52,41 @@ class ClientLimits:
     send_timeout: float = 60.0
 
 
+SERVER = b"cdnpull"
+
+
 class EdgeRequest(Request):
     """
     Counts a body as it arrives (its C{Content-Length} is checked before),
     and, when the request was dispatched early, streams it through
     C{body_pipe} instead of spooling it.
+
+    Every answer carries C{Server: cdnpull}, whoever made it (Twisted
+    answers C{OPTIONS *} and unexpected errors on its own).
     """
 
     _body_seen = 0
     body_pipe: Optional[BodyPipe] = None
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self.responseHeaders.setRawHeaders(b"server", [SERVER])
+        super().write(data)
+
+    def processingFailed(self, reason: Any) -> None:  # type: ignore[override]
+        # A bug: logged with its traceback, answered like every other 500.
+        self._log.failure("unexpected error processing {uri}", failure=reason,
+                         uri=self.uri.decode("ascii", "replace"))
+        if self.startedWriting:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return reason
+        body = b"500 Internal Server Error\n"
+        self.setResponseCode(500)
+        self.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        self.write(body)
+        self.finish()
+        return reason
 
     def handleContentChunk(self, data: bytes) -> None:
         channel = self.channel
@@ -212,6 +238,15 @@ class EdgeChannel(HTTPChannel):
             request.body_pipe = BodyPipe(self.transport, self.length)
             self._early = request
             request.requestReceived(self._command, self._path, self._version)
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # Twisted reads only the first Connection header and splits it on
+        # spaces, so "Connection: close, x" or a second Connection header
+        # saying close kept the connection open.
+        if version == b"HTTP/1.1" and b"close" in connection_tokens(request.requestHeaders):
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
 
     def _header_timeout(self) -> None:
         self._header_timer = None

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from .certs import CertificateSet, load_certificates
 from .config import Config, ConfigError, Settings, validate
+from .overrides import warn_http_signing
 
 log = Logger()
 
@@ -112,6 +113,8 @@ def load_config(path: str, **overrides: Any) -> LoadedConfig:
         raise ConfigError(f"{os.path.basename(path)}: 'services' must be a function of the reactor")
     config = validate(module.domains, settings)
     _warn_unverified(config)
+    for d in config.domains:
+        warn_http_signing(d, log)
     certificates, warnings = load_certificates(config)
     for warning in warnings:
         log.warn("{warning}", warning=warning)

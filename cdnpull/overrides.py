@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from twisted.logger import Logger
 
@@ -23,13 +24,12 @@ from .config import (
     Domain,
     DomainOrigin,
     IPOrigin,
-    S3Credentials,
     domain_problems,
 )
 
 __all__ = [
     "BadRequest", "Override", "origin_from_json", "origin_to_json", "effective_domains",
-    "StateFile", "check_domain",
+    "StateFile", "check_domain", "http_signing", "warn_http_signing",
 ]
 
 log = Logger()
@@ -63,9 +63,11 @@ def origin_to_json(origin: Any) -> Optional[dict]:
         out = {"type": "bucket", "endpoint": origin.endpoint, "bucket": origin.bucket,
                "style": origin.style, "region": origin.region, "verify": origin.verify,
                "scheme": origin.scheme, "port": origin.port, "signed": origin.credentials is not None}
-        env = getattr(origin.credentials, "env_prefix", None)
-        if env:
-            out["credentials_env"] = env
+        # Keys are only ever named, never written out: by the name the config
+        # module declared them under (Settings.credentials).
+        name = getattr(origin.credentials, "name", None)
+        if name:
+            out["credentials"] = name
         return out
     raise TypeError(f"not an origin: {origin!r}")
 
@@ -73,7 +75,7 @@ def origin_to_json(origin: Any) -> Optional[dict]:
 _FIELDS = {
     "ips": {"type", "addresses", "port", "scheme", "verify"},
     "domain": {"type", "host", "port", "scheme", "verify"},
-    "bucket": {"type", "endpoint", "bucket", "style", "region", "verify", "credentials_env"},
+    "bucket": {"type", "endpoint", "bucket", "style", "region", "verify", "credentials"},
 }
 # What a GET answer shows beside the fields: accepted back and ignored, so
 # that an answer can be edited and PUT.
@@ -81,20 +83,24 @@ _DISPLAY_ONLY = {"role", "down", "dns", "configured_addresses", "signed"}
 _DISPLAY_ONLY_UNLESS_IPS = {"addresses", "scheme", "port"}
 
 _TYPES = {"scheme": str, "verify": bool, "host": str, "endpoint": str, "bucket": str,
-          "style": str, "region": str, "credentials_env": str}
+          "style": str, "region": str}
 
 
-def origin_from_json(data: Any, where: str) -> Any:
+def origin_from_json(data: Any, where: str, credentials: Optional[Mapping[str, Any]] = None) -> Any:
     """
     An origin object from the API's JSON, or L{BadRequest} naming the field.
     Values are checked for their JSON type here; everything else is checked
     by the config's own validation.
+
+    @param credentials: the config module's C{Settings.credentials}: the only
+        keys a bucket set here may sign with, referred to by name.
     """
     if not isinstance(data, dict):
         raise BadRequest(f"{where}: must be a JSON object")
     kind = data.get("type")
-    if kind not in _FIELDS:
+    if not isinstance(kind, str) or kind not in _FIELDS:
         raise BadRequest(f"{where}.type: must be 'ips', 'domain' or 'bucket'")
+    signed = data.get("signed") if kind == "bucket" else None
     data = {k: v for k, v in data.items() if k not in _DISPLAY_ONLY}
     if kind == "bucket":
         data = {k: v for k, v in data.items() if k not in _DISPLAY_ONLY_UNLESS_IPS}
@@ -104,6 +110,9 @@ def origin_from_json(data: Any, where: str) -> Any:
         # GET answers list addresses as objects with live state.
         data["addresses"] = [_address_text(a, f"{where}.addresses[{i}]")
                              for i, a in enumerate(data["addresses"])]
+    if "credentials_env" in data and kind == "bucket":
+        raise BadRequest(f"{where}.credentials_env: not accepted; name keys declared in the "
+                         "config module's Settings(credentials=...) with 'credentials'")
     extra = set(data) - _FIELDS[kind]
     if extra:
         raise BadRequest(f"{where}.{sorted(extra)[0]}: unknown field for type {kind!r}")
@@ -123,10 +132,43 @@ def origin_from_json(data: Any, where: str) -> Any:
             raise BadRequest(f"{where}.host: is required")
         return DomainOrigin(data["host"], **common)
     fields = {k: data[k] for k in ("endpoint", "bucket", "style", "region", "verify") if k in data}
-    creds = None
-    if data.get("credentials_env"):
-        creds = S3Credentials.from_env(data["credentials_env"])
-    return BucketOrigin(credentials=creds, **fields)
+    return BucketOrigin(credentials=_named_credentials(data, signed, where, credentials or {}),
+                        **fields)
+
+
+def _named_credentials(data: dict, signed: Any, where: str, declared: Mapping[str, Any]) -> Any:
+    name = data.get("credentials")
+    if name is None:
+        if signed is True:
+            # A GET answer of a bucket signed with keys the module did not
+            # name: PUT back as it is, it must not silently lose its keys.
+            raise BadRequest(f"{where}.credentials: this bucket is signed; name keys declared in "
+                             "Settings(credentials=...), or set 'signed' to false")
+        return None
+    if not isinstance(name, str):
+        raise BadRequest(f"{where}.credentials: must be a string naming keys declared in "
+                         "Settings(credentials=...), or null")
+    creds = declared.get(name)
+    if creds is None:
+        # Says nothing of the environment: only what the module declared counts.
+        raise BadRequest(f"{where}.credentials: {name[:64]!r} is not a name declared in the "
+                         "config module's Settings(credentials=...)")
+    return creds
+
+
+def http_signing(domain: Domain) -> list[str]:
+    """The fields of C{domain} whose bucket keys sign requests sent over plain http."""
+    return [f for f, o in (("origin", domain.origin), ("standby", domain.standby))
+            if isinstance(o, BucketOrigin) and o.credentials is not None and o.scheme == "http"]
+
+
+def warn_http_signing(domain: Domain, logger: Any = None) -> None:
+    for f in http_signing(domain):
+        (logger or log).warn(
+            "{domain}: {field}: bucket {bucket} is signed over plain http ({endpoint}): the "
+            "signed requests and any session token cross the network in clear text; use "
+            "https", domain=domain.name, field=f, bucket=getattr(domain, f).bucket,
+            endpoint=getattr(domain, f).endpoint)
 
 
 def _address_text(a: Any, where: str) -> Any:
@@ -166,7 +208,9 @@ class StateFile:
     """
     The runtime changes on disk: JSON, written by atomic replace (temporary
     file, fsync, rename, fsync of the directory) so that a crash leaves the
-    old file or the new one, never a mix.
+    old file or the new one, never a mix.  The file is created 0600 through
+    an unpredictable temporary name opened exclusively (C{mkstemp}); a
+    missing directory is created 0700.
     """
 
     VERSION = 1
@@ -174,11 +218,13 @@ class StateFile:
     def __init__(self, path: Optional[str]) -> None:
         self.path = path
 
-    def load(self, bases: dict) -> dict:
+    def load(self, bases: dict, credentials: Optional[Mapping[str, Any]] = None) -> dict:
         """
         The overrides kept in the file, for the domains that still exist in
-        C{bases} (name -> Domain).  A file that cannot be read is moved aside
-        (loudly) and the node starts without overrides.
+        C{bases} (name -> Domain).  A change that no longer validates (say,
+        it names credentials the module stopped declaring) is dropped with a
+        log line; a file that cannot be read is moved aside (loudly) and the
+        node starts without overrides.
         """
         if self.path is None or not os.path.exists(self.path):
             return {}
@@ -196,12 +242,12 @@ class StateFile:
                     continue
                 if not isinstance(entry, dict) or "origin" not in entry:
                     raise ValueError(f"{name}: entry must have 'origin'")
-                override = Override(
-                    origin_from_json(entry["origin"], f"{name}.origin"),
-                    None if entry.get("standby") is None
-                    else origin_from_json(entry["standby"], f"{name}.standby"),
-                )
                 try:
+                    override = Override(
+                        origin_from_json(entry["origin"], f"{name}.origin", credentials),
+                        None if entry.get("standby") is None
+                        else origin_from_json(entry["standby"], f"{name}.standby", credentials),
+                    )
                     check_domain(apply_override(bases[name], override))
                 except BadRequest as e:
                     log.error("state file {path}: dropping the runtime change of {domain}: {why}",
@@ -236,12 +282,21 @@ class StateFile:
         if self.path is None:
             return
         directory = os.path.dirname(os.path.abspath(self.path))
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp",
+                                   dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)

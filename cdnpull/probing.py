@@ -7,9 +7,9 @@ them:
 
  - every C{Probe.interval} s (each address starts at a random phase within
    the first tenth of the interval, so addresses are not probed in
-   lockstep) an address that is not blocked gets C{HEAD Probe.path} with the
-   origin Host (healthy: any status below 500) or, with C{kind="tcp"}, a bare
-   connect;
+   lockstep) an address that is not blocked gets C{HEAD Probe.path} with
+   C{Probe.host}, else the origin Host (healthy: any status below 500) or,
+   with C{kind="tcp"}, a bare connect;
  - a connect error, a timeout (C{Probe.timeout}) or a 5xx blocks the address
    for C{Probe.block_for} s, with the reason kept;
  - while an address is blocked the periodic probe leaves it alone; when the
@@ -77,7 +77,9 @@ def probe_targets(live: LiveDomain, group: OriginGroup) -> list[tuple[AddressSta
     if isinstance(origin, BucketOrigin):
         host = origin.host_header
     else:
-        host = live.origin_host(live.name.removeprefix("*."))
+        # A wildcard domain's bare name is not one of its names (and often
+        # not in its origin's certificate): Probe(host=...) names one.
+        host = probe.host or live.origin_host(live.name.removeprefix("*."))
     verify = getattr(origin, "verify", True)
     return [
         (s, ProbeTarget(s.address.with_port(DEFAULT_PORTS[scheme]), scheme, host, verify, probe))

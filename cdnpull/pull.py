@@ -42,6 +42,7 @@ from .errors import (
     OriginError,
     OriginTimeout,
     OriginUnavailable,
+    TLSFailed,
 )
 from .fetch import OriginClient
 from .live import LiveDomain
@@ -79,6 +80,9 @@ class OriginRequest:
     client_scheme: str = "http"
     # A fresh body producer for each try (None: no body).
     body: Optional[Callable[[], Optional[IBodyProducer]]] = None
+    # Appended to the cache key: the values of client headers the domain's
+    # forward_headers lets through to the origin.
+    key_extra: str = ""
 
 
 @dataclass
@@ -295,6 +299,14 @@ class Puller:
             return OriginTimeout(f"origin timed out: {detail}")
         return OriginUnavailable(f"no origin could be reached: {detail}")
 
+    def _connect_failed(self, live: LiveDomain, group: OriginGroup, state: AddressState,
+                        address: Address, detail: str, tries: list) -> None:
+        self._observe(live, group, address, "connect_error", None)
+        state.failures += 1
+        state.last_error = (self.clock.seconds(), detail)
+        tries.append(f"{group.role} {address}: {detail}")
+        group.block(state, detail)
+
     async def _try_group(self, live: LiveDomain, group: OriginGroup,
                          order: list[AddressState], req: OriginRequest,
                          deadline: float, tries: list, safe: bool):  # type: ignore[no-untyped-def]
@@ -309,6 +321,10 @@ class Puller:
         if scheme == "follow":
             scheme = req.client_scheme
         verify = getattr(origin, "verify", True)
+        # A wildcard domain sends the client's own name as Host and TLS name:
+        # what that name breaks is the request's problem, not the address's.
+        client_name = (domain.is_wildcard and domain.origin_host is None
+                       and not isinstance(origin, BucketOrigin))
         for state in order:
             remaining = deadline - self.clock.seconds()
             if remaining <= 0:
@@ -331,16 +347,24 @@ class Puller:
                     connect_timeout=min(domain.connect_timeout, remaining),
                     first_byte_timeout=min(domain.first_byte_timeout, remaining),
                     verify=verify,
+                    client_name=client_name,
                 )
-            except ConnectFailed as e:
-                self._observe(live, group, address, "connect_error", None)
-                state.failures += 1
+            except TLSFailed as e:
+                if not client_name:
+                    self._connect_failed(live, group, state, address, e.detail, tries)
+                    continue
+                self._observe(live, group, address, "tls_error", None)
+                state.last_error = (self.clock.seconds(), f"{e.detail} (not blocked: "
+                                    f"the name {server_name} was the client's)")
                 tries.append(f"{group.role} {address}: {e.detail}")
-                group.block(state, e.detail)
+                continue
+            except ConnectFailed as e:
+                self._connect_failed(live, group, state, address, e.detail, tries)
                 continue
             except NoResponse as e:
                 self._observe(live, group, address, "no_response", None)
                 state.failures += 1
+                state.last_error = (self.clock.seconds(), e.detail)
                 tries.append(f"{group.role} {address}: {e.detail}")
                 if not safe:
                     return "unreachable"
@@ -348,6 +372,7 @@ class Puller:
             except FirstByteTimeout as e:
                 self._observe(live, group, address, "timeout", None)
                 state.failures += 1
+                state.last_error = (self.clock.seconds(), e.detail)
                 tries.append(f"{group.role} {address}: {e.detail}")
                 return "timeout"
             except CancelledError:

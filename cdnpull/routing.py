@@ -6,10 +6,21 @@ C{server_name *.example.com} does).  Ports are ignored, case does not matter.
 
 from __future__ import annotations
 
+import re
 from typing import Generic, Iterable, Optional, TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["RoutingTable", "normalise_host", "split_target"]
+__all__ = ["RoutingTable", "is_dns_name", "normalise_host", "split_target"]
+
+_LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def is_dns_name(host: str) -> bool:
+    """
+    A (normalised, lower-case) host is a DNS name: letter-digit-hyphen
+    labels of 1-63 octets, at most 253 in all.
+    """
+    return len(host) <= 253 and all(_LDH_LABEL.match(label) for label in host.split("."))
 
 T = TypeVar("T")
 
@@ -40,6 +51,8 @@ def split_target(uri: bytes) -> tuple[Optional[bytes], bytes]:
     Split a request target into (authority or None, origin-form target).
     An absolute-form target (C{http://other.example/x}) yields its authority,
     which is routed like any Host: cdnpull is never an open proxy.
+
+    @raise ValueError: an absolute-form target that is not a URL.
     """
     lower = uri[:8].lower()
     if lower.startswith(b"http://") or lower.startswith(b"https://"):

@@ -9,19 +9,18 @@ from __future__ import annotations
 import random
 import signal
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Iterable, Optional
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.web.server import Site
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
-from .admin import AdminResource, read_token
+from .admin import MAX_BODY as ADMIN_MAX_BODY, AdminResource, read_token
 from .cache import Cache, DiskStore, MemoryStore, Store
 from .certs import CertificateSet, days_left_collector
 from .certstore import CertificateStore, EdgeCertificates
@@ -278,9 +277,12 @@ def build_service(loaded: LoadedConfig, reactor: Any,
             token = read_token(settings.admin_token_file)
         except (OSError, ValueError) as e:
             raise ConfigError(f"settings.admin_token_file: {e}") from None
-        admin = AdminResource(runtime, control, metrics, reactor, token)
-        admin_site = Site(admin)
-        admin_site.log = lambda request: None  # type: ignore[method-assign]
+        admin = AdminResource(runtime, control, metrics, reactor, token,
+                              hosts=settings.admin_hosts)
+        # The client side's connection, limits and timeouts; bodies of at
+        # most 1 MiB (JSON calls).
+        admin_site = EdgeSite(admin, limits=replace(limits, max_body=ADMIN_MAX_BODY),
+                              reactor=reactor)
         admin_site.noisy = False
         Listener(settings.admin, reactor, admin_site).setServiceParent(service)
     if loaded.services is not None:

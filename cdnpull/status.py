@@ -27,6 +27,8 @@ def address_json(state: AddressState, now: float, default_port: int) -> dict:
         "reason": state.block_reason if state.state(now) == "blocked" else None,
         "last_probe": None if probe is None else {"at": probe.at, "ok": probe.ok,
                                                   "detail": probe.detail},
+        "last_error": None if state.last_error is None else {"at": state.last_error[0],
+                                                             "detail": state.last_error[1]},
         "requests": state.requests,
         "failures": state.failures,
         "blocks": state.blocks,
@@ -61,7 +63,8 @@ def domain_json(live: LiveDomain, now: float, dns: Any = None) -> dict:
         "probe": None if live.config.probe is None else {
             "path": live.config.probe.path, "interval": live.config.probe.interval,
             "timeout": live.config.probe.timeout, "block_for": live.config.probe.block_for,
-            "kind": live.config.probe.kind},
+            "kind": live.config.probe.kind, "host": live.config.probe.host},
+        "forward_headers": list(live.config.forward_headers),
         "https": https_json(live, now),
     }
     if live.overridden:

@@ -294,6 +294,8 @@ class Client:
         headers = {}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        if method not in ("GET", "HEAD"):
+            headers["Content-Type"] = "application/json"  # the admin refuses other types (415)
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         response, content = await self.get(path, method=method, headers=headers, data=data)
         try:

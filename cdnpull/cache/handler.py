@@ -108,7 +108,9 @@ class Cache:
             host, slash, path = rest.partition("/")
             return host.lower().split(":")[0] + slash + path
 
-        n = self.store.purge([strip(u) for u in urls], [strip(p) for p in prefixes])
+        urls = [strip(u) for u in urls]
+        # A URL also names its entries keyed on forwarded headers (URL + "\n...").
+        n = self.store.purge(urls, [strip(p) for p in prefixes] + [u + "\n" for u in urls])
         self.log.info("cache: purged {n} objects", n=n)
         return {"purged": n}
 
@@ -121,7 +123,8 @@ class Cache:
         if rule is not None and rule.ttl == 0:
             ctx.cache = "BYPASS"
             return await passthrough()
-        key = self.key_of(oreq.host, oreq.target, bool(rule and rule.ignore_query))
+        # key_extra: the values of headers the domain forwards (forward_headers).
+        key = self.key_of(oreq.host, oreq.target, bool(rule and rule.ignore_query)) + oreq.key_extra
         reqh = _map(request.requestHeaders)
         authorized = bool(reqh.get(b"authorization"))
         now = self.clock.seconds()

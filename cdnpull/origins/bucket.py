@@ -52,7 +52,8 @@ def object_path(target: bytes) -> bytes:
     path = target.split(b"?", 1)[0].split(b"#", 1)[0]
     raw = unquote_to_bytes(path)
     key = raw[1:] if raw.startswith(b"/") else raw
-    if not key:
+    if not key.strip(b"/"):
+        # "/", "//", "///": a listing (or the bucket itself) to some stores.
         raise EdgeError("no object key in the path (bucket listings are not served)", 404)
     if b"\x00" in key:
         raise EdgeError("NUL in the object key", 400)

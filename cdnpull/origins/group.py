@@ -42,6 +42,8 @@ class AddressState:
         # it the block simply expires.
         self.needs_probe = False
         self.last_probe: Optional[ProbeResult] = None
+        # (time, detail) of the last failed try of a client request.
+        self.last_error: Optional[tuple] = None
         self.requests = 0
         self.failures = 0
         self.blocks = 0

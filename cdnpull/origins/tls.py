@@ -7,6 +7,7 @@ C{optionsForClientTLS}) with the system trust store or C{origin_ca_file}.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from typing import Optional
 
 from OpenSSL import SSL
@@ -56,19 +57,29 @@ class _UnverifiedSNI:
 class TLSPolicy:
     """
     Makes (and caches) a connection creator per (server name, verify).
+    Names chosen by clients (wildcard domains) are cached in a bounded LRU of
+    C{max_client_names}, so that random names cannot grow it.
     """
 
-    def __init__(self, ca_file: Optional[str] = None) -> None:
+    def __init__(self, ca_file: Optional[str] = None, max_client_names: int = 64) -> None:
         self._trust = load_trust_root(ca_file)
         self._creators: dict = {}
+        self._client_creators: OrderedDict = OrderedDict()
+        self.max_client_names = max_client_names
 
-    def creator_for(self, server_name: str, verify: bool = True):  # type: ignore[no-untyped-def]
+    def creator_for(self, server_name: str, verify: bool = True,  # type: ignore[no-untyped-def]
+                    client_name: bool = False):
         key = (server_name, verify)
-        creator = self._creators.get(key)
+        cache = self._client_creators if client_name else self._creators
+        creator = cache.get(key)
         if creator is None:
             if verify:
                 creator = ssl.optionsForClientTLS(server_name, trustRoot=self._trust)
             else:
                 creator = _UnverifiedSNI(server_name)
-            self._creators[key] = creator
+            cache[key] = creator
+        if client_name:
+            self._client_creators.move_to_end(key)
+            while len(self._client_creators) > self.max_client_names:
+                self._client_creators.popitem(last=False)
         return creator
