@@ -11,8 +11,9 @@ internet:
    list of at most C{client_max_header_bytes} (both advertised in SETTINGS
    and enforced by h2: a client that goes over gets the protocol's error);
    a request body over C{client_max_body} gets 413 and the stream ends;
-   two different C{Host} values (C{:authority} and C{host}) get 400; an idle
-   connection closes after C{client_idle_timeout};
+   two different C{Host} values get 400; an idle connection closes after
+   C{client_idle_timeout}; a stream whose flow-control window stays closed
+   for C{client_send_timeout} is reset;
  - frames for a stream that is already answered and cleaned up (DATA still
    arriving after an early answer, a late RST_STREAM) are ignored, never a
    traceback;
@@ -30,6 +31,7 @@ from typing import Any
 
 from h2.settings import SettingCodes, Settings
 from twisted.internet.error import ConnectionLost
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web._http2 import H2Connection
@@ -40,6 +42,60 @@ MAX_CONCURRENT_STREAMS = 100
 
 
 class EdgeH2Connection(H2Connection):
+    """
+    @ivar send_timeout: a stream whose flow-control window stays closed
+        this long is reset (a client that reads nothing holds no origin
+        request open), like C{client_send_timeout} on HTTP/1.1.
+    """
+
+    log = Logger()
+    send_timeout = 60.0
+
+    def __init__(self, reactor: Any = None) -> None:
+        super().__init__(reactor)
+        self._stalls: dict = {}
+
+    def _requestReceived(self, event: Any) -> None:
+        super()._requestReceived(event)
+        sid = event.stream_id
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        blocked, updated = stream.flowControlBlocked, stream.windowUpdated
+
+        def flowControlBlocked() -> None:
+            blocked()
+            if sid not in self._stalls:
+                self._stalls[sid] = self.callLater(self.send_timeout, self._stalled, sid)
+
+        def windowUpdated() -> None:
+            updated()
+            if sid in self._stalls and self.remainingOutboundWindow(sid) > 0:
+                self._unstall(sid)
+
+        stream.flowControlBlocked, stream.windowUpdated = flowControlBlocked, windowUpdated
+
+    def _stalled(self, sid: int) -> None:
+        self._stalls.pop(sid, None)
+        peer = getattr(self.transport.getPeer(), "host", "-") if self.transport else "-"
+        self.log.info("reset an HTTP/2 stream of {peer}: its window stayed closed for {t:g} s",
+                      peer=peer, t=self.send_timeout)
+        self.abortRequest(sid)
+
+    def _unstall(self, sid: int) -> None:
+        timer = self._stalls.pop(sid, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _requestDone(self, streamID: int) -> None:
+        self._unstall(streamID)
+        super()._requestDone(streamID)
+
+    def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
+        for sid in list(self._stalls):
+            self._unstall(sid)
+        super().connectionLost(reason, _cancelTimeouts=_cancelTimeouts)
+
     def _requestDataReceived(self, event: Any) -> None:
         if event.stream_id not in self.streams:
             # Answered already: keep the connection's window open.
@@ -104,6 +160,9 @@ def _limited(base: type, limits: Any) -> type:
         def _h2_refuse(self, status: int, why: str) -> None:
             if self.finished or self.startedWriting:
                 return
+            peer = getattr(self.getClientAddress(), "host", "-")
+            EdgeH2Connection.log.info("refused an HTTP/2 request from {peer}: {status} {why}",
+                                      peer=peer, status=status, why=why)
             body = f"{status} {why}\n".encode()
             self.setResponseCode(status)
             self.responseHeaders.setRawHeaders(b"server", [b"cdnpull"])
@@ -129,6 +188,7 @@ def h2_connection_factory(site: Any, limits: Any, clock: Any):  # type: ignore[n
         conn.factory = site
         conn.requestFactory = request_factory
         conn.timeOut = limits.idle_timeout
+        conn.send_timeout = limits.send_timeout
         conn.callLater = clock.callLater
         # In force from the first frame (and sent in the first SETTINGS).
         conn.conn.local_settings = Settings(client=False, initial_values={

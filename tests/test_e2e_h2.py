@@ -179,7 +179,7 @@ def node(tmp_path_factory):  # type: ignore[no-untyped-def]
     primary.routes["/cut"] = cut
     config = write_config(d, f"""
         from cdnpull.config import Certificate, Domain, IPOrigin, Settings
-        settings = Settings(client_max_body="16KiB", client_idle_timeout=30)
+        settings = Settings(client_max_body="16KiB", client_idle_timeout=30, client_send_timeout=3)
         domains = [Domain("www.test.com", origin=IPOrigin(["127.0.0.2"], port={port}),
                           standby=IPOrigin(["127.0.0.3"], port={port}), probe=None,
                           hsts="max-age=600",
@@ -316,6 +316,8 @@ async def test_request_limits_over_h2(node) -> None:  # type: ignore[no-untyped-
     assert status == 413
     status, _, body = await call(node, "/echo", method="POST", body=b"x" * 20000)
     assert status == 413
+    assert "refused an HTTP/2 request from 127.0.0.1: 413 request body larger than 16384" \
+        in node["cdn"].log()
 
     def two_hosts() -> Optional[int]:
         client = H2Client(node["port"], "www.test.com", node["ca_file"], validate=False)
@@ -383,25 +385,32 @@ async def test_hostile_h2_clients_get_protocol_errors_never_a_traceback(node) ->
 
     def stalled_window() -> tuple:
         # A one-byte window never opened again: the node waits (the origin
-        # paused), the connection stays usable for other work, and the
-        # client that leaves costs nothing.
+        # paused) until client_send_timeout (3 s here), then resets the
+        # stream; the connection stays usable.
         client = H2Client(port, "www.test.com", ca_file, window=1, ack=False)
         try:
             sid = client.send("/big")
             client.pump(lambda: len(client.streams[sid]["body"]) >= 1, timeout=10)
-            time.sleep(1.0)  # time enough to read all 5 MiB from the origin, if nothing paused it
-            client.pump(lambda: False, timeout=0.2, must=False)
-            got = len(client.streams[sid]["body"])
-            return got, client.finished(sid)
+            started = time.monotonic()
+            client.pump(lambda: client.finished(sid), timeout=15)
+            waited = time.monotonic() - started
+            s = client.streams[sid]
+            client.ack = True
+            client.conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+            client.flush()
+            after = client.get("/hit.txt")[0]
+            return len(s["body"]), s["ended"], s["reset"], waited, after
         finally:
             client.close()
 
-    got, finished = await deferToThread(stalled_window)
-    assert got == 1 and not finished
-    # The origin was paused: the node read a bounded part of the 5 MiB.
+    got, ended, reset, waited, after = await deferToThread(stalled_window)
+    assert (got, ended, after) == (1, False, 200)
+    assert reset is not None and waited > 2
+    # The origin was paused meanwhile: the node read a bounded part of the 5 MiB.
     await _until(lambda: "origin body for www.test.com/big cut short after" in node["cdn"].log())
     read = int(node["cdn"].log().split("/big cut short after ")[-1].split()[0])
     assert read < len(BIG) // 2
+    assert "its window stayed closed for 3 s" in node["cdn"].log()
     # The node is fine afterwards.
     status, _, body = await call(node, "/hit.txt")
     assert (status, body) == (200, b"cached over h2")
