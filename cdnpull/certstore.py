@@ -109,6 +109,8 @@ class EdgeCertificates:
         self._write = write
         self.clock = clock
         self._lock = DeferredLock()
+        self._config: Config = runtime.config
+        self._module = CertificateSet()
 
     def effective(self, config: Config, module: CertificateSet) -> CertificateSet:
         """
@@ -148,9 +150,19 @@ class EdgeCertificates:
         certificates.replaced = frozenset(usable)
         return certificates
 
+    def start(self, config: Config, module: CertificateSet) -> CertificateSet:
+        """The certificates to serve at start (the config module as loaded)."""
+        self._config, self._module = config, module
+        return self.effective(config, module)
+
+    def reload(self, config: Config, module: CertificateSet) -> None:
+        """A reloaded config module (its settings too): serve its certificates."""
+        self._config, self._module = config, module
+        self.refresh()
+
     def refresh(self) -> None:
         """Apply the module's certificates (as last loaded) plus the stored ones."""
-        self._apply(self.effective(self.runtime.config, self.runtime.module_certificates))
+        self._apply(self.effective(self._config, self._module))
 
     # -- the admin API -------------------------------------------------------
 

@@ -75,10 +75,9 @@ class Runtime:
         self.metrics: Any = None
         self.cache: Any = None
         self.access_log: Any = None
-        # The edge certificates (cdnpull.certs), replaced whole on SIGHUP:
-        # the config module's, and what is served (with the ones replaced
-        # through the admin API, cdnpull.certstore).
-        self.module_certificates = CertificateSet()
+        # The edge certificates served (cdnpull.certs), replaced whole on
+        # SIGHUP: the config module's, with the ones replaced through the
+        # admin API on top (cdnpull.certstore).
         self.certificates = CertificateSet()
         self.edge_certificates: Any = None
 
@@ -198,8 +197,7 @@ class CdnService(MultiService):
         def done(_: Any) -> None:
             # Certificates are read again even when their paths did not
             # change (renewed in place): new handshakes use them.
-            self.runtime.module_certificates = new.certificates
-            self.runtime.edge_certificates.refresh()
+            self.runtime.edge_certificates.reload(new.config, new.certificates)
             self.log.info("reloaded {path}: {n} domains", path=path,
                           n=len(self.runtime.table.domains))
 
@@ -228,11 +226,10 @@ def build_service(loaded: LoadedConfig, reactor: Any,
         if service is not None and service.tls is not None:
             service.tls.update(certificates)
 
-    runtime.module_certificates = loaded.certificates
     runtime.edge_certificates = EdgeCertificates(
         runtime, CertificateStore(f"{settings.state_file}.certs" if settings.state_file else None),
         serve_certificates, run_in_thread, reactor)
-    runtime.certificates = runtime.edge_certificates.effective(config, loaded.certificates)
+    runtime.certificates = runtime.edge_certificates.start(config, loaded.certificates)
     disk = None
     if settings.cache_dir:
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
