@@ -457,6 +457,10 @@ class Settings:
     # {"STATIC": S3Credentials.from_env("STATIC")}, used as
     # {"type": "bucket", ..., "credentials": "STATIC"}.
     credentials: dict = field(default_factory=dict, hash=False)
+    # Targeted cache-control fields (RFC 9213) this node obeys instead of
+    # Cache-Control and Expires, in precedence order; they are never
+    # forwarded to clients.  () obeys none.
+    targeted_cache_control: tuple = ("CDN-Cache-Control",)
     # Edge HTTPS (tls: listeners): certificates chosen by the name a client
     # asks for, and the one for clients that name none or an unknown one.
     certificates: tuple = ()
@@ -473,6 +477,7 @@ class Settings:
             object.__setattr__(self, "credentials", {
                 k: replace(v, name=k) if isinstance(v, S3Credentials) and isinstance(k, str) else v
                 for k, v in self.credentials.items()})
+        object.__setattr__(self, "targeted_cache_control", _tuple(self.targeted_cache_control))
 
     def override(self, **changes: object) -> "Settings":
         """A copy with the given fields replaced (C{None} is a value: C{admin=None} disables)."""
@@ -496,6 +501,7 @@ class Config:
 # --------------------------------------------------------------------------
 # Validation
 
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 _REGION = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
@@ -843,6 +849,17 @@ def _settings_problems(s: object) -> list[str]:
     p += _admin_problems(s)
     if isinstance(s.max_connections_per_origin, bool) or not isinstance(s.max_connections_per_origin, int) or s.max_connections_per_origin < 1:
         p.append("settings.max_connections_per_origin: must be a whole number >= 1")
+    seen_fields: set = set()
+    for i, name in enumerate(s.targeted_cache_control):
+        where = f"settings.targeted_cache_control[{i}]"
+        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+            p.append(f"{where}: {name!r} is not a header field name")
+        elif name.lower() in ("cache-control", "expires", "pragma"):
+            p.append(f"{where}: {name} is not a targeted field (it is what targeted fields override)")
+        elif name.lower() in seen_fields:
+            p.append(f"{where}: {name} is listed twice")
+        else:
+            seen_fields.add(name.lower())
     return p
 
 

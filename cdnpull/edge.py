@@ -33,6 +33,8 @@ from .stream import BodyRelay, Discard
 __all__ = ["Edge", "EdgeSite"]
 
 NO_BODY_METHODS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE")
+# RFC 9110 section 9.2.1; any other method's success invalidates the cache.
+SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS", b"TRACE")
 
 
 @dataclass
@@ -136,18 +138,22 @@ class Edge(Resource):
             client_scheme=scheme,
             body=body,
             key_extra=key_extra,
+            on_interim=partial(_send_interim, request),
         )
+
+        cache = self.runtime.cache
 
         async def passthrough() -> None:
             ctx.pending = self.runtime.puller.pull(live, oreq)
             result: PullResult = await ctx.pending
             ctx.pending = None
+            if cache is not None and request.method not in SAFE_METHODS and 200 <= result.response.code < 400:
+                cache.invalidate(live, oreq, result.response.headers)
             ctx.group = result.group
             ctx.origin = str(result.address)
             ctx.origin_ms = result.elapsed * 1000
             await self._respond(request, ctx, result)
 
-        cache = self.runtime.cache
         if cache is not None and request.method in (b"GET", b"HEAD"):
             await cache.handle(request, live, oreq, ctx, passthrough)
         else:
@@ -172,7 +178,9 @@ class Edge(Resource):
         out = request.responseHeaders
         # Like nginx, the origin's Server header is replaced by ours; its
         # Date stays (it dates the content, and caches compute Age from it).
-        for name, values in end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders():
+        # Targeted cache-control fields (CDN-Cache-Control) are for this node only.
+        ours = getattr(self.runtime.cache, "targeted", ())
+        for name, values in end_to_end(response.headers, drop=(b"server",) + ours).getAllRawHeaders():
             out.setRawHeaders(name, list(values))
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             out.setRawHeaders(b"content-length", [b"%d" % response.length])
@@ -272,6 +280,18 @@ def _phrase(status: int) -> str:
 def _client_ip(request: Request) -> Optional[str]:
     peer = request.getClientAddress()
     return getattr(peer, "host", None)
+
+
+def _send_interim(request: Request, status: int, reason: bytes, fields: list) -> None:
+    """
+    Pass an origin's interim answer (103 Early Hints, 102, ...) on to an
+    HTTP/1.1 client, while its final answer has not started (RFC 9110 15.2).
+    """
+    if (request.startedWriting or request.finished or request.clientproto != b"HTTP/1.1"
+            or getattr(request, "_disconnected", False) or request.channel is None):
+        return
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [name + b": " + value for name, value in fields]
+    request.channel.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
 
 
 def _has_body(request: Request) -> bool:

@@ -7,7 +7,7 @@ as the L{cdnpull.errors} types that the failover chain decides on.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -33,7 +33,7 @@ from zope.interface import implementer
 from .config import Address
 from .errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse, TLSFailed
 from .upload import BodyInterrupted
-from .origins.framing import InvalidOriginResponse, StrictClientProtocol
+from .origins.framing import InterimHeaders, InvalidOriginResponse, StrictClientProtocol
 from .origins.tls import TLSPolicy
 
 __all__ = ["OriginClient", "describe_connect_failure", "tcp_endpoint"]
@@ -237,6 +237,7 @@ class OriginClient:
         first_byte_timeout: float,
         verify: bool = True,
         client_name: bool = False,
+        on_interim: Optional[Callable[[int, bytes, list], None]] = None,
     ) -> "Deferred[IResponse]":
         """
         Send one request to C{address} and fire with the response once its
@@ -249,6 +250,8 @@ class OriginClient:
         @raise FirstByteTimeout: no response within C{first_byte_timeout}.
         @param client_name: C{server_name} was chosen by the client (a
             wildcard domain): its state is bounded (see the class).
+        @param on_interim: called with (status, reason, [(name, value)]) for
+            each interim (1xx) answer before the final one.
         """
         attempt = _Attempt()
         pool = self._pool(scheme, server_name, verify, client_name)
@@ -257,6 +260,10 @@ class OriginClient:
         agent = Agent.usingEndpointFactory(self.reactor, factory, pool=pool)
         host = f"[{address.host}]" if address.is_ipv6 else address.host
         url = f"{scheme}://{host}:{address.port}".encode("ascii") + target
+        if on_interim is not None:
+            # The headers object travels to the connection's protocol
+            # unchanged (it has Host), so it carries the callback there.
+            headers = InterimHeaders(dict(headers.getAllRawHeaders()), on_interim)
         d = agent.request(method, url, headers, body)
         timed_out = []
 

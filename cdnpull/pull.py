@@ -83,6 +83,9 @@ class OriginRequest:
     # Appended to the cache key: the values of client headers the domain's
     # forward_headers lets through to the origin.
     key_extra: str = ""
+    # Called with (status, reason, [(name, value)]) for each interim (1xx)
+    # answer of the origin, before the final one (None: they are dropped).
+    on_interim: Optional[Callable[[int, bytes, list], None]] = None
 
 
 @dataclass
@@ -348,6 +351,7 @@ class Puller:
                     first_byte_timeout=min(domain.first_byte_timeout, remaining),
                     verify=verify,
                     client_name=client_name,
+                    on_interim=req.on_interim,
                 )
             except TLSFailed as e:
                 if not client_name:

@@ -236,7 +236,8 @@ def build_service(loaded: LoadedConfig, reactor: Any,
         disk.load()
     runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk),
                           runtime.puller, reactor, parse_size(settings.cache_max_object),
-                          float(settings.stale_if_error))
+                          float(settings.stale_if_error),
+                          tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))
     metrics = Metrics(lambda: runtime.table, reactor, cache=lambda: runtime.cache)
     runtime.metrics = metrics
     metrics.registry.register(days_left_collector(lambda: runtime.certificates, reactor))

@@ -32,10 +32,11 @@ from ..stream import Discard
 from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
     current_age,
+    directives,
     match_rule,
     not_modified,
-    parse_cache_control,
     parse_range,
+    same_origin_target,
     storable,
     vary_key,
     vary_names,
@@ -81,8 +82,11 @@ class Cache:
     log = Logger()
 
     def __init__(self, store: Store, puller: Any, clock: Any, max_object: int,
-                 stale_if_error: float) -> None:
+                 stale_if_error: float, targeted: tuple = (b"cdn-cache-control",)) -> None:
         self.store = store
+        # Targeted cache-control fields this node obeys (RFC 9213), lower
+        # case, in precedence order; never forwarded to clients.
+        self.targeted = tuple(targeted)
         self.puller = puller
         self.clock = clock
         self.max_object = max_object
@@ -114,6 +118,35 @@ class Cache:
         self.log.info("cache: purged {n} objects", n=n)
         return {"purged": n}
 
+    def invalidate(self, live: Any, oreq: OriginRequest, response_headers: Headers) -> int:
+        """
+        RFC 9111 section 4.4: an unsafe request got a non-error answer, so
+        the stored answers for its target URI, and for the same-host
+        C{Location} and C{Content-Location} of that answer, are dropped
+        (every variant, memory and disk).  Returns how many were.
+        """
+        targets = [oreq.target]
+        for name in (b"location", b"content-location"):
+            for value in response_headers.getRawHeaders(name, [])[:1]:
+                same = same_origin_target(value.strip(), oreq.client_scheme, oreq.host, oreq.target)
+                if same is not None and same not in targets:
+                    targets.append(same)
+        n = 0
+        for target in targets:
+            rule = match_rule(live.config.cache, target.split(b"?", 1)[0].decode("latin-1"))
+            key = self.key_of(oreq.host, target, bool(rule and rule.ignore_query))
+            for entry in self.store.variants(key):
+                self.store.remove(entry.ident)
+                n += 1
+            if getattr(live.config, "forward_headers", ()):
+                # Keys with forwarded header values after a newline.
+                n += self.store.purge([], [key + "\n"])
+        if n:
+            self.log.debug("cache: {n} stored answers invalidated by {method} {key}", n=n,
+                           method=oreq.method.decode("latin-1"),
+                           key=oreq.host + oreq.target.decode("latin-1"))
+        return n
+
     # -- one request -------------------------------------------------------
 
     async def handle(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any,
@@ -141,7 +174,7 @@ class Cache:
             if age < entry.lifetime:
                 return await self._serve_entry(request, ctx, entry, "HIT", age)
             stale_for = age - entry.lifetime
-            cc = parse_cache_control(headers.get(b"cache-control"))
+            cc, _ = directives(headers, self.targeted)
             swr = cc.seconds("stale-while-revalidate")
             if swr is not None and stale_for <= swr and not cc.has("must-revalidate"):
                 self._refresh_in_background(live, oreq, key, entry, rule, reqh)
@@ -237,9 +270,13 @@ class Cache:
         self._common(out, status, age)
         request.finish()
 
-    @staticmethod
-    def _common(out: Headers, status: str, age: Optional[float]) -> None:
-        """Age (None: keep the origin's, else 0; SPEC §5 wants it on every answer), Via, X-Cache."""
+    def _common(self, out: Headers, status: str, age: Optional[float]) -> None:
+        """
+        Age (None: keep the origin's, else 0; SPEC §5 wants it on every
+        answer), Via, X-Cache; targeted cache-control fields are ours only.
+        """
+        for name in self.targeted:
+            out.removeHeader(name)
         if age is not None:
             out.setRawHeaders(b"age", [b"%d" % int(age)])
         elif not out.hasHeader(b"age"):
@@ -378,7 +415,7 @@ class Cache:
         merged = entry.header_map()
         merged.update(update)
         response_time = self.clock.seconds()
-        verdict = storable(b"GET", reqh, entry.status, merged, rule, response_time)
+        verdict = storable(b"GET", reqh, entry.status, merged, rule, response_time, self.targeted)
         fresh = replace(entry, headers=[(n, v) for n, vs in merged.items() for v in vs],
                         request_time=request_time, response_time=response_time,
                         lifetime=verdict.lifetime if verdict.ok else 0.0)
@@ -390,7 +427,7 @@ class Cache:
 
     def _stale_ok(self, entry: Entry, age: float) -> bool:
         headers = entry.header_map()
-        cc = parse_cache_control(headers.get(b"cache-control"))
+        cc, _ = directives(headers, self.targeted)
         limit = self.stale_if_error
         own = cc.seconds("stale-if-error")
         if own is not None:
@@ -503,10 +540,10 @@ class _Flight:
         response = result.response
         headers = _map(response.headers)
         response_time = cache.clock.seconds()
-        verdict = storable(b"GET", reqh, response.code, headers, rule, response_time)
+        verdict = storable(b"GET", reqh, response.code, headers, rule, response_time, cache.targeted)
         too_big = response.length is not UNKNOWN_LENGTH and response.length > cache.max_object
         storing = verdict.ok and not too_big
-        cc = parse_cache_control(headers.get(b"cache-control"))
+        cc, _ = directives(headers, cache.targeted)
         self.vary = vary_names(headers)
         self.variant = vary_key(self.vary, reqh) if self.vary is not None else None
         # Answers that belong to one client are never handed to another.

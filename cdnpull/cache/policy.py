@@ -9,23 +9,37 @@ from it.  C{CacheRule}s of the domain come first (SPEC.md section 5).
 
 from __future__ import annotations
 
+import calendar
 import re
+import time
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Iterable, Optional, Sequence
+from urllib.parse import urljoin, urlsplit
+
+import http_sf
 
 from ..config import CacheRule
+from ..routing import normalise_host
 
 __all__ = [
-    "CacheControl", "parse_cache_control", "http_date", "Storable", "storable",
+    "CacheControl", "parse_cache_control", "targeted_cache_control", "directives", "http_date",
+    "Storable", "storable",
     "freshness_lifetime", "current_age", "vary_names", "vary_key", "match_rule",
-    "parse_range", "not_modified", "HEURISTIC_STATUSES", "RULE_STATUSES",
+    "parse_range", "not_modified", "same_origin_target", "age_header", "HEURISTIC_STATUSES",
+    "RULE_STATUSES",
 ]
 
 # RFC 9110 section 15.1: statuses that are heuristically cacheable.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
-# Statuses a cache understands and may store with explicit freshness.
-EXPLICIT_STATUSES = HEURISTIC_STATUSES | {302, 307, 451}
+# Final statuses this cache understands (RFC 9111 section 5.2.2.3,
+# must-understand): those RFC 9110 defines, less 206 (partial content is not
+# stored) and 304 (it refreshes a stored answer, never replaces one).
+UNDERSTOOD_STATUSES = frozenset({
+    200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 307, 308,
+    400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416,
+    417, 421, 422, 426, 451, 500, 501, 502, 503, 504, 505})
+# RFC 9111 section 1.2.2: a larger delta-seconds is taken as 2^31.
+DELTA_MAX = 2 ** 31
 # Statuses a CacheRule's ttl applies to (an error is not kept for a day
 # because a rule for ".jpg" matched it).
 RULE_STATUSES = frozenset({200, 203, 204, 300, 301, 308})
@@ -49,11 +63,11 @@ class CacheControl:
         if name not in self.directives:
             return None
         value = self.directives[name]
-        try:
-            n = int(value.strip('"'))
-        except (TypeError, ValueError, AttributeError):
+        text = value.strip('"') if isinstance(value, str) else ""
+        if not text.isdigit() or not text.isascii():
+            # Negative, fractional, empty or not a number.
             return 0 if name in ("max-age", "s-maxage") else None
-        return max(0, n)
+        return min(int(text), DELTA_MAX)
 
 
 def parse_cache_control(values: Optional[Iterable[bytes]]) -> CacheControl:
@@ -76,16 +90,109 @@ def parse_cache_control(values: Optional[Iterable[bytes]]) -> CacheControl:
     return CacheControl(out)
 
 
-def http_date(value: Optional[bytes]) -> Optional[float]:
+# Targeted cache-control directives whose value must be an Integer.
+_TARGETED_SECONDS = ("max-age", "s-maxage", "stale-while-revalidate", "stale-if-error")
+
+
+def targeted_cache_control(headers: dict, names: Sequence[bytes]) -> Optional[CacheControl]:
+    """
+    RFC 9213 section 2.1: the directives of the first of C{names} (lower
+    case, in precedence order) present in C{headers} with a valid, non-empty
+    Structured Field Dictionary value, or None when there is none (then
+    Cache-Control and Expires apply).  A parse error, or a seconds directive
+    that is not an Integer, makes a field count as absent.
+    """
+    for name in names:
+        values = headers.get(name)
+        if not values:
+            continue
+        try:
+            parsed = http_sf.parse(b", ".join(values), tltype="dictionary")
+        except (http_sf.StructuredFieldError, ValueError, TypeError):
+            continue
+        if not parsed:
+            continue
+        out: dict = {}
+        valid = True
+        for key, (value, _params) in parsed.items():
+            if key in _TARGETED_SECONDS:
+                if type(value) is not int:
+                    valid = False
+                    break
+                out[key] = str(max(0, value))
+            else:
+                out[key] = None if value is True else str(value)
+        if valid:
+            return CacheControl(out)
+    return None
+
+
+def directives(headers: dict, targeted: Sequence[bytes] = ()) -> tuple[CacheControl, bool]:
+    """
+    The cache directives this node obeys for a response: a targeted field's
+    (then the second item is True, and Cache-Control and Expires are
+    ignored), else Cache-Control's.
+    """
+    own = targeted_cache_control(headers, targeted) if targeted else None
+    if own is not None:
+        return own, True
+    return parse_cache_control(headers.get(b"cache-control")), False
+
+
+# RFC 9110 section 5.6.7.  Names are compared without case (a robust
+# recipient), everything else is exact: one space where the grammar has one,
+# two digits where it has two, GMT and nothing else.
+_DAY = r"(?:mon|tue|wed|thu|fri|sat|sun)"
+_LONG_DAY = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_MONTH = "(" + "|".join(_MONTHS) + ")"
+_TIME = r"([0-9]{2}):([0-9]{2}):([0-9]{2})"
+_IMF_FIXDATE = re.compile(_DAY + r", ([0-9]{2}) " + _MONTH + r" ([0-9]{4}) " + _TIME + r" GMT",
+                          re.IGNORECASE)
+_RFC850 = re.compile(_LONG_DAY + r", ([0-9]{2})-" + _MONTH + r"-([0-9]{2}) " + _TIME + r" GMT",
+                     re.IGNORECASE)
+_ASCTIME = re.compile(_DAY + r" " + _MONTH + r" ([0-9]{2}| [0-9]) " + _TIME + r" ([0-9]{4})",
+                      re.IGNORECASE)
+
+
+def http_date(value: Optional[bytes], now: Optional[float] = None) -> Optional[float]:
+    """
+    An HTTP-date (IMF-fixdate, rfc850-date or asctime-date) as a POSIX time,
+    or None for anything else.  An rfc850-date's two-digit year is placed in
+    the century that puts it at most 50 years after C{now} (RFC 9110 5.6.7;
+    without C{now}: 1970-2069).
+    """
     if not value:
         return None
-    try:
-        dt = parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
+    text = value.decode("latin-1").strip(" \t")
+    m = _IMF_FIXDATE.fullmatch(text)
+    if m:
+        day, month, year, hh, mm, ss = m.groups()
+    else:
+        m = _RFC850.fullmatch(text)
+        if m:
+            day, month, yy, hh, mm, ss = m.groups()
+            year = str(_two_digit_year(int(yy), now))
+        else:
+            m = _ASCTIME.fullmatch(text)
+            if not m:
+                return None
+            month, day, hh, mm, ss, year = m.groups()
+    fields = (int(year), _MONTHS.index(month.lower()) + 1, int(day), int(hh), int(mm), int(ss))
+    if fields[0] < 1:
+        return None  # year 0000 is no date (and not one the calendar module takes)
+    if not (1 <= fields[2] <= calendar.monthrange(fields[0], fields[1])[1]
+            and fields[3] <= 23 and fields[4] <= 59 and fields[5] <= 60):
         return None
-    if dt is None:
-        return None
-    return dt.timestamp()
+    return float(calendar.timegm(fields + (0, 0, 0)))
+
+
+def _two_digit_year(yy: int, now: Optional[float]) -> int:
+    if now is None:
+        return 2000 + yy if yy < 70 else 1900 + yy
+    this_year = time.gmtime(now).tm_year
+    year = this_year - this_year % 100 + yy
+    return year - 100 if year > this_year + 50 else year
 
 
 def _first(headers: dict, name: bytes) -> Optional[bytes]:
@@ -119,43 +226,58 @@ class Storable:
     auth_ok: bool = False
 
 
-def freshness_lifetime(status: int, headers: dict, response_time: float) -> Optional[float]:
+def freshness_lifetime(status: int, headers: dict, response_time: float,
+                       targeted: Sequence[bytes] = ()) -> Optional[float]:
     """
-    RFC 9111 section 4.2.1 for a shared cache: s-maxage, then max-age, then
-    Expires - Date, then a heuristic (Last-Modified), else None.
+    RFC 9111 section 4.2.1 for a shared cache: s-maxage, then max-age (of
+    the first valid targeted field when there is one, RFC 9213, else of
+    Cache-Control), then Expires - Date, then a heuristic (Last-Modified),
+    else None.
     """
-    cc = parse_cache_control(headers.get(b"cache-control"))
+    cc, own = directives(headers, targeted)
     for name in ("s-maxage", "max-age"):
         n = cc.seconds(name)
         if n is not None:
             return float(n)
     expires = headers.get(b"expires")
-    if expires:
-        when = http_date(expires[0])
-        if when is None:
-            return 0.0  # an invalid Expires means "already expired"
-        date = http_date(_first(headers, b"date")) or response_time
+    if expires and not own:
+        when = http_date(expires[0], response_time)
+        if when is None or any(v != expires[0] for v in expires[1:]):
+            # An invalid Expires (or two that disagree) means "already expired".
+            return 0.0
+        date = _date(headers, response_time)
         return max(0.0, when - date)
-    if status in HEURISTIC_STATUSES and not cc.has("no-cache"):
-        modified = http_date(_first(headers, b"last-modified"))
+    if (status in HEURISTIC_STATUSES or cc.has("public")) and not cc.has("no-cache"):
+        modified = http_date(_first(headers, b"last-modified"), response_time)
         if modified is not None:
-            date = http_date(_first(headers, b"date")) or response_time
+            date = _date(headers, response_time)
             return min(HEURISTIC_MAX, max(0.0, (date - modified) * HEURISTIC_FRACTION))
     return None
 
 
+def _date(headers: dict, response_time: float) -> float:
+    """The response's Date, or the time it was received when it has none (or an invalid one)."""
+    date = http_date(_first(headers, b"date"), response_time)
+    return response_time if date is None else date
+
+
 def storable(method: bytes, request_headers: dict, status: int, headers: dict,
-             rule: Optional[CacheRule], response_time: float) -> Storable:
+             rule: Optional[CacheRule], response_time: float,
+             targeted: Sequence[bytes] = ()) -> Storable:
     """
     Whether an answer may be stored, and its freshness lifetime.
 
     @param headers: response headers, lower-case names -> list of values.
+    @param targeted: the targeted cache-control fields this node obeys
+        (RFC 9213), lower case, in precedence order.
     """
     if method != b"GET":
         return Storable(False, "not a GET")
     if rule is not None and rule.ttl == 0:
         return Storable(False, "a cache rule says never")
-    cc = parse_cache_control(headers.get(b"cache-control"))
+    if status < 200 or status > 599 or status in (206, 304):
+        return Storable(False, f"status {status}")
+    cc, _own = directives(headers, targeted)
     vary = vary_names(headers)
     if vary is None:
         return Storable(False, "Vary: *")
@@ -170,13 +292,15 @@ def storable(method: bytes, request_headers: dict, status: int, headers: dict,
         # no-cache included (but not private, nor Authorization).
         return Storable(True, "rule", float(rule.ttl),
                         strip_cookies=bool(headers.get(b"set-cookie")), auth_ok=auth_ok)
-    if status not in EXPLICIT_STATUSES:
-        return Storable(False, f"status {status}")
-    if cc.has("no-store"):
+    if cc.has("must-understand"):
+        # RFC 9111 5.2.2.3: store only statuses we understand, no-store or not.
+        if status not in UNDERSTOOD_STATUSES:
+            return Storable(False, f"must-understand and status {status}")
+    elif cc.has("no-store"):
         return Storable(False, "no-store")
     if headers.get(b"set-cookie"):
         return Storable(False, "Set-Cookie")
-    lifetime = freshness_lifetime(status, headers, response_time)
+    lifetime = freshness_lifetime(status, headers, response_time, targeted)
     if cc.has("no-cache"):
         # Stored, but revalidated before every use.
         if not (headers.get(b"etag") or headers.get(b"last-modified")):
@@ -196,19 +320,29 @@ def storable(method: bytes, request_headers: dict, status: int, headers: dict,
 
 def current_age(headers: dict, request_time: float, response_time: float, now: float) -> float:
     """RFC 9111 section 4.2.3."""
-    age_value = 0.0
-    raw = _first(headers, b"age")
-    if raw is not None:
-        try:
-            age_value = max(0.0, float(int(raw)))
-        except ValueError:
-            age_value = 0.0
-    date = http_date(_first(headers, b"date"))
+    age_value = float(age_header(headers))
+    date = http_date(_first(headers, b"date"), response_time)
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     response_delay = max(0.0, response_time - request_time)
     corrected_age_value = age_value + response_delay
     corrected_initial_age = max(apparent_age, corrected_age_value)
     return corrected_initial_age + max(0.0, now - response_time)
+
+
+def age_header(headers: dict) -> int:
+    """
+    The C{Age} of a response (RFC 9111 section 5.1): the first member of a
+    list (the first line, then the first comma-separated value) is used; an
+    invalid value (negative, fractional, not digits) is ignored (0); a huge
+    one counts as 2^31.
+    """
+    raw = _first(headers, b"age")
+    if raw is None:
+        return 0
+    first = raw.split(b",", 1)[0].strip(b" \t")
+    if not first.isdigit():
+        return 0
+    return min(int(first), DELTA_MAX)
 
 
 # -- Vary --------------------------------------------------------------------------------
@@ -237,6 +371,24 @@ def vary_key(names: Sequence[bytes], request_headers: dict) -> tuple:
     return tuple(out)
 
 
+def same_origin_target(reference: bytes, scheme: str, host: str, target: bytes) -> Optional[bytes]:
+    """
+    The origin-form target of C{reference} (a URI reference in a response,
+    resolved against the request's URI) when it has the same scheme and host
+    as the request, else None.
+    """
+    authority = f"[{host}]" if ":" in host else host
+    try:
+        base = f"{scheme}://{authority}" + target.decode("ascii")
+        resolved = urlsplit(urljoin(base, reference.decode("ascii")))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if resolved.scheme != scheme or normalise_host(resolved.netloc.encode("ascii")) != host:
+        return None
+    out = (resolved.path or "/") + (f"?{resolved.query}" if resolved.query else "")
+    return out.encode("ascii")
+
+
 # -- conditional and range requests --------------------------------------------------------
 
 
@@ -259,8 +411,12 @@ def not_modified(request_headers: dict, headers: dict) -> bool:
         return b"*" in tags or any(_weak(t) == _weak(etag) for t in tags)
     ims = _first(request_headers, b"if-modified-since")
     if ims:
+        # RFC 9111 4.3.2: the stored Last-Modified, else its Date.  An
+        # invalid If-Modified-Since is ignored (RFC 9110 13.1.3).
         since = http_date(ims)
         modified = http_date(_first(headers, b"last-modified"))
+        if modified is None:
+            modified = http_date(_first(headers, b"date"))
         return since is not None and modified is not None and modified <= since
     return False
 

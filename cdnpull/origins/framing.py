@@ -13,6 +13,15 @@ Every response head is checked before Twisted's parser sees it:
    C{Content-Length};
  - the whole head within a size limit.
 
+Interim (1xx) heads are checked the same way; Twisted's parser drops them,
+so they are handed from here to the C{on_interim} callback that came with the
+request's headers (L{InterimHeaders}), without their hop-by-hop headers.
+
+The final head's C{Connection} list is read here too: Twisted's parser keeps
+C{Connection} out of the response headers, so this is the only place that
+knows which headers the origin meant for this hop only.  Those are removed
+from the response before anyone sees it (never stored, never forwarded).
+
 A head that fails is refused: the connection is aborted (never returned to
 the pool) and the request fails with the reason, which the failover chain
 turns into a 502 (or the next address).  Bytes after a complete response
@@ -23,15 +32,17 @@ response on a pooled connection.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.http_headers import Headers
 
-from ..headers import CONTROL_CHAR, FIELD_NAME
+from ..headers import CONTROL_CHAR, FIELD_NAME, HOP_BY_HOP
 
-__all__ = ["InvalidOriginResponse", "StrictClientProtocol", "check_head", "MAX_HEAD"]
+__all__ = ["InvalidOriginResponse", "StrictClientProtocol", "check_head", "connection_named",
+           "InterimHeaders", "interim_answer", "MAX_HEAD"]
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 200
@@ -85,6 +96,46 @@ def check_head(head: bytes, max_headers: int = MAX_HEADERS) -> Optional[str]:
     return None
 
 
+def connection_named(head: bytes) -> frozenset:
+    """The lower-case header names listed in a (checked) head's C{Connection} fields."""
+    names: set = set()
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.lower() == b"connection":
+            names.update(t.strip(b" \t").lower() for t in value.split(b","))
+    names.discard(b"")
+    return frozenset(names)
+
+
+class InterimHeaders(Headers):
+    """Request headers that carry where the origin's interim answers go."""
+
+    def __init__(self, raw: Optional[dict] = None,
+                 on_interim: Optional[Callable[[int, bytes, list], None]] = None) -> None:
+        # (Headers.copy() calls the class with the raw headers only.)
+        super().__init__(raw)
+        self.on_interim = on_interim
+
+
+def interim_answer(head: bytes) -> tuple[int, bytes, list]:
+    """(status, reason, [(name, value)]) of a checked 1xx head, hop-by-hop headers left out."""
+    lines = head[:-4].split(b"\r\n")
+    status, _, reason = lines[0][9:].partition(b" ")
+    skip = HOP_BY_HOP | connection_named(head)
+    fields = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() not in skip:
+            fields.append((name, value.strip(b" \t")))
+    return int(status), reason, fields
+
+
+def _drop_named(response, names: frozenset):  # type: ignore[no-untyped-def]
+    for name in names:
+        response.headers.removeHeader(name)
+    return response
+
+
 class StrictClientProtocol(HTTP11ClientProtocol):
     """L{HTTP11ClientProtocol} that refuses invalid response heads."""
 
@@ -93,12 +144,20 @@ class StrictClientProtocol(HTTP11ClientProtocol):
     _reading_head = False
 
     _between = False
+    # Per request: the final head's Connection list, where interim heads go.
+    _connection_named: frozenset = frozenset()
+    _on_interim: Optional[Callable[[int, bytes, list], None]] = None
 
     def request(self, request):  # type: ignore[no-untyped-def]
         self._head = bytearray()
         self._reading_head = True
         self._between = False
-        return super().request(request)
+        self._connection_named = frozenset()
+        self._on_interim = getattr(request.headers, "on_interim", None)
+        d = super().request(request)
+        # Runs before the Agent's callbacks: nobody sees the hop-by-hop headers.
+        d.addCallback(lambda response: _drop_named(response, self._connection_named))
+        return d
 
     def dataReceived(self, data: bytes) -> None:
         if self._parser is None or self._between:
@@ -133,11 +192,17 @@ class StrictClientProtocol(HTTP11ClientProtocol):
         self._head = bytearray()
         if first[9:10] == b"1":
             # An interim (1xx) answer: the final head follows and is checked too.
+            if self._on_interim is not None and first[9:12] != b"101":
+                try:
+                    self._on_interim(*interim_answer(first))
+                except Exception:  # noqa: BLE001 - the final answer still counts
+                    self.log.failure("passing on an interim answer")
             super().dataReceived(first)
             if rest:
                 self.dataReceived(rest)
             return
         self._reading_head = False
+        self._connection_named = connection_named(first)
         super().dataReceived(first + rest)
 
     def _refuse(self, why: str) -> None:
