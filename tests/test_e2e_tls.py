@@ -548,3 +548,34 @@ def leaf_der_of(leaf) -> bytes:  # type: ignore[no-untyped-def]
     from cryptography.hazmat.primitives.serialization import Encoding
 
     return x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_bytes(Encoding.DER)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_finishes_its_handshake_is_dropped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    d = str(tmp_path)
+    www = issue(trustme.CA(), d, "www", "www.test.com")
+    config = write_config(d, f"""
+        from cdnpull.config import Certificate, Domain, IPOrigin, Settings
+        settings = Settings(client_header_timeout=1)
+        domains = [Domain("www.test.com", origin=IPOrigin(["127.0.0.2"]), probe=None,
+                          certificate=Certificate({www.cert_file!r}, {www.key_file!r}))]
+        """)
+    port = free_port()
+    cdn = start_cdn(config, d, "--listen", f"tls:{port}:interface=127.0.0.1")
+
+    def silent() -> tuple[float, bool]:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+            try:
+                closed = s.recv(1024) == b""
+            except ConnectionResetError:
+                closed = True
+        return time.monotonic() - started, closed
+
+    try:
+        elapsed, closed = await deferToThread(silent)
+        assert closed and 0.5 < elapsed < 5
+        assert "Traceback" not in cdn.log()
+    finally:
+        cdn.stop()
