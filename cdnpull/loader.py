@@ -10,7 +10,7 @@ import importlib.util
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field as dataclass_field
 from types import ModuleType
 from typing import Any, Callable, Optional
 
@@ -38,7 +38,7 @@ class LoadedConfig:
     # The Settings fields the command line replaced: a reload applies them again.
     overrides: Any = None
     # The edge certificates, read and checked (cdnpull.certs).
-    certificates: CertificateSet = field(default_factory=CertificateSet)
+    certificates: CertificateSet = dataclass_field(default_factory=CertificateSet)
 
 
 _counter = [0]

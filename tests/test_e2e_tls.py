@@ -7,7 +7,6 @@ through the certificate each client really receives in its handshake.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import signal
 import socket
