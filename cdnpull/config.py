@@ -441,6 +441,8 @@ class Settings:
     # How long past its freshness a cached object may still be served when
     # every origin fails (0: never); the origin's own stale-if-error counts too.
     stale_if_error: float = 86400.0
+    # Vary variants kept per URL (the least recently used one goes).
+    max_variants: int = 32
     # Client connections (see cdnpull/httpserver.py for what each refusal is).
     client_max_request_line: int = 8192
     client_max_header_line: int = 8192
@@ -846,6 +848,8 @@ def _settings_problems(s: object) -> list[str]:
         p.append(f"settings.origin_ca_file: {s.origin_ca_file!r} does not exist")
     if s.admin_token_file is not None and not os.path.isfile(s.admin_token_file):
         p.append(f"settings.admin_token_file: {s.admin_token_file!r} does not exist")
+    if isinstance(s.max_variants, bool) or not isinstance(s.max_variants, int) or not 1 <= s.max_variants <= 4096:
+        p.append("settings.max_variants: must be a whole number from 1 to 4096")
     p += _admin_problems(s)
     if isinstance(s.max_connections_per_origin, bool) or not isinstance(s.max_connections_per_origin, int) or s.max_connections_per_origin < 1:
         p.append("settings.max_connections_per_origin: must be a whole number >= 1")

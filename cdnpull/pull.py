@@ -86,6 +86,9 @@ class OriginRequest:
     # Called with (status, reason, [(name, value)]) for each interim (1xx)
     # answer of the origin, before the final one (None: they are dropped).
     on_interim: Optional[Callable[[int, bytes, list], None]] = None
+    # When the client's time budget started (None: now).  A request that
+    # waited on another's origin pull keeps its own budget, not a new one.
+    started: Optional[float] = None
 
 
 @dataclass
@@ -202,7 +205,7 @@ class Puller:
 
     async def _pull(self, live: LiveDomain, req: OriginRequest) -> PullResult:
         domain = live.config
-        start = self.clock.seconds()
+        start = self.clock.seconds() if req.started is None else req.started
         deadline = start + domain.total_timeout
         safe = req.method in SAFE_METHODS
         standby = live.standby if safe else None

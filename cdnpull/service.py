@@ -234,7 +234,8 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     if settings.cache_dir:
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
         disk.load()
-    runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk),
+    runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk,
+                                max_variants=settings.max_variants),
                           runtime.puller, reactor, parse_size(settings.cache_max_object),
                           float(settings.stale_if_error),
                           tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))

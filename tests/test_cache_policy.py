@@ -141,7 +141,7 @@ def entry(key: str, size: int) -> Entry:
 
 
 def test_memory_lru_evicts_by_bytes():
-    store = MemoryStore(limit=3 * (1000 + 256))
+    store = MemoryStore(limit=3 * entry("a", 1000).cost())
     for k in "abc":
         assert store.put(entry(k, 1000))
     assert store.get(("a", ())) is not None  # a is now the most recent

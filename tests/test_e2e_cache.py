@@ -243,7 +243,7 @@ async def test_stale_if_error_when_every_origin_is_down(world):  # type: ignore[
     await world["dying"].stop()
     r, b = await get(world, "/stale.txt", host="stale.test.com")
     assert (r.code, b, xcache(r)) == (200, b"old but gold", "STALE")
-    assert "serving a stale copy of stale.test.com/stale.txt" in world["cdn"].log()
+    assert "serving a stale copy of http://stale.test.com/stale.txt" in world["cdn"].log()
 
 
 # -- the disk cache across restarts ------------------------------------------------

@@ -1,34 +1,42 @@
 """
-The edge cache (SPEC.md section 5): what the edge does with a GET or HEAD of
-a domain, between routing and the failover chain.
+The edge cache (SPEC.md sections 5 and 8): what the edge does with a GET or
+HEAD of a domain, between routing and the failover chain.
 
     lookup ─► fresh ─────────────────────────────► HIT (full, range, 304, HEAD)
        │      stale, stale-while-revalidate ok ──► STALE + refresh in background
-       │      stale ─► conditional pull ─► 304 ──► HIT (headers refreshed)
+       │      stale ─► conditional pull (one per key) ─► 304 ──► HIT (headers refreshed)
        │                         │        ─► new answer ─► MISS (stored)
        │                         └─ every origin failed ──► STALE (stale-if-error)
-       └─ none ─► collapsed pull (one per key) ─► MISS, streamed to every waiter
+       ├─ none, a Range far in or of an object not stored ─► the Range passed
+       │        on ─► MISS (206); an object that will be stored is filled behind
+       └─ none ─► collapsed pull (one per key) ─► MISS, streamed to every
+                waiter that may have it (L{collapse})
 
-The key is host + path + query (the query is left out when the matching
-C{CacheRule} says C{ignore_query}); never the origin address, so the
-standby's answer is cached like the primary's.
+The key is the client's scheme, the host and the path + query (the query is
+left out when the matching C{CacheRule} says C{ignore_query}), plus the Vary
+variant: http and https answers are separate objects.  Never the origin
+address, so the standby's answer is cached like the primary's.
+
+A stored body that vanished between lookup and read (purged, evicted,
+damaged on disk) is fetched again, never a 5xx.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from ..errors import EdgeError, OriginTimeout, OriginUnavailable
+from ..errors import OriginTimeout, OriginUnavailable
 from ..headers import VIA, end_to_end
 from ..pull import OriginRequest
-from ..stream import Discard
+from ..routing import normalise_host
+from .collapse import Flight, Unshared, authorized
+from .collapse import header_map as _map
 from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
     current_age,
@@ -39,7 +47,6 @@ from .policy import (
     same_origin_target,
     storable,
     vary_key,
-    vary_names,
 )
 from .store import Entry, Store
 
@@ -52,6 +59,10 @@ NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag",
 # the whole object (to store it) and answers ranges and conditionals itself.
 CLIENT_ONLY = (b"range", b"if-range", b"if-none-match", b"if-modified-since", b"if-match",
                b"if-unmodified-since")
+# A Range miss whose first byte is further in than this is passed on to the
+# origin: fetching the whole object up to it would cost the origin more than
+# the range plus this much (SPEC.md 8.5).
+RANGE_READ_AHEAD = 1024 * 1024
 
 
 def _validators(headers: dict) -> dict:
@@ -64,13 +75,52 @@ def _validators(headers: dict) -> dict:
     return extra
 
 
-def _map(headers: Headers) -> dict:
-    return {k.lower(): list(v) for k, v in headers.getAllRawHeaders()}
+class _Vanished(Exception):
+    """The stored body is gone (purged, evicted, damaged) since the lookup."""
 
 
-class _Waiter:
-    def __init__(self) -> None:
-        self.ready: Deferred = Deferred()
+@dataclass
+class _Ask:
+    """One client request on its way through the cache."""
+
+    request: Any
+    live: Any
+    oreq: OriginRequest
+    ctx: Any
+    key: str
+    rule: Any
+    reqh: dict
+    passthrough: Callable
+
+
+def _range_spec(reqh: dict) -> Optional[tuple[int, Optional[int]]]:
+    """
+    The single byte range the client asked for as (first, last or None for
+    "to the end"); first is -1 for a suffix range (the last N bytes).  None
+    when there is no single, well-formed byte range.
+    """
+    values = reqh.get(b"range")
+    if not values or len(values) != 1:
+        return None
+    text = values[0].strip().lower()
+    if not text.startswith(b"bytes=") or b"," in text:
+        return None
+    first, dash, last = text[6:].strip().partition(b"-")
+    first, last = first.strip(), last.strip()
+    if not dash or not (first or last) or (first and not first.isdigit()) or (
+            last and not last.isdigit()):
+        return None
+    if not first:
+        return -1, None
+    return int(first), int(last) if last else None
+
+
+def _range_total(headers: Headers) -> Optional[int]:
+    """The complete length a 206's C{Content-Range} gives (None: unknown)."""
+    value = (headers.getRawHeaders(b"content-range") or [b""])[0]
+    _, slash, total = value.rpartition(b"/")
+    total = total.strip()
+    return int(total) if slash and total.isdigit() else None
 
 
 class Cache:
@@ -91,30 +141,39 @@ class Cache:
         self.clock = clock
         self.max_object = max_object
         self.stale_if_error = stale_if_error
-        self.inflight: dict[str, _Flight] = {}
+        self.inflight: dict[str, Flight] = {}
+        self.unshared = Unshared(clock)
         # Answers being stored hold at most as much as the memory cache.
         self.budget = FillBudget(max(max_object, store.memory.limit))
 
     # -- the key ---------------------------------------------------------
 
     @staticmethod
-    def key_of(host: str, target: bytes, ignore_query: bool) -> str:
+    def key_of(scheme: str, host: str, target: bytes, ignore_query: bool) -> str:
+        """C{scheme://host/path?query}: http and https answers are separate objects."""
         path, _, query = target.partition(b"?")
-        text = host + path.decode("latin-1")
+        text = f"{scheme}://{host}" + path.decode("latin-1")
         if query and not ignore_query:
             text += "?" + query.decode("latin-1")
         return text
 
-    def purge(self, urls: list, prefixes: list) -> dict:
-        """Drop stored answers by full URL or URL prefix (memory and disk)."""
-        def strip(url: str) -> str:
-            rest = url.split("://", 1)[1]
-            host, slash, path = rest.partition("/")
-            return host.lower().split(":")[0] + slash + path
+    @staticmethod
+    def _both_schemes(url: str) -> list[str]:
+        """The keys a URL names: its http and its https copy, whichever it says."""
+        rest = url.split("://", 1)[-1]
+        authority, slash, path = rest.partition("/")
+        host = normalise_host(authority.encode("utf-8")) or authority.lower()
+        return [f"{scheme}://{host}{slash}{path}" for scheme in ("http", "https")]
 
-        urls = [strip(u) for u in urls]
+    def purge(self, urls: list, prefixes: list) -> dict:
+        """
+        Drop stored answers by full URL or URL prefix (memory and disk), of
+        both schemes whichever one the URL names.
+        """
+        keys = [k for u in urls for k in self._both_schemes(u)]
         # A URL also names its entries keyed on forwarded headers (URL + "\n...").
-        n = self.store.purge(urls, [strip(p) for p in prefixes] + [u + "\n" for u in urls])
+        n = self.store.purge(keys, [k for p in prefixes for k in self._both_schemes(p)]
+                             + [k + "\n" for k in keys])
         self.log.info("cache: purged {n} objects", n=n)
         return {"purged": n}
 
@@ -123,7 +182,7 @@ class Cache:
         RFC 9111 section 4.4: an unsafe request got a non-error answer, so
         the stored answers for its target URI, and for the same-host
         C{Location} and C{Content-Location} of that answer, are dropped
-        (every variant, memory and disk).  Returns how many were.
+        (every variant, both schemes, memory and disk).  Returns how many were.
         """
         targets = [oreq.target]
         for name in (b"location", b"content-location"):
@@ -134,13 +193,14 @@ class Cache:
         n = 0
         for target in targets:
             rule = match_rule(live.config.cache, target.split(b"?", 1)[0].decode("latin-1"))
-            key = self.key_of(oreq.host, target, bool(rule and rule.ignore_query))
-            for entry in self.store.variants(key):
-                self.store.remove(entry.ident)
-                n += 1
-            if getattr(live.config, "forward_headers", ()):
-                # Keys with forwarded header values after a newline.
-                n += self.store.purge([], [key + "\n"])
+            for scheme in ("http", "https"):
+                key = self.key_of(scheme, oreq.host, target, bool(rule and rule.ignore_query))
+                for entry in self.store.variants(key):
+                    self.store.remove(entry.ident)
+                    n += 1
+                if getattr(live.config, "forward_headers", ()):
+                    # Keys with forwarded header values after a newline.
+                    n += self.store.purge([], [key + "\n"])
         if n:
             self.log.debug("cache: {n} stored answers invalidated by {method} {key}", n=n,
                            method=oreq.method.decode("latin-1"),
@@ -157,46 +217,64 @@ class Cache:
             ctx.cache = "BYPASS"
             return await passthrough()
         # key_extra: the values of headers the domain forwards (forward_headers).
-        key = self.key_of(oreq.host, oreq.target, bool(rule and rule.ignore_query)) + oreq.key_extra
-        reqh = _map(request.requestHeaders)
-        authorized = bool(reqh.get(b"authorization"))
-        now = self.clock.seconds()
+        key = self.key_of(oreq.client_scheme, oreq.host, oreq.target,
+                          bool(rule and rule.ignore_query)) + oreq.key_extra
+        ask = _Ask(request, live, oreq, ctx, key, rule, _map(request.requestHeaders), passthrough)
+        await self._lookup(ask, alone=False)
 
-        entry = None
-        for candidate in self.store.variants(key):
-            if vary_key(candidate.vary, reqh) == candidate.variant and (candidate.auth_ok or not authorized):
-                entry = candidate
-                break
+    def _find(self, ask: _Ask) -> Optional[Entry]:
+        auth = authorized(ask.reqh)
+        wanted: dict = {}  # the request's values, once per set of Vary names
+        for candidate in self.store.variants(ask.key):
+            variant = wanted.get(candidate.vary)
+            if variant is None:
+                variant = wanted[candidate.vary] = vary_key(candidate.vary, ask.reqh)
+            if variant == candidate.variant and (candidate.auth_ok or not auth):
+                return candidate
+        return None
 
+    async def _lookup(self, ask: _Ask, alone: bool) -> None:
+        """
+        Serve from the store, else through the origin.  C{alone}: without
+        collapsing (the request was turned away from a shared pull).
+        """
+        entry = self._find(ask)
         if entry is not None:
             headers = entry.header_map()
-            age = current_age(headers, entry.request_time, entry.response_time, now)
-            if age < entry.lifetime:
-                return await self._serve_entry(request, ctx, entry, "HIT", age)
-            stale_for = age - entry.lifetime
-            cc, _ = directives(headers, self.targeted)
-            swr = cc.seconds("stale-while-revalidate")
-            if swr is not None and stale_for <= swr and not cc.has("must-revalidate"):
-                self._refresh_in_background(live, oreq, key, entry, rule, reqh)
-                return await self._serve_entry(request, ctx, entry, "STALE", age)
-            return await self._revalidate(request, live, oreq, ctx, key, entry, rule, reqh, age)
-
-        if request.method == b"HEAD":
+            age = current_age(headers, entry.request_time, entry.response_time, self.clock.seconds())
+            status = "HIT" if age < entry.lifetime else None
+            if status is None:
+                cc, _ = directives(headers, self.targeted)
+                swr = cc.seconds("stale-while-revalidate")
+                if swr is not None and age - entry.lifetime <= swr and not cc.has("must-revalidate"):
+                    self._refresh_in_background(ask, entry)
+                    status = "STALE"
+            if status is None:
+                return await self._fetch(ask, alone, stale=(entry, age))
+            try:
+                return await self._serve_entry(ask, entry, status, age)
+            except _Vanished:
+                self.log.info("cache: {key} vanished before it was read; asking the origin",
+                              key=ask.key)
+        if ask.request.method == b"HEAD":
             # Not filled from a HEAD (there is no body to store).
-            ctx.cache = "MISS"
-            return await passthrough()
-        return await self._miss(request, live, oreq, ctx, key, rule, reqh)
+            ask.ctx.cache = "MISS"
+            return await ask.passthrough()
+        return await self._fetch(ask, alone)
 
     # -- serving a stored answer ------------------------------------------------
 
-    async def _serve_entry(self, request: Any, ctx: Any, entry: Entry, status: str,
-                           age: float) -> None:
+    async def _serve_entry(self, ask: _Ask, entry: Entry, status: str, age: float) -> None:
+        """
+        @raise _Vanished: the body is gone (nothing was sent: the caller
+            asks the origin instead).
+        """
         full = await self.store.body(entry)
         if full is None:
-            raise EdgeError("cached object vanished", 503)
+            raise _Vanished(entry.key)
+        request, ctx, reqh = ask.request, ask.ctx, ask.reqh
         ctx.cache = status
         ctx.group, ctx.origin = "cache", "-"
-        reqh = _map(request.requestHeaders)
         out = request.responseHeaders
         headers = entry.header_map()
         if not_modified(reqh, headers) and entry.status == 200:
@@ -286,60 +364,143 @@ class Cache:
 
     # -- misses and revalidation ------------------------------------------------------
 
-    def _origin_request(self, oreq: OriginRequest, extra: Optional[dict] = None) -> OriginRequest:
+    @staticmethod
+    def _origin_request(oreq: OriginRequest, extra: Optional[dict] = None,
+                        started: Optional[float] = None) -> OriginRequest:
         headers = oreq.headers.copy()
         for name in CLIENT_ONLY:
             headers.removeHeader(name)
         for name, value in (extra or {}).items():
             headers.setRawHeaders(name, [value])
-        return replace(oreq, method=b"GET", headers=headers)
+        return replace(oreq, method=b"GET", headers=headers, started=started)
 
-    async def _miss(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any, key: str,
-                    rule: Any, reqh: dict, stale: Optional[tuple] = None) -> None:
-        flight = self.inflight.get(key)
+    async def _fetch(self, ask: _Ask, alone: bool, stale: Optional[tuple] = None) -> None:
+        """
+        A miss, or with C{stale} (entry, age) a revalidation, through one
+        origin pull per key that the other requests for the key wait on.
+        """
+        ctx = ask.ctx
+        entry, age = stale if stale is not None else (None, 0.0)
+        why = self.unshared.why(ask.key)
+        if entry is None and self._passes_range(ask, why):
+            # Not even behind a pull in flight: if its client leaves, this
+            # request alone would keep the whole object coming.
+            return await self._pass_range(ask)
+        flight = None if alone else self.inflight.get(ask.key)
         leader = flight is None
-        if leader:
-            flight = _Flight(self, key)
-            self.inflight[key] = flight
-            flight.launch(live, self._origin_request(oreq), rule, reqh)
-        waiter = flight.join()
+        if flight is None:
+            # Hit-for-miss: the last answer was not shared, so do not queue.
+            flight = Flight(self, ask.key, register=not alone and why != "private")
+            waiter = flight.join()
+            extra = _validators(entry.header_map()) if entry is not None else {}
+            rule, reqh = ask.rule, ask.reqh
+            flight.launch(ask.live, self._origin_request(ask.oreq, extra, ctx.start), rule, reqh,
+                          stale=entry if extra else None,
+                          refresh=lambda e, result, t: self._refreshed(e, result, t, rule, reqh))
+        else:
+            waiter = flight.join()
         ctx.pending = waiter.ready  # a client that leaves stops waiting
+        failure: Optional[BaseException] = None
         try:
-            fill = await waiter.ready
+            await waiter.ready
         except CancelledError:
             raise
-        except (OriginUnavailable, OriginTimeout) as e:
-            if stale is not None:
-                return await self._serve_stale(request, ctx, stale, e)
-            raise
+        except Exception as e:  # noqa: BLE001 - decided below: stale, own try, or the error
+            failure = e
         finally:
             ctx.pending = None
             flight.leave(waiter)
-        if not flight.shared and not leader:
-            # A private answer is not shared: ask the origin ourselves.
-            ctx.cache = "MISS"
-            return await self._own_pull(request, live, oreq, ctx, key, rule, reqh)
-        if fill.result.response.code >= 500 and stale is not None and self._stale_ok(stale[0], stale[1]):
-            return await self._serve_stale(request, ctx, stale, None)
-        if not leader and flight.vary and flight.variant != vary_key(flight.vary, reqh):
-            # The answer varies on a header this request has another value of.
-            return await self._own_pull(request, live, oreq, ctx, key, rule, reqh)
-        await self._stream(request, ctx, fill, reqh, "MISS")
 
-    async def _own_pull(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any, key: str,
-                        rule: Any, reqh: dict) -> None:
-        flight = _Flight(self, key, register=False)
+        if failure is not None:
+            if (entry is not None and isinstance(failure, (OriginUnavailable, OriginTimeout))
+                    and self._stale_ok(entry, age)):
+                return await self._serve_stale(ask, stale, failure)  # type: ignore[arg-type]
+            if leader:
+                raise failure
+            # Another request's pull failed: this one gets its own chance
+            # (its own failover chain, within its own time budget).
+            self.log.info("cache: the shared pull of {key} failed ({why}); a waiting request "
+                          "tries on its own", key=ask.key, why=str(failure))
+            return await self._lookup(ask, alone=True)
+        if not leader and not flight.may_serve(ask.reqh):
+            # Not ours to have (private, another variant, Authorization):
+            # sent on its own, as Varnish's hit-for-miss does.
+            return await self._lookup(ask, alone=True)
+        if flight.refreshed is not None:
+            fresh = flight.refreshed
+            new_age = current_age(fresh.header_map(), fresh.request_time, fresh.response_time,
+                                  self.clock.seconds())
+            try:
+                return await self._serve_entry(ask, fresh, "HIT", new_age)
+            except _Vanished:
+                return await self._fetch(ask, alone=True)
+        fill = flight.fill
+        assert fill is not None
+        if fill.result.response.code >= 500 and entry is not None and self._stale_ok(entry, age):
+            return await self._serve_stale(ask, stale, None)  # type: ignore[arg-type]
+        if not leader and fill.base > 0:
+            return await self._lookup(ask, alone=True)  # joined too late to share it
+        await self._stream(ask, fill, "MISS", strip_cookies=flight.strip_cookies and not leader)
+
+    def _passes_range(self, ask: _Ask, why: Optional[str]) -> bool:
+        """
+        Whether a Range miss is passed on to the origin as it is, rather
+        than answered from a whole-object fill: when the object is known
+        not to be stored (private or too large), and when the whole object
+        could cost the origin more than the range plus L{RANGE_READ_AHEAD}
+        bytes: a range with an end (once the client has it, what the origin
+        already sent is wasted: on loopback 2-3 MiB were in flight), a
+        suffix range, or one that starts further in.  Only an open range
+        near the start (C{bytes=0-}, what players send first) joins a fill.
+        """
+        if ask.request.method != b"GET":
+            return False
+        spec = _range_spec(ask.reqh)
+        if spec is None:
+            return False
+        first, last = spec
+        return why is not None or first < 0 or last is not None or first >= RANGE_READ_AHEAD
+
+    async def _pass_range(self, ask: _Ask) -> None:
+        """The client's Range goes to the origin; a storable object is filled behind."""
+        ctx = ask.ctx
+        flight = Flight(self, ask.key, register=False, remember=False)
         waiter = flight.join()
-        flight.launch(live, self._origin_request(oreq), rule, reqh)
+        flight.launch(ask.live, replace(ask.oreq, method=b"GET", started=ctx.start), ask.rule,
+                      ask.reqh)
         ctx.pending = waiter.ready
         try:
-            fill = await waiter.ready
+            await waiter.ready
         finally:
             ctx.pending = None
             flight.leave(waiter)
-        await self._stream(request, ctx, fill, reqh, "MISS")
+        fill = flight.fill
+        assert fill is not None
+        if fill.result.response.code == 206:
+            self._fill_behind(ask, fill.result.response)
+        await self._stream(ask, fill, "MISS")
 
-    async def _stream(self, request: Any, ctx: Any, fill: Fill, reqh: dict, status: str) -> None:
+    def _fill_behind(self, ask: _Ask, response: Any) -> None:
+        """Fetch and store the whole object when the 206 shows it will be stored."""
+        if ask.key in self.inflight or self.unshared.why(ask.key) or self._find(ask) is not None:
+            return  # being filled, known not to be stored, or stored meanwhile
+        total = _range_total(response.headers)
+        if total is None:
+            return
+        if total > self.max_object:
+            self.unshared.mark(ask.key, "large")
+            return
+        headers = _map(response.headers)
+        if not storable(b"GET", ask.reqh, 200, headers, ask.rule, self.clock.seconds(),
+                        self.targeted).ok:
+            return
+        flight = Flight(self, ask.key, background=True)
+        # Its interim answers (103) are nobody's: the client has its range.
+        flight.launch(ask.live, replace(self._origin_request(ask.oreq), on_interim=None),
+                      ask.rule, ask.reqh)
+
+    async def _stream(self, ask: _Ask, fill: Fill, status: str, strip_cookies: bool = False) -> None:
+        request, ctx, reqh = ask.request, ask.ctx, ask.reqh
         result = fill.result
         response = result.response
         ctx.cache = status
@@ -348,6 +509,8 @@ class Cache:
         ctx.origin_ms = result.elapsed * 1000
         out = request.responseHeaders
         headers = _map(end_to_end(response.headers, drop=(b"server",)))
+        if strip_cookies:
+            headers.pop(b"set-cookie", None)
         if response.code == 200 and not_modified(reqh, headers):
             self._answer_304(request, headers, status, 0)
             return
@@ -366,45 +529,10 @@ class Cache:
         if request.method == b"HEAD":
             request.finish()
             return
-        if first < fill.base:
-            raise EdgeError("joined too late to share this answer", 503)
         reader = Reader(fill, request, first, last)
         ctx.relay = reader
         reader.pump()
         await reader.done
-
-    async def _revalidate(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any, key: str,
-                          entry: Entry, rule: Any, reqh: dict, age: float) -> None:
-        headers = entry.header_map()
-        extra = _validators(headers)
-        if not extra:
-            return await self._miss(request, live, oreq, ctx, key, rule, reqh, stale=(entry, age))
-        request_time = self.clock.seconds()
-        ctx.pending = self.puller.pull(live, self._origin_request(oreq, extra))
-        try:
-            result = await ctx.pending
-        except (OriginUnavailable, OriginTimeout) as e:
-            return await self._serve_stale(request, ctx, (entry, age), e)
-        finally:
-            ctx.pending = None
-        if result.response.code == 304:
-            result.response.deliverBody(Discard())
-            fresh = self._refreshed(entry, result, request_time, rule, reqh)
-            now = self.clock.seconds()
-            new_age = current_age(fresh.header_map(), fresh.request_time, fresh.response_time, now)
-            return await self._serve_entry(request, ctx, fresh, "HIT", new_age)
-        if result.response.code >= 500 and self._stale_ok(entry, age):
-            result.response.deliverBody(Discard())
-            return await self._serve_stale(request, ctx, (entry, age), None)
-        # A new answer: share it and store it like a miss.
-        flight = _Flight(self, key, register=False)
-        waiter = flight.join()
-        flight.adopt(result, rule, reqh, request_time)
-        try:
-            fill = await waiter.ready
-        finally:
-            flight.leave(waiter)
-        await self._stream(request, ctx, fill, reqh, "MISS")
 
     def _refreshed(self, entry: Entry, result: Any, request_time: float, rule: Any,
                    reqh: dict) -> Entry:
@@ -436,7 +564,7 @@ class Cache:
             return False
         return limit > 0 and age - entry.lifetime <= limit
 
-    async def _serve_stale(self, request: Any, ctx: Any, stale: tuple, error: Optional[Exception]) -> None:
+    async def _serve_stale(self, ask: _Ask, stale: tuple, error: Optional[Exception]) -> None:
         entry, age = stale
         if not self._stale_ok(entry, age):
             if error is not None:
@@ -446,155 +574,22 @@ class Cache:
                       key=entry.key, stale=age - entry.lifetime,
                       why=str(error) if error else "origin answered 5xx")
         now = self.clock.seconds()
-        await self._serve_entry(request, ctx, entry, "STALE",
-                                current_age(entry.header_map(), entry.request_time, entry.response_time, now))
+        try:
+            await self._serve_entry(ask, entry, "STALE",
+                                    current_age(entry.header_map(), entry.request_time,
+                                                entry.response_time, now))
+        except _Vanished:
+            if error is not None:
+                raise error
+            raise OriginUnavailable("origin failed and the stored copy is gone")
 
-    def _refresh_in_background(self, live: Any, oreq: OriginRequest, key: str, entry: Entry,
-                               rule: Any, reqh: dict) -> None:
-        if key in self.inflight:
+    def _refresh_in_background(self, ask: _Ask, entry: Entry) -> None:
+        if ask.key in self.inflight:
             return
-        headers = entry.header_map()
-        extra = _validators(headers)
-        flight = _Flight(self, key)
-        self.inflight[key] = flight
-        request_time = self.clock.seconds()
-
-        async def run() -> None:
-            try:
-                result = await self.puller.pull(live, self._origin_request(oreq, extra))
-            except Exception as e:  # noqa: BLE001 - logged, the stale copy stays
-                self.log.warn("cache: background refresh of {key} failed: {why}", key=key, why=str(e))
-                flight.close()
-                return
-            if result.response.code == 304:
-                result.response.deliverBody(Discard())
-                self._refreshed(entry, result, request_time, rule, reqh)
-                flight.close()
-                return
-            flight.adopt(result, rule, reqh, request_time)
-
-        Deferred.fromCoroutine(run())
-
-
-class _Flight:
-    """
-    One collapsed origin pull for a key: the waiters, the pull, and the fill
-    once the answer's headers are in.
-    """
-
-    log = Logger()
-
-    def __init__(self, cache: Cache, key: str, register: bool = True) -> None:
-        self.cache = cache
-        self.key = key
-        self.registered = register
-        self.waiters: list[_Waiter] = []
-        self.pending: Optional[Deferred] = None
-        self.fill: Optional[Fill] = None
-        self.failure: Optional[Failure] = None
-        self.shared = True
-        self.vary: Optional[tuple] = None
-        self.variant: Optional[tuple] = None
-        self.closed = False
-
-    def join(self) -> _Waiter:
-        w = _Waiter()
-        if self.fill is not None:
-            w.ready.callback(self.fill)
-        elif self.failure is not None:
-            w.ready.errback(self.failure)
-        else:
-            self.waiters.append(w)
-        return w
-
-    def leave(self, waiter: _Waiter) -> None:
-        if waiter in self.waiters:
-            self.waiters.remove(waiter)
-        if not self.waiters and self.pending is not None and self.fill is None:
-            # Everyone left before the answer came: stop asking.
-            pending, self.pending = self.pending, None
-            pending.cancel()
-
-    def launch(self, live: Any, oreq: OriginRequest, rule: Any, reqh: dict) -> None:
-        request_time = self.cache.clock.seconds()
-        d = self.pending = self.cache.puller.pull(live, oreq)
-
-        def got(result: Any) -> None:
-            self.pending = None
-            self.adopt(result, rule, reqh, request_time)
-
-        def failed(f: Failure) -> None:
-            self.pending = None
-            self.failure = f
-            self.close()
-            waiters, self.waiters = self.waiters, []
-            for w in waiters:
-                w.ready.errback(f)
-
-        d.addCallbacks(got, failed)
-        d.addErrback(lambda f: self.log.failure("cache flight for {key}", f, key=self.key))
-
-    def adopt(self, result: Any, rule: Any, reqh: dict, request_time: float) -> None:
-        """The origin's answer is in: decide storing and sharing, start the fill."""
-        cache = self.cache
-        response = result.response
-        headers = _map(response.headers)
-        response_time = cache.clock.seconds()
-        verdict = storable(b"GET", reqh, response.code, headers, rule, response_time, cache.targeted)
-        too_big = response.length is not UNKNOWN_LENGTH and response.length > cache.max_object
-        storing = verdict.ok and not too_big
-        cc, _ = directives(headers, cache.targeted)
-        self.vary = vary_names(headers)
-        self.variant = vary_key(self.vary, reqh) if self.vary is not None else None
-        # Answers that belong to one client are never handed to another.
-        self.shared = not (cc.has("private") or cc.has("no-store") or headers.get(b"set-cookie")
-                           or self.vary is None) or storing
-        fill = Fill(self.key, cache.max_object, cache.budget)
-        self.fill = fill
-        if not storing and self.registered:
-            # Nothing to store: later requests start their own pull.
-            self.close()
-        stored_headers = [(n, v) for n, vs in
-                          end_to_end(response.headers, drop=(b"server",)).getAllRawHeaders()
-                          for v in vs
-                          if not (verdict.strip_cookies and n.lower() == b"set-cookie")]
-
-        def complete(f: Fill) -> None:
-            self.close()
-            if not (f.storing and f.complete and f.failed is None):
-                return
-            if response.length is not UNKNOWN_LENGTH and f.size != response.length:
-                return
-            entry = Entry(
-                key=self.key, variant=self.variant or (), vary=self.vary or (),
-                status=response.code, phrase=response.phrase,
-                headers=[(n.lower(), v) for n, v in stored_headers
-                         if n.lower() not in (b"content-length",)],
-                length=f.size, request_time=request_time, response_time=response_time,
-                lifetime=verdict.lifetime, auth_ok=verdict.auth_ok, body=f.body(),
-            )
-            cache.store.put(entry)
-            self.log.debug("cache: stored {key} ({n} bytes, fresh for {t} s)", key=self.key,
-                           n=f.size, t=verdict.lifetime)
-
-        def idle(f: Fill) -> None:
-            if not f.storing and not self.waiters:
-                f.cancel()
-
-        fill.on_complete = complete
-        fill.on_idle = idle
-        fill.on_unstored = lambda f: self.close()
-        fill.prepare(result, storing)
-        # Waiters attach their readers first, then the body flows (a
-        # buffered answer is delivered all at once).
-        waiters, self.waiters = self.waiters, []
-        for w in waiters:
-            w.ready.callback(fill)
-        fill.start()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.registered and self.cache.inflight.get(self.key) is self:
-            del self.cache.inflight[self.key]
+        extra = _validators(entry.header_map())
+        rule, reqh = ask.rule, ask.reqh
+        flight = Flight(self, ask.key, background=True)
+        flight.launch(ask.live, replace(self._origin_request(ask.oreq, extra), on_interim=None),
+                      rule, reqh,
+                      stale=entry if extra else None,
+                      refresh=lambda e, result, t: self._refreshed(e, result, t, rule, reqh))

@@ -27,6 +27,13 @@ __all__ = ["Entry", "MemoryStore", "DiskStore", "Store"]
 MAGIC = b"CDNPULL-OBJ1\n"
 END = b"\nCDNPULL-END\n"
 HEADER = struct.Struct("!Q")
+# What Python spends around the bytes an entry holds (CPython 3.11, 64 bit):
+# a bytes object's header; a (name, value) pair (tuple, two bytes headers,
+# list slot); the Entry, its __dict__, ident and variant tuples, the LRU and
+# variant-index slots.
+BYTES_OVERHEAD = 33
+PAIR_OVERHEAD = 56 + 2 * 33 + 8
+ENTRY_OVERHEAD = 700
 
 
 @dataclass
@@ -57,7 +64,17 @@ class Entry:
         return out
 
     def cost(self) -> int:
-        return self.length + sum(len(n) + len(v) for n, v in self.headers) + 256
+        """
+        The bytes this entry holds in memory: the body, every header and
+        Vary value (each a tuple of two bytes objects in a list), the key,
+        and the entry's own objects and index slots (measured with
+        tracemalloc; tests/test_cache_handler.py checks the sum).
+        """
+        pairs = sum(len(n) + len(v) for n, v in self.headers) + sum(
+            len(n) + len(v) for n, v in self.variant)
+        count = len(self.headers) + len(self.variant)
+        return (self.length + BYTES_OVERHEAD + pairs + count * PAIR_OVERHEAD
+                + 2 * len(self.key) + ENTRY_OVERHEAD)
 
     def meta(self) -> dict:
         return {
@@ -325,30 +342,45 @@ def _unlink(path: str) -> None:
 
 
 class Store:
-    """Memory in front of disk; every key's variants."""
+    """
+    Memory in front of disk; every key's variants, at most C{max_variants}
+    per key (the least recently used one goes).
+    """
 
-    def __init__(self, memory: MemoryStore, disk: Optional[DiskStore] = None) -> None:
+    def __init__(self, memory: MemoryStore, disk: Optional[DiskStore] = None,
+                 max_variants: int = 32) -> None:
         self.memory = memory
         self.disk = disk
-        self._variants: dict[str, set] = {}
+        self.max_variants = max_variants
+        # key -> its variants' idents, least recently used first (a dict
+        # keeps insertion order and costs less than an OrderedDict).
+        self._variants: "dict[str, dict[tuple, None]]" = {}
         if disk is not None:
             for ident in disk.idents():
-                self._variants.setdefault(ident[0], set()).add(ident)
+                self._variants.setdefault(ident[0], {})[ident] = None
+            for idents in list(self._variants.values()):
+                while len(idents) > max_variants:
+                    self.remove(next(iter(idents)))
 
     def variants(self, key: str) -> list[Entry]:
         out = []
-        for ident in list(self._variants.get(key, ())):
+        idents = self._variants.get(key)
+        for ident in list(idents or ()):
             entry = self.memory.get(ident) or (self.disk.get(ident) if self.disk else None)
             if entry is None:
-                self._variants[key].discard(ident)
+                idents.pop(ident, None)  # type: ignore[union-attr]
             else:
                 out.append(entry)
-        if key in self._variants and not self._variants[key]:
+        if idents is not None and not idents:
             del self._variants[key]
         return out
 
     def body(self, entry: Entry) -> Deferred:
         """Fires with the entry with its body (memory, else read from disk)."""
+        idents = self._variants.get(entry.key)
+        if idents is not None and entry.ident in idents:
+            del idents[entry.ident]  # this variant was used: now the newest
+            idents[entry.ident] = None
         cached = self.memory.get(entry.ident)
         if cached is not None and cached.body is not None:
             return succeed(cached)
@@ -367,7 +399,11 @@ class Store:
         for other in self.variants(entry.key):
             if other.vary != entry.vary:
                 self.remove(other.ident)
-        self._variants.setdefault(entry.key, set()).add(entry.ident)
+        idents = self._variants.setdefault(entry.key, {})
+        idents.pop(entry.ident, None)
+        idents[entry.ident] = None
+        while len(idents) > self.max_variants:
+            self.remove(next(iter(idents)))
         self.memory.put(entry)
         if self.disk is not None:
             return self.disk.put(entry)
@@ -386,7 +422,7 @@ class Store:
             self.disk.remove(ident)
         variants = self._variants.get(ident[0])
         if variants is not None:
-            variants.discard(ident)
+            variants.pop(ident, None)
             if not variants:
                 del self._variants[ident[0]]
 
