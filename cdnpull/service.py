@@ -6,6 +6,7 @@ or a runtime change atomically.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
@@ -144,6 +145,7 @@ class CdnService(MultiService):
         self.runtime = runtime
         self.loaded = loaded
         self.control = control
+        self.disk: Optional[DiskStore] = None
         self._old_sighup: Any = None
         # The certificates of tls: listeners, when there are any.
         self.tls: Optional[SNIServer] = None
@@ -151,6 +153,10 @@ class CdnService(MultiService):
     def startService(self) -> None:
         self.runtime.start()
         super().startService()
+        if self.disk is not None:
+            # The node listens already; the disk cache is checked and indexed
+            # in the background (a key not indexed yet is looked up directly).
+            self.disk.load()
         if self.loaded is not None and hasattr(signal, "SIGHUP"):
             reactor = self.runtime.reactor
             self._old_sighup = signal.signal(
@@ -232,8 +238,14 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     runtime.certificates = runtime.edge_certificates.start(config, loaded.certificates)
     disk = None
     if settings.cache_dir:
+        try:
+            os.makedirs(settings.cache_dir, mode=0o700, exist_ok=True)
+            if not os.access(settings.cache_dir, os.W_OK | os.X_OK):
+                raise PermissionError("not writable")
+        except OSError as e:
+            raise ConfigError(f"settings.cache_dir: cannot use {settings.cache_dir}: "
+                              f"{e.strerror or e}") from None
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
-        disk.load()
     runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk,
                                 max_variants=settings.max_variants),
                           runtime.puller, reactor, parse_size(settings.cache_max_object),
@@ -248,6 +260,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
                       write=run_in_thread)
     control.restore()
     service = CdnService(runtime, loaded, control)
+    service.disk = disk
     access_log = AccessLog(settings.access_log)
     runtime.access_log = access_log
     edge = Edge(runtime, reactor, access_log)
