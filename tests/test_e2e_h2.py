@@ -296,7 +296,7 @@ async def test_a_reset_stream_cancels_its_origin_request(node) -> None:  # type:
     await _until(lambda: '"GET /slow HTTP/2" 499' in node["cdn"].log())
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 

@@ -393,7 +393,7 @@ def test_check_describes_https(tmp_path) -> None:  # type: ignore[no-untyped-def
 # -- SIGHUP -------------------------------------------------------------------------
 
 
-def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -574,7 +574,7 @@ async def test_a_client_that_never_finishes_its_handshake_is_dropped(tmp_path) -
 
     try:
         elapsed, closed = await deferToThread(silent)
-        assert closed and 0.5 < elapsed < 5
+        assert closed and 0.5 < elapsed < 15
         assert "Traceback" not in cdn.log()
     finally:
         cdn.stop()
