@@ -11,7 +11,8 @@ import os
 import sys
 
 from . import ctl
-from .config import BucketOrigin, ConfigError, DomainOrigin, IPOrigin
+
+from .config import BucketOrigin, ConfigError, DomainOrigin, IPOrigin, is_tls_listen
 from .loader import load_config
 
 
@@ -26,6 +27,22 @@ def describe_origin(origin: object) -> str:
         kind = "private (signed)" if origin.credentials else "public"
         return f"{kind} bucket {origin.bucket} at {origin.endpoint} ({origin.style} style)"
     return repr(origin)
+
+
+_SOURCES = {"domain": "the domain", "certificates": "settings.certificates",
+            "default_certificate": "settings.default_certificate"}
+
+
+def describe_https(domain: object, certificates: object) -> str:
+    cert, source = certificates.for_domain(domain)  # type: ignore[attr-defined]
+    parts = [f"certificate {cert.spec.cert_file} ({', '.join(cert.names)}, from "
+             f"{_SOURCES[source]}, expires {cert.not_after:%Y-%m-%d})"
+             if cert is not None else "no certificate covers it"]
+    if domain.https_only:  # type: ignore[attr-defined]
+        parts.append("https only (plain http gets 301)")
+    if domain.hsts:  # type: ignore[attr-defined]
+        parts.append(f"hsts {domain.hsts}")  # type: ignore[attr-defined]
+    return "; ".join(parts)
 
 
 def check(path: str) -> int:
@@ -52,6 +69,8 @@ def check(path: str) -> int:
         print(f"    probe: {probe}; block failing addresses for {d.block_for:g}s")
         print(f"    timeouts: connect {d.connect_timeout:g}s, first byte "
               f"{d.first_byte_timeout:g}s, whole request {d.total_timeout:g}s")
+        if loaded.certificates or any(is_tls_listen(e) for e in s.listen):
+            print(f"    https: {describe_https(d, loaded.certificates)}")
         for rule in d.cache:
             what = rule.prefix or ""
             if rule.suffixes:

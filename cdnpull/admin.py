@@ -396,6 +396,12 @@ class AdminResource(Resource):
             elif action == ["override"]:
                 self._allow(method, b"DELETE")
                 live = await self.control.restore_module(name)
+            elif action == ["certificate"]:  # the edge certificate (cdnpull.certstore)
+                self._allow(method, b"PUT", b"DELETE")
+                if method == b"PUT":
+                    live = await self.runtime.edge_certificates.set(name, await self._body(request))
+                else:
+                    live = await self.runtime.edge_certificates.remove(name)
             else:
                 raise _HTTPError(404, f"no such path {path}")
             return 200, domain_json(live, self.clock.seconds(), dns)
