@@ -11,7 +11,6 @@ import os
 import sys
 
 from . import ctl
-
 from .config import BucketOrigin, ConfigError, DomainOrigin, IPOrigin, is_tls_listen
 from .loader import load_config
 
