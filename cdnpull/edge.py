@@ -104,8 +104,11 @@ class Edge(Resource):
         config = live.config
         if config.forward_headers or (config.is_wildcard and not is_dns_name(host)):
             return None  # keyed on more than the URL, or a 400: the ordinary way
+        secure = conn.isSecure()
+        if config.hsts if secure else config.https_only:
+            return None  # an HSTS header, or a redirect to https: the ordinary way
         now = self.clock.seconds()
-        answer = fresh_hit(cache, live, "https" if conn.isSecure() else "http", host, target,
+        answer = fresh_hit(cache, live, "https" if secure else "http", host, target,
                            method, head.fields, now, not head.keep_alive)
         if answer is None:
             return None
@@ -154,6 +157,14 @@ class Edge(Resource):
         if live.config.is_wildcard and not is_dns_name(host):
             # The client's name becomes the origin's Host (and TLS name).
             raise EdgeError("the Host is not a valid DNS name", 400)
+        if request.isSecure():
+            if live.config.hsts:
+                request.setHeader(b"strict-transport-security", live.config.hsts.encode("ascii"))
+        elif live.config.https_only:
+            # Before the cache: the redirect is never stored as the object.
+            # 308 keeps the method and body of anything but GET and HEAD.
+            request.setHeader(b"location", b"https://%s%s" % (host.encode("ascii"), target))
+            raise EdgeError("moved to https", 301 if request.method in (b"GET", b"HEAD") else 308)
         if isinstance(live.primary.origin, BucketOrigin) and request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             raise EdgeError("only GET and HEAD reach a bucket", 405)
@@ -253,7 +264,8 @@ class Edge(Resource):
             self.log.failure("unexpected error serving {uri}", failure, uri=request.uri)
             status, message = 500, "internal error"
         if request.startedWriting:
-            request.transport.abortConnection()  # type: ignore[union-attr]
+            # (An HTTP/2 stream has no transport: resetting the stream is its abort.)
+            (request.transport or request.channel).abortConnection()  # type: ignore[union-attr]
             return
         if status >= 500:
             # Which origin addresses were tried and why is for the log (and

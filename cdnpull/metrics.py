@@ -105,6 +105,8 @@ class Metrics:
         self._requests: dict = {}
         r.register(_RequestCollector(self._requests))
         self._origin_children: dict = {}
+        # The recent history (cdnpull.stats.Stats), told of the same events.
+        self.stats: Any = None
 
     # -- hooks the other parts call --------------------------------------
 
@@ -112,6 +114,8 @@ class Metrics:
         key = (domain or "-", status // 100, cache)
         counts = self._requests
         counts[key] = counts.get(key, 0) + 1
+        if self.stats is not None:
+            self.stats.request(domain, cache)
 
     def origin_try(self, domain: str, group: str, address: str, outcome: str,
                    seconds: Optional[float]) -> None:
@@ -126,9 +130,13 @@ class Metrics:
         children[0].inc()
         if seconds is not None:
             children[1].observe(seconds)
+        if self.stats is not None:
+            self.stats.origin_try(domain, address, outcome, seconds)
 
     def failover(self, domain: str) -> None:
         self.failovers.labels(domain).inc()
+        if self.stats is not None:
+            self.stats.failover(domain)
 
     def probe(self, group: Any, state: Any, ok: bool) -> None:
         self.probes.labels(group.domain, group.role, str(state.address),

@@ -17,14 +17,15 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
 from .admin import MAX_BODY as ADMIN_MAX_BODY, AdminResource, read_token
 from .cache import Cache, DiskStore, MemoryStore, Store
-from .config import Config, ConfigError, Domain, parse_size
+from .certs import CertificateSet, days_left_collector
+from .certstore import CertificateStore, EdgeCertificates
+from .config import Config, ConfigError, Domain, is_tls_listen, parse_size
 from .control import Control
 from .edge import Edge, EdgeSite
 from .http import ClientLimits
@@ -37,8 +38,14 @@ from .origins.dns import DNSManager, make_resolver
 from .origins.tls import TLSPolicy
 from .probing import HTTPChecker, ProbeManager
 from .pull import Puller
+from .stats import Stats
+from .http2 import h2_connection_factory
+from .tlsserver import H2, HTTP11, ByALPN, SNIServer, server_endpoint
 
 __all__ = ["Runtime", "CdnService", "build_service"]
+
+# Settings a SIGHUP applies (the others wait for a restart).
+RELOADED_SETTINGS = ("certificates", "default_certificate")
 
 
 class Runtime:
@@ -68,14 +75,24 @@ class Runtime:
         # that probes watch).
         self.watchers: list = [self.dns.table_changed, self.probes.table_changed]
         self.metrics: Any = None
+        self.stats: Optional[Stats] = None
         self.cache: Any = None
         self.access_log: Any = None
+        # The edge certificates served (cdnpull.certs), replaced whole on
+        # SIGHUP: the config module's, with the ones replaced through the
+        # admin API on top (cdnpull.certstore).
+        self.certificates = CertificateSet()
+        self.edge_certificates: Any = None
 
     def start(self) -> None:
         self.dns.start(self.table)
         self.probes.start(self.table)
+        if self.stats is not None:
+            self.stats.start()
 
     def stop(self) -> Deferred:
+        if self.stats is not None:
+            self.stats.stop()
         self.probes.stop()
         self.dns.stop()
         return self.client.close()
@@ -84,10 +101,19 @@ class Runtime:
         """Swap in a new table built from C{domains} (already validated)."""
         old = self.table
         new = build_table(domains, self.reactor, previous=old, bases=bases, rng=self.rng)
+        self._label_certificates(new)
         self.table = new
         for watcher in list(self.watchers):
             watcher(old, new)
         return new
+
+    def set_certificates(self, certificates: CertificateSet) -> None:
+        self.certificates = certificates
+        self._label_certificates(self.table)
+
+    def _label_certificates(self, table: LiveTable) -> None:
+        for live in table.domains.values():
+            live.certificate = self.certificates.for_domain(live.config)
 
 
 class Listener(StreamServerEndpointService):
@@ -96,8 +122,9 @@ class Listener(StreamServerEndpointService):
     the process with status 1 (no traceback for a port already in use).
     """
 
-    def __init__(self, description: str, reactor: Any, factory: Any) -> None:
-        super().__init__(serverFromString(reactor, description), factory)
+    def __init__(self, description: str, reactor: Any, factory: Any,
+                 tls: Optional[SNIServer] = None) -> None:
+        super().__init__(server_endpoint(reactor, description, tls), factory)
         self.description = description
         self._raiseSynchronously = True
 
@@ -126,6 +153,8 @@ class CdnService(MultiService):
         self.control = control
         self.disk: Optional[DiskStore] = None
         self._old_sighup: Any = None
+        # The certificates of tls: listeners, when there are any.
+        self.tls: Optional[SNIServer] = None
 
     def startService(self) -> None:
         self.runtime.start()
@@ -172,13 +201,17 @@ class CdnService(MultiService):
             return succeed(None)
         old_settings = self.runtime.config.settings
         changed = [f.name for f in fields(old_settings)
-                   if getattr(old_settings, f.name) != getattr(new.config.settings, f.name)]
+                   if getattr(old_settings, f.name) != getattr(new.config.settings, f.name)
+                   and f.name not in RELOADED_SETTINGS]
         if changed:
             self.log.warn("reload: settings {fields} changed; they take effect at the next "
                           "restart", fields=", ".join(changed))
         d = self.control.reload(new.config)
 
         def done(_: Any) -> None:
+            # Certificates are read again even when their paths did not
+            # change (renewed in place): new handshakes use them.
+            self.runtime.edge_certificates.reload(new.config, new.certificates)
             self.log.info("reloaded {path}: {n} domains", path=path,
                           n=len(self.runtime.table.domains))
 
@@ -200,6 +233,17 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     settings = config.settings
     runtime = Runtime(reactor, config, rng)
     run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
+    service: Optional[CdnService] = None
+
+    def serve_certificates(certificates: CertificateSet) -> None:
+        runtime.set_certificates(certificates)
+        if service is not None and service.tls is not None:
+            service.tls.update(certificates)
+
+    runtime.edge_certificates = EdgeCertificates(
+        runtime, CertificateStore(f"{settings.state_file}.certs" if settings.state_file else None),
+        serve_certificates, run_in_thread, reactor)
+    runtime.certificates = runtime.edge_certificates.start(config, loaded.certificates)
     disk = None
     if settings.cache_dir:
         try:
@@ -217,6 +261,8 @@ def build_service(loaded: LoadedConfig, reactor: Any,
                           tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))
     metrics = Metrics(lambda: runtime.table, reactor, cache=lambda: runtime.cache)
     runtime.metrics = metrics
+    runtime.stats = metrics.stats = Stats(reactor, lambda: runtime.table, lambda: runtime.cache)
+    metrics.registry.register(days_left_collector(lambda: runtime.certificates, reactor))
     runtime.puller.observer = metrics
     runtime.probes.on_result = metrics.probe
     control = Control(runtime, StateFile(settings.state_file),
@@ -239,8 +285,14 @@ def build_service(loaded: LoadedConfig, reactor: Any,
         send_timeout=float(settings.client_send_timeout),
     )
     site = EdgeSite(edge, limits=limits, reactor=reactor)
+    tls_site = None
+    if any(is_tls_listen(d) for d in settings.listen):
+        service.tls = SNIServer(runtime.certificates, protocols=(H2, HTTP11))
+        tls_site = ByALPN(site, reactor, limits.header_timeout,
+                          h2=h2_connection_factory(site, limits, reactor))
     for description in settings.listen:
-        Listener(description, reactor, site).setServiceParent(service)
+        factory = tls_site if is_tls_listen(description) else site
+        Listener(description, reactor, factory, service.tls).setServiceParent(service)
     if settings.admin:
         try:
             token = read_token(settings.admin_token_file)
