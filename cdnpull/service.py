@@ -28,7 +28,7 @@ from .certstore import CertificateStore, EdgeCertificates
 from .config import Config, ConfigError, Domain, is_tls_listen, parse_size
 from .control import Control
 from .edge import Edge, EdgeSite
-from .httpserver import ClientLimits
+from .http import ClientLimits
 from .fetch import OriginClient
 from .live import LiveTable, build_table
 from .loader import LoadedConfig, load_config
@@ -174,6 +174,8 @@ class CdnService(MultiService):
             self._old_sighup = None
         d = maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.runtime.stop())
+        if self.runtime.access_log is not None:
+            d.addBoth(lambda r: (self.runtime.access_log.close(), r)[1])
         return d
 
     def reload(self) -> Deferred:
@@ -268,7 +270,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     control.restore()
     service = CdnService(runtime, loaded, control)
     service.disk = disk
-    access_log = AccessLog(settings.access_log)
+    access_log = AccessLog(settings.access_log, reactor)
     runtime.access_log = access_log
     edge = Edge(runtime, reactor, access_log)
     edge.metrics = metrics
