@@ -246,3 +246,39 @@ def test_idle_connections_expire():  # type: ignore[no-untyped-def]
     clock.advance(10)
     assert endpoint.transports[0].disconnecting
     assert not clock.getDelayedCalls()
+
+
+class Pausing(Reader):
+    """Pauses the origin on every chunk, as the cache does past its high water."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.pauseProducing()
+
+
+def test_a_connection_paused_by_its_reader_reads_again_once_back_in_the_pool():  # type: ignore[no-untyped-def]
+    # The body's last bytes and its end come in the same read as the pause
+    # (a slow client behind a large body): the connection goes back to the
+    # pool paused unless the pool resumes it, and the next request on it
+    # would never see its answer (seen under load as an HTTP/2 test hanging).
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    transport = endpoint.transports[0]
+    transport.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    reader = Pausing()
+    result(d).deliverBody(reader)
+    transport.protocol.dataReceived(b"hello")
+    assert reader.reason.check(ResponseDone)
+    d = ask(pool, endpoint)
+    assert len(endpoint.transports) == 1  # reused ...
+    assert transport.producerState == "producing"  # ... and read
+    # A body read to its end before its reader came (buffered): the
+    # connection is back in the pool, and the late reader's pause is not
+    # for it any more.
+    transport.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    late = Pausing()
+    result(d).deliverBody(late)
+    assert late.data == b"ok" and late.reason.check(ResponseDone)
+    assert transport.producerState == "producing"
+    ask(pool, endpoint)
+    assert len(endpoint.transports) == 1

@@ -79,17 +79,22 @@ class OriginResponse:
 
 
 class _BodyTransport:
-    """What a body protocol controls: the origin connection's reading."""
+    """
+    What a body protocol controls: the origin connection's reading, while
+    its body lasts (once it ended, the connection may serve another request:
+    pausing it then would leave that one unread).
+    """
 
     def __init__(self, conn: "OriginConnection") -> None:
         self._conn = conn
+        self.ended = False
 
     def pauseProducing(self) -> None:
-        if self._conn.transport is not None:
+        if not self.ended and self._conn.transport is not None:
             self._conn.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        if self._conn.transport is not None:
+        if not self.ended and self._conn.transport is not None:
             self._conn.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -121,6 +126,7 @@ class OriginConnection(Protocol):
         self._framed = True
         self._reusable = True
         self._body_producer: Any = None
+        self._body_transport: Optional[_BodyTransport] = None
         self._expiry: Any = None
         self._on_interim: Any = None
 
@@ -326,7 +332,10 @@ class OriginConnection(Protocol):
 
     def _deliver(self, protocol: Any) -> None:
         self._protocol = protocol
-        protocol.makeConnection(_BodyTransport(self))
+        self._body_transport = _BodyTransport(self)
+        if self._ended is not None:
+            self._body_transport.ended = True  # read to its end already (buffered)
+        protocol.makeConnection(self._body_transport)
         buffered, self._buffer = self._buffer, []
         for data in buffered:
             if self._protocol is None:
@@ -340,6 +349,8 @@ class OriginConnection(Protocol):
         if self._ended is not None:
             return
         self._ended = reason
+        if self._body_transport is not None:
+            self._body_transport.ended = True
         protocol = self._protocol
         if protocol is not None:
             self._protocol = None
@@ -378,6 +389,10 @@ class OriginConnection(Protocol):
         if self._reusable and self._body_producer is None and self.transport is not None:
             self.state = "idle"
             self._parser = None
+            self._body_transport = None
+            # Its body's reader may have paused it (a slow client) in the
+            # read that ended the body: the next request must be read.
+            self.transport.resumeProducing()
             self.pool._put(self)
         else:
             self.state = "dead"
