@@ -52,6 +52,7 @@ def cut(origin: Origin, path: str) -> None:
         request.setHeader(b"cache-control", b"max-age=600")
         request.setHeader(b"content-length", b"1000")
         request.write(b"x" * 500)
+        request.transport.doWrite()  # sent before the reset, however busy the reactor
         reactor.callLater(0.05, request.transport.abortConnection)
         return NOT_DONE_YET
     origin.routes[path] = handler
