@@ -1,5 +1,5 @@
 """
-The admin listener (SPEC.md section 6): the JSON API, C{/metrics} and the
+The admin listener (docs/admin-api.md): the JSON API, C{/metrics} and the
 console page.  Never mounted on a client listener.
 
 With C{Settings.admin_token_file} set, every API call and C{/metrics} needs

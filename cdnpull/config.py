@@ -1,6 +1,6 @@
 """
 The public configuration API of cdnpull: immutable value objects and their
-validation (SPEC.md section 2).
+validation (docs/configuration.md).
 
 A config module imports everything it needs from here::
 

@@ -242,7 +242,7 @@ class Edge(Resource):
         out.setRawHeaders(b"via", [b", ".join(response.headers.getRawHeaders(b"via", []) + [VIA])])
         out.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
         if not out.hasHeader(b"age"):
-            out.setRawHeaders(b"age", [b"0"])  # SPEC §5: every answer says its Age
+            out.setRawHeaders(b"age", [b"0"])  # every answer says its Age (docs/cache.md)
         relay = BodyRelay(request)
         ctx.relay = relay
         response.deliverBody(relay)

@@ -1,5 +1,5 @@
 """
-Prometheus metrics (SPEC.md section 6, C{GET /metrics} on the admin
+Prometheus metrics (docs/admin-api.md, C{GET /metrics} on the admin
 listener), with C{prometheus_client} and a registry of the node's own (not the
 process-global one, so that several nodes in one process never mix).
 

@@ -1,5 +1,5 @@
 """
-Runtime changes to origins (SPEC.md section 6): the JSON shapes of the admin
+Runtime changes to origins (docs/admin-api.md): the JSON shapes of the admin
 API, the effective domains (config module plus changes), and the state file
 that keeps the changes across restarts.
 

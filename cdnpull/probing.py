@@ -1,5 +1,5 @@
 """
-Active health probes (SPEC.md section 3): one C{LoopingCall} per origin
+Active health probes (docs/origins.md): one C{LoopingCall} per origin
 address, on the injected clock.
 
 Rules, all driven by the clock so that L{twisted.internet.task.Clock} tests

@@ -1,5 +1,5 @@
 """
-The failover chain of SPEC.md section 4: try the primary group's addresses,
+The failover chain (docs/origins.md): try the primary group's addresses,
 then the standby, under one time budget per request, and hand back the answer
 the client gets.
 

@@ -1,5 +1,5 @@
 """
-The node's live state as plain data: the shapes of SPEC.md section 6, read
+The node's live state as plain data: the shapes of docs/admin-api.md, read
 straight from the live table (the only copy of the state), for the admin API,
 the console and anyone else who wants to look.
 """

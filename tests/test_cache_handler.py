@@ -1,6 +1,6 @@
 """
 The cache's decisions in memory, on a fake clock, with a scripted failover
-chain: who may share an origin answer (SPEC.md 8.1), one revalidation per
+chain: who may share an origin answer (docs/security.md), one revalidation per
 stale object, a body that vanished before it was read, waiters of a failed
 pull, Vary variants per URL and what an entry costs (8.7).
 """

@@ -1,6 +1,6 @@
 """
 The admin API, state file, token, metrics and SIGHUP reload against a real
-C{twistd cdnpull} (SPEC.md sections 6 and 7).
+C{twistd cdnpull} (docs/admin-api.md and docs/operations.md).
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def test_a_non_loopback_admin_without_a_token_is_a_config_error(tmp_path):  # ty
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-# -- credentials by name (SPEC §8.9) ---------------------------------------------------
+# -- credentials by name (docs/security.md) ---------------------------------------------------
 
 BUCKET_SITE = """
 from cdnpull.config import Domain, IPOrigin, Settings, S3Credentials
@@ -302,7 +302,7 @@ async def test_a_bucket_set_at_runtime_signs_only_with_named_credentials(tmp_pat
         await store.stop()
 
 
-# -- the state file (SPEC §8.10) ----------------------------------------------------
+# -- the state file (docs/security.md) ----------------------------------------------------
 
 
 @pytest_twisted.ensureDeferred

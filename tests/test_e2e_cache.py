@@ -1,6 +1,6 @@
 """
 The edge cache across the wire: a real C{twistd cdnpull}, a real origin
-(SPEC.md section 5).
+(docs/cache.md).
 """
 
 from __future__ import annotations

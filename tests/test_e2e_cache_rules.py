@@ -1,7 +1,8 @@
 """
-What the cache never does, across the wire (SPEC.md section 8, items 1, 2,
-5 and 7's revalidation side): a real C{twistd cdnpull}, real clients, real
-origins on 127.0.0.x.
+What the cache never does, across the wire (docs/security.md: never shares a
+private answer, never mixes schemes or hosts, never amplifies a range, never
+lets one URL eat the cache, on its revalidation side): a real
+C{twistd cdnpull}, real clients, real origins on 127.0.0.x.
 """
 
 from __future__ import annotations

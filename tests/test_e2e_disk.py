@@ -63,7 +63,7 @@ async def test_damaged_objects_are_dropped_and_fetched_again_after_a_restart(tmp
         cdn.stop()
         objects = glob.glob(os.path.join(cache_dir, "*", "*", "*.obj"))
         assert len(objects) == 4
-        for path in objects:  # SPEC: 0600 files in 0700 directories
+        for path in objects:  # 0600 files in 0700 directories (docs/security.md)
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
             assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
         flipped = object_of(cache_dir, b"flipped-")

@@ -1,7 +1,7 @@
 """
 Probes, hostname origins and HTTPS to origins across the wire: a real
 C{twistd cdnpull}, real origins on 127.0.0.2 and up, a real DNS server and a
-TLS origin with a certificate from a test CA (SPEC.md sections 2 and 3).
+TLS origin with a certificate from a test CA (docs/configuration.md and docs/origins.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """
 Origin pull and failover across the wire: one real C{twistd cdnpull} process
-and real origin servers on 127.0.0.2 and up (SPEC.md sections 3 and 4).
+and real origin servers on 127.0.0.2 and up (docs/origins.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Active probes on a fake clock (SPEC.md section 3)."""
+"""Active probes on a fake clock (docs/origins.md)."""
 
 from __future__ import annotations
 

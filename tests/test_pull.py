@@ -1,5 +1,5 @@
 """
-The failover decisions of SPEC.md section 4, one case each, on a fake clock.
+The failover decisions (docs/origins.md), one case each, on a fake clock.
 The origin client is scripted per address; the chain under test is real.
 """
 

@@ -1,6 +1,6 @@
 """
 Request collapsing: one origin pull per key, and who may be given its answer
-(SPEC.md sections 5 and 8.1).
+(docs/cache.md and docs/security.md).
 
 A L{Flight} is one origin pull (a miss, or the conditional request of a
 revalidation) that requests for the same key wait on instead of asking the

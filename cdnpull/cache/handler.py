@@ -1,5 +1,5 @@
 """
-The edge cache (SPEC.md sections 5 and 8): what the edge does with a GET or
+The edge cache (docs/cache.md and docs/security.md): what the edge does with a GET or
 HEAD of a domain, between routing and the failover chain.
 
     lookup ─► fresh ─────────────────────────────► HIT (full, range, 304, HEAD)
@@ -66,7 +66,7 @@ CLIENT_ONLY = (b"range", b"if-range", b"if-none-match", b"if-modified-since", b"
                b"if-unmodified-since")
 # A Range miss whose first byte is further in than this is passed on to the
 # origin: fetching the whole object up to it would cost the origin more than
-# the range plus this much (SPEC.md 8.5).
+# the range plus this much (docs/security.md).
 RANGE_READ_AHEAD = 1024 * 1024
 
 
@@ -411,7 +411,7 @@ class Cache:
 
     def _common(self, out: Headers, status: str, age: Optional[float]) -> None:
         """
-        Age (None: keep the origin's, else 0; SPEC §5 wants it on every
+        Age (None: keep the origin's, else 0; docs/cache.md: it is on every
         answer), Via, X-Cache; targeted cache-control fields are ours only.
         """
         for name in self.targeted:
@@ -506,7 +506,7 @@ class Cache:
     def _passes_range(self, ask: _Ask, why: Optional[str]) -> bool:
         """
         Whether a Range miss is passed on to the origin as it is, rather
-        than answered from a whole-object fill (SPEC.md 8.5: a range of an
+        than answered from a whole-object fill (docs/security.md: a range of an
         object that is not stored costs the origin at most the range plus
         L{RANGE_READ_AHEAD} bytes).  Only a request with a range open to the
         end near the start (C{bytes=0-}, what players send first, also in a

@@ -4,7 +4,7 @@ times (no I/O, no clock of their own: every function takes C{now}).
 
 What is stored, for how long, how old a stored answer is, whether it may be
 served stale, and how a client's conditional or range request is answered
-from it.  C{CacheRule}s of the domain come first (SPEC.md section 5).
+from it.  C{CacheRule}s of the domain come first (docs/cache.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """
 An origin group (a domain's primary or its standby): its addresses, their live
-state, round-robin rotation and the block list (SPEC.md section 3).
+state, round-robin rotation and the block list (docs/origins.md).
 
 Time is read from the injected clock only, so that every rule here can be
 driven by L{twisted.internet.task.Clock} in tests.
