@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
@@ -160,8 +160,6 @@ class IPOrigin:
     scheme: str = "http"
     verify: bool = True
 
-    kind = "ips"
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "addresses", _tuple(self.addresses))
 
@@ -181,8 +179,6 @@ class DomainOrigin:
     port: int = 0
     scheme: str = "http"
     verify: bool = True
-
-    kind = "domain"
 
     def __post_init__(self) -> None:
         if isinstance(self.host, str):
@@ -239,8 +235,6 @@ class BucketOrigin:
     region: str = "us-east-1"
     credentials: Optional[S3Credentials] = None
     verify: bool = True
-
-    kind = "bucket"
 
     @property
     def scheme(self) -> str:
@@ -890,8 +884,3 @@ def _name_credentials(domain: Domain, declared: dict) -> Domain:
                     changes[f] = replace(o, credentials=creds)
                     break
     return replace(domain, **changes) if changes else domain
-
-
-def origin_fields(origin: Origin) -> dict:
-    """The fields of an origin as plain data (for display and the state file)."""
-    return {f.name: getattr(origin, f.name) for f in fields(origin)}

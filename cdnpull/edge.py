@@ -22,7 +22,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
-from .config import BucketOrigin
 from .errors import EdgeError
 from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
 from .headers import VIA, end_to_end, origin_headers
@@ -102,9 +101,11 @@ class Edge(Resource):
         if live.config.is_wildcard and not is_dns_name(host):
             # The client's name becomes the origin's Host (and TLS name).
             raise EdgeError("the Host is not a valid DNS name", 400)
-        if isinstance(live.primary.origin, BucketOrigin) and request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"allow", b"GET, HEAD")
-            raise EdgeError("only GET and HEAD reach a bucket", 405)
+        methods = live.primary.kind.methods
+        if methods is not None and request.method not in methods:
+            request.setHeader(b"allow", b", ".join(methods))
+            raise EdgeError(f"only {' and '.join(m.decode() for m in methods)} reach "
+                            f"a {live.primary.kind.type} origin", 405)
 
         # Framing is ours to set (the body is re-framed for the origin);
         # headers that would steer the origin unkeyed are dropped unless the

@@ -13,47 +13,19 @@ from typing import Iterable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
-from .config import Address, BucketOrigin, Domain, DomainOrigin, IPOrigin, parse_address
+from .config import Domain
 from .origins.group import OriginGroup
+from .origins.kinds import kind_of
 from .routing import RoutingTable
 
 __all__ = ["LiveDomain", "LiveTable", "build_group", "build_table"]
 
 
-def static_addresses(origin: object) -> Optional[list[Address]]:
-    """
-    The addresses of an origin known without DNS, or None when they must be
-    resolved (a hostname origin, a bucket endpoint given by name).
-    """
-    if isinstance(origin, IPOrigin):
-        return list(origin.parsed_addresses())
-    if isinstance(origin, BucketOrigin):
-        try:
-            return [parse_address(origin.endpoint_host, origin.port)]
-        except ValueError:
-            return None
-    return None
-
-
-def resolve_name(origin: object) -> Optional[str]:
-    """The hostname to resolve for an origin, if any."""
-    if isinstance(origin, DomainOrigin):
-        return origin.host
-    if isinstance(origin, BucketOrigin) and static_addresses(origin) is None:
-        return origin.endpoint_host
-    return None
-
-
-def origin_port(origin: object) -> int:
-    return getattr(origin, "port", 0) or 0
-
-
 def build_group(role: str, origin: object, domain: Domain, clock: IReactorTime,
                 rng: Optional[random.Random] = None) -> OriginGroup:
-    addresses = static_addresses(origin) or []
     return OriginGroup(
         role,
-        addresses,
+        kind_of(origin).static_addresses() or [],
         clock,
         block_for=domain.block_for,
         rng=rng,

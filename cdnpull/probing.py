@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from .config import DEFAULT_PORTS, Address, BucketOrigin, Probe
+from .config import DEFAULT_PORTS, Address, Probe
 from .errors import ConnectFailed, FirstByteTimeout, NoResponse
 from .fetch import tcp_endpoint
 from .live import LiveDomain, LiveTable
@@ -70,17 +70,10 @@ def probe_targets(live: LiveDomain, group: OriginGroup) -> list[tuple[AddressSta
     probe = live.config.probe
     if probe is None:
         return []
-    origin = group.origin
-    scheme = getattr(origin, "scheme", "http")
-    if scheme == "follow":
-        scheme = "http"
-    if isinstance(origin, BucketOrigin):
-        host = origin.host_header
-    else:
-        # A wildcard domain's bare name is not one of its names (and often
-        # not in its origin's certificate): Probe(host=...) names one.
-        host = probe.host or live.origin_host(live.name.removeprefix("*."))
-    verify = getattr(origin, "verify", True)
+    kind = group.kind
+    scheme = kind.scheme("http")
+    host = kind.probe_host(live.config)
+    verify = kind.verify
     return [
         (s, ProbeTarget(s.address.with_port(DEFAULT_PORTS[scheme]), scheme, host, verify, probe))
         for s in group.states

@@ -37,11 +37,8 @@ def address_json(state: AddressState, now: float, default_port: int) -> dict:
 def group_json(group: Optional[OriginGroup], now: float, dns: Any = None) -> Optional[dict]:
     if group is None:
         return None
-    out = origin_to_json(group.origin) or {}
-    scheme = out.get("scheme", "http")
-    default_port = DEFAULT_PORTS.get(scheme, 80)
-    if out.get("type") == "ips":
-        out["configured_addresses"] = out.pop("addresses")
+    out = group.kind.status_json()
+    default_port = DEFAULT_PORTS.get(out.get("scheme", "http"), 80)
     out["role"] = group.role
     out["down"] = group.is_down()
     out["addresses"] = [address_json(s, now, default_port) for s in group.states]

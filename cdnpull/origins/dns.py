@@ -280,13 +280,11 @@ class DNSManager:
             self.reconcile(new)
 
     def reconcile(self, table: Any) -> None:
-        from ..live import origin_port, resolve_name
-
         wanted = {}
         for group in table.groups():
-            name = resolve_name(group.origin)
+            name = group.kind.resolve_name()
             if name is not None:
-                wanted[id(group)] = (group, name, origin_port(group.origin))
+                wanted[id(group)] = (group, name, group.kind.port)
         for gid in list(self.watchers):
             if gid not in wanted:
                 self.watchers.pop(gid).stop()

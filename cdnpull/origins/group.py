@@ -16,7 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..config import Address
+from ..config import Address, IPOrigin
+from .kinds import OriginKind, kind_of
 
 __all__ = ["ProbeResult", "AddressState", "OriginGroup"]
 
@@ -84,9 +85,10 @@ class OriginGroup:
     ) -> None:
         self.role = role
         self.domain = domain
-        # The config object (IPOrigin, DomainOrigin, BucketOrigin) this group
-        # was built from.
+        # The config object this group was built from, and its adapter (the
+        # only thing anyone asks about the origin's kind).
         self.origin = origin
+        self.kind: OriginKind = kind_of(origin if origin is not None else IPOrigin())
         self.clock = clock
         self.block_for = block_for
         self.probing = probing
