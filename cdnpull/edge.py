@@ -22,10 +22,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
+from .cache import Cache
 from .errors import EdgeError
 from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
 from .headers import VIA, end_to_end, origin_headers
-from .pull import OriginRequest, PullResult
+from .live import Routes
+from .metrics import Metrics
+from .pull import OriginRequest, PullResult, Puller
 from .routing import is_dns_name, normalise_host, split_target
 from .stream import BodyRelay, Discard
 
@@ -51,22 +54,27 @@ class _Context:
 
 class Edge(Resource):
     """
-    @param runtime: an object with C{table} (the current
-        L{cdnpull.live.LiveTable}, swapped on change), C{puller} and C{cache}.
+    @param routes: the routing table holder (its C{current} table is read
+        once per request).
+    @param cache: the cache every GET and HEAD goes through (None: none).
+    @param failover: the failover chain that pulls from the origins.
+    @param metrics: counts every answer (None: not counted).
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, runtime: Any, clock: IReactorTime,
-                 access_log: Optional[AccessLog] = None) -> None:
+    def __init__(self, routes: Routes, cache: Optional[Cache], failover: Puller,
+                 clock: IReactorTime, access_log: Optional[AccessLog] = None,
+                 metrics: Optional[Metrics] = None) -> None:
         super().__init__()
-        self.runtime = runtime
+        self.routes = routes
+        self.cache = cache
+        self.failover = failover
         self.clock = clock
         self.access_log = access_log or AccessLog()
-        # Counts every answer (cdnpull.metrics.Metrics), when set.
-        self.metrics: Optional[Any] = None
-        self._cooperator = Cooperator(scheduler=lambda f: clock.callLater(0, f))  # type: ignore[attr-defined]
+        self.metrics = metrics
+        self._cooperator = Cooperator(scheduler=lambda f: clock.callLater(0, f))
 
     def render(self, request: Request) -> object:
         request.setHeader(b"server", b"cdnpull")
@@ -94,7 +102,7 @@ class Edge(Resource):
         host = normalise_host(authority if authority is not None else (hosts or [None])[0])
         if host is None:
             raise EdgeError("missing or invalid Host header", 400)
-        live = self.runtime.table.route(host)
+        live = self.routes.current.route(host)
         if live is None:
             raise EdgeError(f"unknown host {host}", 404)
         ctx.domain = live.name
@@ -134,10 +142,10 @@ class Edge(Resource):
             on_interim=partial(_send_interim, request),
         )
 
-        cache = self.runtime.cache
+        cache = self.cache
 
         async def passthrough() -> None:
-            ctx.pending = self.runtime.puller.pull(live, oreq)
+            ctx.pending = self.failover.pull(live, oreq)
             result: PullResult = await ctx.pending
             ctx.pending = None
             if cache is not None and request.method not in SAFE_METHODS and 200 <= result.response.code < 400:
@@ -172,7 +180,7 @@ class Edge(Resource):
         # Like nginx, the origin's Server header is replaced by ours; its
         # Date stays (it dates the content, and caches compute Age from it).
         # Targeted cache-control fields (CDN-Cache-Control) are for this node only.
-        ours = getattr(self.runtime.cache, "targeted", ())
+        ours = self.cache.targeted if self.cache is not None else ()
         for name, values in end_to_end(response.headers, drop=(b"server",) + ours).getAllRawHeaders():
             out.setRawHeaders(name, list(values))
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":

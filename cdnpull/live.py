@@ -9,7 +9,7 @@ objects they started with.
 from __future__ import annotations
 
 import random
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -18,7 +18,7 @@ from .origins.group import OriginGroup
 from .origins.kinds import kind_of
 from .routing import RoutingTable
 
-__all__ = ["LiveDomain", "LiveTable", "build_group", "build_table"]
+__all__ = ["LiveDomain", "LiveTable", "Routes", "build_group", "build_table"]
 
 
 def build_group(role: str, origin: object, domain: Domain, clock: IReactorTime,
@@ -80,6 +80,27 @@ class LiveTable:
 
     def groups(self) -> list[OriginGroup]:
         return [g for d in self.domains.values() for g in d.groups()]
+
+
+class Routes:
+    """
+    The routing table now: C{current} is read by every request (in one
+    attribute read) and replaced whole by L{swap}; whoever follows the table
+    (DNS watchers, probes) subscribes and is told of (old, new) after each
+    swap, in the order it subscribed.
+    """
+
+    def __init__(self, current: LiveTable) -> None:
+        self.current = current
+        self._subscribers: list[Callable[[LiveTable, LiveTable], None]] = []
+
+    def subscribe(self, callback: Callable[[LiveTable, LiveTable], None]) -> None:
+        self._subscribers.append(callback)
+
+    def swap(self, new: LiveTable) -> None:
+        old, self.current = self.current, new
+        for callback in list(self._subscribers):
+            callback(old, new)
 
 
 def build_table(domains: Iterable[Domain], clock: IReactorTime,

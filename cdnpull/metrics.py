@@ -17,16 +17,21 @@ from typing import Any, Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet.interfaces import IReactorTime
+
+from .cache.store import Store
+from .live import LiveTable
+from .origins.group import AddressState, OriginGroup
 
 __all__ = ["Metrics"]
 
 
 class _TableCollector:
-    def __init__(self, table: Callable[[], Any], clock: Any,
-                 cache: Optional[Callable[[], Any]] = None) -> None:
+    def __init__(self, table: Callable[[], LiveTable], clock: IReactorTime,
+                 store: Optional[Store] = None) -> None:
         self._table = table
         self._clock = clock
-        self._cache = cache
+        self._store = store
 
     def collect(self):  # type: ignore[no-untyped-def]
         now = self._clock.seconds()
@@ -53,25 +58,30 @@ class _TableCollector:
         yield blocked
         yield blocks
         yield usable
-        cache = self._cache() if self._cache is not None else None
-        if cache is not None:
+        store = self._store
+        if store is not None:
             size = GaugeMetricFamily("cdnpull_cache_bytes", "Bytes stored in the cache", labels=["store"])
             count = GaugeMetricFamily("cdnpull_cache_objects", "Objects stored in the cache",
                                       labels=["store"])
-            stores = [("memory", cache.store.memory)]
-            if cache.store.disk is not None:
-                stores.append(("disk", cache.store.disk))
-            for name, store in stores:
-                size.add_metric([name], float(store.size))
-                count.add_metric([name], float(len(store)))
+            stores: list[tuple[str, Any]] = [("memory", store.memory)]
+            if store.disk is not None:
+                stores.append(("disk", store.disk))
+            for name, part in stores:
+                size.add_metric([name], float(part.size))
+                count.add_metric([name], float(len(part)))
             yield size
             yield count
 
 
 class Metrics:
-    def __init__(self, table: Callable[[], Any], clock: Any,
+    """
+    @param table: returns the current live table (read at scrape time).
+    @param store: the cache's stores, whose sizes are read at scrape time.
+    """
+
+    def __init__(self, table: Callable[[], LiveTable], clock: IReactorTime,
                  registry: Optional[CollectorRegistry] = None,
-                 cache: Optional[Callable[[], Any]] = None) -> None:
+                 store: Optional[Store] = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -89,7 +99,7 @@ class Metrics:
             "cdnpull_origin_seconds", "Time to an origin's response headers",
             ["domain", "group"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        r.register(_TableCollector(table, clock, cache))
+        r.register(_TableCollector(table, clock, store))
 
     # -- hooks the other parts call --------------------------------------
 
@@ -105,6 +115,6 @@ class Metrics:
     def failover(self, domain: str) -> None:
         self.failovers.labels(domain).inc()
 
-    def probe(self, group: Any, state: Any, ok: bool) -> None:
+    def probe(self, group: OriginGroup, state: AddressState, ok: bool) -> None:
         self.probes.labels(group.domain, group.role, str(state.address),
                            "ok" if ok else "fail").inc()

@@ -22,7 +22,7 @@ Decisions, in order:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 from twisted.internet.defer import Deferred, CancelledError
 from twisted.internet.interfaces import IReactorTime
@@ -51,6 +51,15 @@ SAFE_METHODS = (b"GET", b"HEAD")
 # How much of a primary's error answer is kept while the standby is asked
 # (it is what the client gets if the standby cannot be reached).
 KEEP_PRIMARY_ANSWER = 1024 * 1024
+
+
+class PullObserver(Protocol):
+    """Told of every try at an origin address and of every failover."""
+
+    def origin_try(self, domain: str, group: str, address: str, outcome: str,
+                   seconds: Optional[float]) -> None: ...
+
+    def failover(self, domain: str) -> None: ...
 
 
 @dataclass
@@ -90,18 +99,17 @@ class Puller:
 
     log = Logger()
 
-    def __init__(self, client: OriginClient, clock: IReactorTime) -> None:
+    def __init__(self, client: OriginClient, clock: IReactorTime,
+                 observer: Optional[PullObserver] = None) -> None:
         self.client = client
         self.clock = clock
-        # Told of every try and failover (the metrics): an object with
-        # origin_try(domain, group, address, outcome, seconds) and
-        # failover(domain).
-        self.observer: Optional[object] = None
+        # Told of every try and failover (the metrics).
+        self.observer = observer
 
     def _observe(self, live: LiveDomain, group: OriginGroup, address: Address,
                  outcome: str, seconds: Optional[float]) -> None:
         if self.observer is not None:
-            self.observer.origin_try(live.name, group.role, str(address), outcome, seconds)  # type: ignore[attr-defined]
+            self.observer.origin_try(live.name, group.role, str(address), outcome, seconds)
 
     def pull(self, live: LiveDomain, req: OriginRequest) -> "Deferred[PullResult]":
         return Deferred.fromCoroutine(self._pull(live, req))
@@ -148,7 +156,7 @@ class Puller:
             why=tries[-1] if tries else "primary failed",
         )
         if self.observer is not None:
-            self.observer.failover(live.name)  # type: ignore[attr-defined]
+            self.observer.failover(live.name)
         order = standby.order(include_blocked=primary_answer is None)
         outcome = await self._try_group(live, standby, order, req, deadline, tries, safe)
         if isinstance(outcome, PullResult):

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
@@ -28,7 +29,7 @@ from .control import Control
 from .edge import Edge, EdgeSite
 from .httpserver import ClientLimits
 from .fetch import OriginClient
-from .live import LiveTable, build_table
+from .live import LiveTable, Routes, build_table
 from .loader import LoadedConfig, load_config
 from .metrics import Metrics
 from .overrides import StateFile
@@ -42,33 +43,37 @@ __all__ = ["Runtime", "CdnService", "build_service"]
 
 class Runtime:
     """
-    The live state every part reads: the current table (swapped whole on
-    change), the origin client and the failover chain.
+    The node's long-lived parts, each made once by L{build_service} and
+    passed in here (and to the constructors that need them): the routing
+    table holder, the origin client and failover chain, DNS, probes, the
+    cache, metrics and the access log.  L{apply} swaps in a new table.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, config: Config, rng: Optional[random.Random] = None) -> None:
+    def __init__(self, reactor: IReactorTime, config: Config, routes: Routes,
+                 client: OriginClient, puller: Puller, dns: DNSManager, probes: ProbeManager,
+                 cache: Cache, metrics: Metrics, access_log: AccessLog,
+                 rng: Optional[random.Random] = None) -> None:
         self.reactor = reactor
         self.config = config
+        self.routes = routes
+        self.client = client
+        self.puller = puller
+        self.dns = dns
+        self.probes = probes
+        self.cache = cache
+        self.metrics = metrics
+        self.access_log = access_log
         self.rng = rng or random.Random()
-        settings = config.settings
-        self.client = OriginClient(
-            reactor,
-            TLSPolicy(settings.origin_ca_file),
-            max_per_origin=settings.max_connections_per_origin,
-        )
-        self.puller = Puller(self.client, reactor)
-        self.table: LiveTable = build_table(config.domains, reactor, rng=self.rng)
-        self.dns = DNSManager(reactor, make_resolver(reactor, settings.nameservers))
-        self.probes = ProbeManager(reactor, HTTPChecker(reactor, self.client), rng=self.rng)
-        # Called with (old_table, new_table) after every swap: resolvers and
-        # probes follow the table (resolvers first: they fill the addresses
-        # that probes watch).
-        self.watchers: list = [self.dns.table_changed, self.probes.table_changed]
-        self.metrics: Any = None
-        self.cache: Any = None
-        self.access_log: Any = None
+        # Resolvers and probes follow the table (resolvers first: they fill
+        # the addresses that probes watch).
+        routes.subscribe(dns.table_changed)
+        routes.subscribe(probes.table_changed)
+
+    @property
+    def table(self) -> LiveTable:
+        return self.routes.current
 
     def start(self) -> None:
         self.dns.start(self.table)
@@ -81,11 +86,8 @@ class Runtime:
 
     def apply(self, domains: Iterable[Domain], bases: Optional[dict] = None) -> LiveTable:
         """Swap in a new table built from C{domains} (already validated)."""
-        old = self.table
-        new = build_table(domains, self.reactor, previous=old, bases=bases, rng=self.rng)
-        self.table = new
-        for watcher in list(self.watchers):
-            watcher(old, new)
+        new = build_table(domains, self.reactor, previous=self.table, bases=bases, rng=self.rng)
+        self.routes.swap(new)
         return new
 
 
@@ -129,7 +131,7 @@ class CdnService(MultiService):
         self.runtime.start()
         super().startService()
         if self.loaded is not None and hasattr(signal, "SIGHUP"):
-            reactor = self.runtime.reactor
+            reactor = IReactorFromThreads(self.runtime.reactor)
             self._old_sighup = signal.signal(
                 signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
 
@@ -150,12 +152,11 @@ class CdnService(MultiService):
         path = self.loaded.path
         self.log.info("SIGHUP: reloading {path}", path=path)
         access_log = self.runtime.access_log
-        if access_log is not None:
-            try:
-                access_log.reopen()
-            except OSError as e:
-                self.log.error("could not reopen the access log {path}: {why}",
-                               path=access_log.path, why=str(e))
+        try:
+            access_log.reopen()
+        except OSError as e:
+            self.log.error("could not reopen the access log {path}: {why}",
+                           path=access_log.path, why=str(e))
         try:
             new = load_config(path, **(self.loaded.overrides or {}))
         except ConfigError as e:
@@ -190,29 +191,32 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     """
     config = loaded.config
     settings = config.settings
-    runtime = Runtime(reactor, config, rng)
+    rng = rng or random.Random()
     run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
+    routes = Routes(build_table(config.domains, reactor, rng=rng))
     disk = None
     if settings.cache_dir:
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
         disk.load()
-    runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk,
-                                max_variants=settings.max_variants),
-                          runtime.puller, reactor, parse_size(settings.cache_max_object),
-                          float(settings.stale_if_error),
-                          tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))
-    metrics = Metrics(lambda: runtime.table, reactor, cache=lambda: runtime.cache)
-    runtime.metrics = metrics
-    runtime.puller.observer = metrics
-    runtime.probes.on_result = metrics.probe
+    store = Store(MemoryStore(parse_size(settings.cache_memory)), disk,
+                  max_variants=settings.max_variants)
+    metrics = Metrics(lambda: routes.current, reactor, store=store)
+    client = OriginClient(reactor, TLSPolicy(settings.origin_ca_file),
+                          max_per_origin=settings.max_connections_per_origin)
+    puller = Puller(client, reactor, observer=metrics)
+    cache = Cache(store, puller, reactor, parse_size(settings.cache_max_object),
+                  float(settings.stale_if_error),
+                  tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))
+    dns = DNSManager(reactor, make_resolver(reactor, settings.nameservers))
+    probes = ProbeManager(reactor, HTTPChecker(reactor, client), rng=rng, on_result=metrics.probe)
+    access_log = AccessLog(settings.access_log)
+    runtime = Runtime(reactor, config, routes, client, puller, dns, probes, cache, metrics,
+                      access_log, rng)
     control = Control(runtime, StateFile(settings.state_file),
                       write=run_in_thread)
     control.restore()
     service = CdnService(runtime, loaded, control)
-    access_log = AccessLog(settings.access_log)
-    runtime.access_log = access_log
-    edge = Edge(runtime, reactor, access_log)
-    edge.metrics = metrics
+    edge = Edge(routes, cache, puller, reactor, access_log, metrics)
     limits = ClientLimits(
         max_request_line=settings.client_max_request_line,
         max_header_line=settings.client_max_header_line,
