@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from .compat import request_gone
 from .control import Control, UnknownDomain
 from .overrides import BadRequest
 from .status import domain_json, table_json
@@ -295,7 +296,7 @@ class AdminResource(Resource):
         return (json.dumps(body, indent=1) + "\n").encode("utf-8")
 
     def _send(self, request: Request, status: int, body: Any) -> None:
-        if request._disconnected or request.finished:  # type: ignore[attr-defined]
+        if request_gone(request) or request.finished:
             return
         if getattr(request.channel, "_refused", False):
             return  # the connection already answered for itself (413, 408)

@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
 from .cache import Cache
+from .compat import request_gone
 from .errors import EdgeError
 from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
 from .headers import VIA, end_to_end, origin_headers
@@ -160,10 +161,10 @@ class Edge(Resource):
         else:
             await passthrough()
 
-    def _body_producer(self, request: Request):  # type: ignore[no-untyped-def]
+    def _body_producer(self, request: Request):
         content = request.content
 
-        def make():  # type: ignore[no-untyped-def]
+        def make():
             content.seek(0)
             return FileBodyProducer(content, cooperator=self._cooperator)
 
@@ -288,7 +289,7 @@ def _send_interim(request: Request, status: int, reason: bytes, fields: list) ->
     HTTP/1.1 client, while its final answer has not started (RFC 9110 15.2).
     """
     if (request.startedWriting or request.finished or request.clientproto != b"HTTP/1.1"
-            or getattr(request, "_disconnected", False) or request.channel is None):
+            or request_gone(request) or request.channel is None):
         return
     lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [name + b": " + value for name, value in fields]
     request.channel.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")

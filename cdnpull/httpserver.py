@@ -73,7 +73,7 @@ class EdgeRequest(Request):
             self.responseHeaders.setRawHeaders(b"server", [SERVER])
         super().write(data)
 
-    def processingFailed(self, reason: Any) -> None:  # type: ignore[override]
+    def processingFailed(self, reason: Any) -> None:
         # A bug: logged with its traceback, answered like every other 500.
         self._log.failure("unexpected error processing {uri}", failure=reason,
                          uri=self.uri.decode("ascii", "replace"))

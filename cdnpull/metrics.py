@@ -33,7 +33,7 @@ class _TableCollector:
         self._clock = clock
         self._store = store
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self):
         now = self._clock.seconds()
         blocked = GaugeMetricFamily(
             "cdnpull_origin_blocked", "1 when the origin address is blocked, else 0",

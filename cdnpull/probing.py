@@ -109,14 +109,14 @@ class HTTPChecker:
             verify=target.verify,
         )
 
-        def answered(response):  # type: ignore[no-untyped-def]
+        def answered(response):
             # HEAD has no body; make sure the connection goes back to the pool.
             response.deliverBody(Discard())
             if response.code >= 500:
                 raise ProbeFailed(f"HTTP {response.code}")
             return f"HTTP {response.code}"
 
-        def failed(f: Failure):  # type: ignore[no-untyped-def]
+        def failed(f: Failure):
             if f.check(ConnectFailed, NoResponse):
                 raise ProbeFailed(f.value.detail)
             if f.check(FirstByteTimeout):
@@ -129,11 +129,11 @@ class HTTPChecker:
         endpoint = tcp_endpoint(self.reactor, target.address, target.probe.timeout)
         d = endpoint.connect(Factory.forProtocol(Protocol))
 
-        def connected(proto):  # type: ignore[no-untyped-def]
+        def connected(proto):
             proto.transport.loseConnection()
             return "connected"
 
-        def failed(f: Failure):  # type: ignore[no-untyped-def]
+        def failed(f: Failure):
             if f.check(ierror.ConnectionRefusedError):
                 raise ProbeFailed("connect refused")
             if f.check(ierror.TimeoutError):

@@ -202,7 +202,7 @@ class Puller:
 
     async def _try_group(self, live: LiveDomain, group: OriginGroup,
                          order: list[AddressState], req: OriginRequest,
-                         deadline: float, tries: list, safe: bool):  # type: ignore[no-untyped-def]
+                         deadline: float, tries: list, safe: bool):
         """
         Try each address of C{order} at most once.
 

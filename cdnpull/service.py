@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from .accesslog import AccessLog
 from .admin import MAX_BODY as ADMIN_MAX_BODY, AdminResource, read_token
 from .cache import Cache, DiskStore, MemoryStore, Store
+from .compat import raise_listen_errors
 from .config import Config, ConfigError, Domain, parse_size
 from .control import Control
 from .edge import Edge, EdgeSite
@@ -100,7 +101,7 @@ class Listener(StreamServerEndpointService):
     def __init__(self, description: str, reactor: Any, factory: Any) -> None:
         super().__init__(serverFromString(reactor, description), factory)
         self.description = description
-        self._raiseSynchronously = True
+        raise_listen_errors(self)
 
     def privilegedStartService(self) -> None:
         try:

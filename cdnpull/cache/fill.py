@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from zope.interface import implementer
 
+from ..compat import request_gone
 from ..stream import end_truncated
 
 __all__ = ["Fill", "FillBudget", "Reader", "StaticSource", "HIGH_WATER", "LOW_WATER", "WRITE_SIZE"]
@@ -141,7 +142,7 @@ class Reader:
             pass
         if abort:
             end_truncated(self.request)
-        elif ok and self.finish and not getattr(self.request, "_disconnected", False):
+        elif ok and self.finish and not request_gone(self.request):
             self.request.finish()
         if not self.done.called:
             self.done.callback(ok)

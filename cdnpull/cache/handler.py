@@ -359,7 +359,7 @@ class Cache:
             out.setRawHeaders(b"age", [b"%d" % int(age)])
         elif not out.hasHeader(b"age"):
             out.setRawHeaders(b"age", [b"0"])
-        out.setRawHeaders(b"via", [b", ".join(out.getRawHeaders(b"via", []) + [VIA])])
+        out.setRawHeaders(b"via", [b", ".join([*out.getRawHeaders(b"via", []), VIA])])
         out.setRawHeaders(b"x-cache", [status.encode("ascii")])
 
     # -- misses and revalidation ------------------------------------------------------

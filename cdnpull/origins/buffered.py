@@ -33,7 +33,7 @@ class BufferedResponse:
         self.body = body
 
     def deliverBody(self, protocol: Protocol) -> None:
-        protocol.makeConnection(None)  # type: ignore[arg-type]
+        protocol.makeConnection(None)
         if self.body:
             protocol.dataReceived(self.body)
         protocol.connectionLost(Failure(ResponseDone()))

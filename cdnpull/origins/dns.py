@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.names import client, dns, hosts, resolve
 from twisted.python.failure import Failure
 
+from ..compat import stop_rereading_resolv_conf
 from ..config import Address, parse_address
 from .group import OriginGroup
 
@@ -52,9 +53,7 @@ class SystemResolver:
 
     def close(self) -> None:
         # client.Resolver re-reads resolv.conf on a timer of its own.
-        call = getattr(self._client, "_parseCall", None)
-        if call is not None and call.active():
-            call.cancel()
+        stop_rereading_resolv_conf(self._client)
 
 
 class ServersResolver:
