@@ -308,12 +308,13 @@ class AdminResource(Resource):
     def _error(self, request: Request, failure: Failure) -> None:
         if failure.check(BodyInterrupted):
             return  # the body never arrived whole: the connection is gone or refused
+        error: Any = failure.value
         if failure.check(_HTTPError):
-            status, message = failure.value.status, failure.value.message
+            status, message = error.status, error.message
         elif failure.check(BadRequest):
-            status, message = 400, str(failure.value)
+            status, message = 400, str(error)
         elif failure.check(UnknownDomain):
-            status, message = 404, f"unknown domain {failure.value.args[0]}"
+            status, message = 404, f"unknown domain {error.args[0]}"
         elif failure.check(OSError):
             status, message = 500, f"state file could not be written: {failure.getErrorMessage()}"
             self.log.error("admin change failed: {why}", why=message)
@@ -335,6 +336,7 @@ class AdminResource(Resource):
             raw = b"".join(collect.chunks)
         else:
             content = request.content
+            assert content is not None  # twisted.web gives every request one
             content.seek(0)
             raw = content.read(MAX_BODY + 1)
         if len(raw) > MAX_BODY:

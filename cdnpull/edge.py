@@ -100,7 +100,7 @@ class Edge(Resource):
             # cache in front of it read?
             raise EdgeError("more than one Host header", 400)
         # An absolute-form target is routed by its authority; Host is ignored.
-        host = normalise_host(authority if authority is not None else (hosts or [None])[0])
+        host = normalise_host(authority if authority is not None else (hosts[0] if hosts else None))
         if host is None:
             raise EdgeError("missing or invalid Host header", 400)
         live = self.routes.current.route(host)
@@ -163,6 +163,7 @@ class Edge(Resource):
 
     def _body_producer(self, request: Request):
         content = request.content
+        assert content is not None  # twisted.web gives every request one
 
         def make():
             content.seek(0)
@@ -204,7 +205,7 @@ class Edge(Resource):
             return
         if getattr(request.channel, "_refused", False):
             return  # the connection already answered (413 mid-upload) and is closing
-        if failure.check(EdgeError):
+        if isinstance(failure.value, EdgeError):
             error = failure.value
             status, message = error.status, error.message
         else:
@@ -292,7 +293,9 @@ def _send_interim(request: Request, status: int, reason: bytes, fields: list) ->
             or request_gone(request) or request.channel is None):
         return
     lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [name + b": " + value for name, value in fields]
-    request.channel.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+    transport = request.channel.transport
+    if transport is not None:
+        transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
 
 
 def _has_body(request: Request) -> bool:
@@ -315,5 +318,5 @@ class EdgeSite(Site):
         # HTTPFactory hands this to every channel as its idle timeout.
         self.timeOut = self.limits.idle_timeout
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass

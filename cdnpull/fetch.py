@@ -177,7 +177,7 @@ class OriginClient:
     def _new_pool(self, idle: float) -> "_QuietPool":
         pool = _QuietPool(self.reactor, persistent=True)
         pool.maxPersistentPerHost = self._max
-        pool.cachedConnectionTimeout = idle
+        pool.cachedConnectionTimeout = idle  # type: ignore[assignment]  # seconds, any float
         return pool
 
     def _pool(self, scheme: str, server_name: str, verify: bool,
@@ -277,18 +277,18 @@ class OriginClient:
                 raise FirstByteTimeout(address, f"no response within {first_byte_timeout:g} s")
             if result.check(ierror.ConnectError):
                 raise ConnectFailed(address, describe_connect_failure(result, connect_timeout))
+            reasons = getattr(result.value, "reasons", None) or []
             if result.check(RequestGenerationFailed) and any(
-                    isinstance(r, Failure) and r.check(BodyInterrupted)
-                    for r in result.value.reasons):
+                    isinstance(r, Failure) and r.check(BodyInterrupted) for r in reasons):
                 raise ClientBodyInterrupted()
             if result.check(ResponseFailed, RequestTransmissionFailed):
-                for r in result.value.reasons:
+                for r in reasons:
                     if isinstance(r, Failure) and r.check(InvalidOriginResponse):
                         raise NoResponse(address, f"invalid response: {r.getErrorMessage()}")
                 tls = _tls_failure(result, server_name)
                 if tls:
                     raise TLSFailed(address, tls)
-                inner = [r.getErrorMessage() for r in result.value.reasons if isinstance(r, Failure)]
+                inner = [r.getErrorMessage() for r in reasons if isinstance(r, Failure)]
                 raise NoResponse(address, "connection lost before a response" +
                                  (f" ({'; '.join(inner)})" if inner else ""))
             return result

@@ -115,15 +115,15 @@ def build_table(domains: Iterable[Domain], clock: IReactorTime,
     @param bases: domain name -> the config module's L{Domain}, when
         C{domains} includes runtime overrides.
     """
-    old_groups: dict = {}
+    old_groups: dict[tuple, OriginGroup] = {}
     if previous is not None:
-        for d in previous.domains.values():
-            for g in d.groups():
-                key = (d.name, g.origin, d.config.block_for, d.config.probe is not None)
+        for old in previous.domains.values():
+            for g in old.groups():
+                key = (old.name, g.origin, old.config.block_for, old.config.probe is not None)
                 old_groups[key] = g
     live = []
     for d in domains:
-        groups = []
+        groups: list[Optional[OriginGroup]] = []
         for role, origin in (("primary", d.origin), ("standby", d.standby)):
             if origin is None:
                 groups.append(None)
@@ -136,5 +136,7 @@ def build_table(domains: Iterable[Domain], clock: IReactorTime,
                 group = build_group(role, origin, d, clock, rng)
             group.role = role
             groups.append(group)
-        live.append(LiveDomain(d, groups[0], groups[1], (bases or {}).get(d.name)))
+        primary = groups[0]
+        assert primary is not None  # a validated domain has an origin
+        live.append(LiveDomain(d, primary, groups[1], (bases or {}).get(d.name)))
     return LiveTable(live)

@@ -117,7 +117,7 @@ class HTTPChecker:
             return f"HTTP {response.code}"
 
         def failed(f: Failure):
-            if f.check(ConnectFailed, NoResponse):
+            if isinstance(f.value, (ConnectFailed, NoResponse)):
                 raise ProbeFailed(f.value.detail)
             if f.check(FirstByteTimeout):
                 raise ProbeFailed(f"timeout after {probe.timeout:g} s")

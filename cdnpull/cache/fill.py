@@ -20,11 +20,11 @@ A L{StaticSource} serves a stored body through the same L{Reader}.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
@@ -155,12 +155,12 @@ class _FillProtocol(Protocol):
     def connectionMade(self) -> None:
         self.fill.origin_transport = self.transport
         if getattr(self.fill, "cancelled", False) and self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self.fill.feed(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.fill.finish(reason)
 
 

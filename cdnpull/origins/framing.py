@@ -32,8 +32,9 @@ response on a pooled connection.
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -136,6 +137,11 @@ def _drop_named(response, names: frozenset):
     return response
 
 
+def _abort(transport: Optional[object]) -> None:
+    if transport is not None:
+        cast(ITCPTransport, transport).abortConnection()
+
+
 class StrictClientProtocol(HookedClientProtocol):
     """Twisted's HTTP/1.1 client protocol, refusing invalid response heads."""
 
@@ -164,7 +170,7 @@ class StrictClientProtocol(HookedClientProtocol):
             # Bytes while no request is outstanding: never reuse this connection.
             self.log.warn("origin sent {n} bytes between responses; connection dropped",
                           n=len(data))
-            self.transport.abortConnection()
+            _abort(self.transport)
             return
         if not self._reading_head:
             super().dataReceived(data)
@@ -210,8 +216,7 @@ class StrictClientProtocol(HookedClientProtocol):
         self._reading_head = False
         transport = self.transport
         self.give_up(Failure(InvalidOriginResponse(why)))
-        if transport is not None:
-            transport.abortConnection()  # type: ignore[attr-defined]
+        _abort(transport)
 
     def response_finishing(self) -> None:
         self._between = True
@@ -222,4 +227,4 @@ class StrictClientProtocol(HookedClientProtocol):
             # not trusted with another request.
             self.log.warn("origin sent {n} bytes after a complete response; connection dropped",
                           n=len(rest))
-            self.transport.abortConnection()
+            _abort(self.transport)

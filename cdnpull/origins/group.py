@@ -122,7 +122,8 @@ class OriginGroup:
         old = {s.address: s for s in self._states}
         new = []
         for a in addresses:
-            new.append(old.pop(a, None) or AddressState(a))
+            kept = old.pop(a, None)
+            new.append(kept if kept is not None else AddressState(a))
         self._states = new
         for gone in old.values():
             self._notify("removed", gone)
