@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from .support import Client, Origin, start_cdn, write_config
+from .support import Client, Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,7 +75,7 @@ async def test_console_switch_swaps_roles_and_the_api_agrees(tmp_path):  # type:
         domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}"]),
                           standby=IPOrigin(["{sb.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
         seen = await deferToThread(drive, cdn.admin_url + "/")
         assert seen["primary_before"] == p.addr and seen["standby_before"] == sb.addr
@@ -124,7 +124,7 @@ async def test_console_asks_for_the_token_once(tmp_path):  # type: ignore[no-unt
         settings = Settings(admin_token_file={str(token_file)!r})
         domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
         seen = await deferToThread(drive_with_token, cdn.admin_url + "/", "console-secret")
         assert seen["domains_before"] == 0  # nothing shown without the token

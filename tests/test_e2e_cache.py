@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.task import deferLater
 from twisted.web.server import NOT_DONE_YET
 
-from .support import Client, Origin, start_cdn, write_config
+from .support import Client, Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -107,7 +107,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
                    connect_timeout=1.0),
         ]
         """)
-    cdn = start_cdn(config, str(d), admin=True)
+    cdn = await cdn_started(config, str(d), admin=True)
     yield dict(cdn=cdn, client=Client(cdn.url), admin=Client(cdn.admin_url), o=o, dying=dying)
     cdn.stop()
     for c in o.pending_calls:
@@ -262,7 +262,7 @@ async def test_disk_cache_survives_a_restart_and_kill_9_never_leaves_a_corrupt_h
         domains = [Domain("disk.test.com", origin=IPOrigin(["{o.addr}"]), probe=None)]
         """)
     try:
-        cdn = start_cdn(config, str(tmp_path))
+        cdn = await cdn_started(config, str(tmp_path))
         client = Client(cdn.url)
         r, b = await client.get("/kept.txt", host="disk.test.com")
         assert xcache(r) == "MISS"
@@ -278,7 +278,7 @@ async def test_disk_cache_survives_a_restart_and_kill_9_never_leaves_a_corrupt_h
         cdn.stop(signal.SIGKILL)
         await pending
 
-        cdn = start_cdn(config, str(tmp_path))
+        cdn = await cdn_started(config, str(tmp_path))
         client = Client(cdn.url)
         r, b = await client.get("/kept.txt", host="disk.test.com")
         assert (b, xcache(r)) == (b"kept across restarts", "HIT")
@@ -296,7 +296,7 @@ async def test_disk_cache_survives_a_restart_and_kill_9_never_leaves_a_corrupt_h
         cdn.stop()
         # Once more from a cold start: the HIT is read from disk, its
         # checksum verified on the way.
-        cdn = start_cdn(config, str(tmp_path))
+        cdn = await cdn_started(config, str(tmp_path))
         client = Client(cdn.url)
         r, b = await client.get("/big.bin", host="disk.test.com")
         assert (xcache(r), b == BIG) == ("HIT", True)
@@ -328,7 +328,7 @@ async def test_stale_while_revalidate_and_ignore_query(tmp_path):  # type: ignor
         domains = [Domain("swr.test.com", origin=IPOrigin(["{o.addr}"]), probe=None,
                           cache=[CacheRule(prefix="/static/", ttl=600, ignore_query=True)])]
         """)
-    cdn = start_cdn(config, str(tmp_path))
+    cdn = await cdn_started(config, str(tmp_path))
     client = Client(cdn.url)
     try:
         r, b = await client.get("/swr.txt", host="swr.test.com")

@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.server import NOT_DONE_YET
 
-from .support import Client, Origin, free_port, start_cdn, write_config
+from .support import Client, Origin, free_port, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,7 +92,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
         ]
         """)
     tls_port = free_port()
-    cdn = start_cdn(config, str(d), "--listen",
+    cdn = await cdn_started(config, str(d), "--listen",
                     f"ssl:{tls_port}:privateKey={key_file}:certKey={cert_file}:interface=127.0.0.1",
                     admin=True)
     yield dict(cdn=cdn, client=Client(cdn.url), admin=Client(cdn.admin_url), o=o,

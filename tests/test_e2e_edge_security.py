@@ -33,7 +33,7 @@ from cdnpull.live import build_table
 from cdnpull.pull import OriginRequest, Puller
 from cdnpull.status import table_json
 
-from .support import (Client, Origin, RawOrigin, Silent, closed_port, raw_exchange, start_cdn,
+from .support import (Client, Origin, RawOrigin, Silent, closed_port, raw_exchange, cdn_started,
                       tls_server_options, write_config)
 from .test_pull import P1, P2, ScriptedClient
 
@@ -96,7 +96,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
                    probe=Probe(host="www.wild.test", interval=0.3, timeout=2.0, block_for=30)),
         ]
         """)
-    cdn = start_cdn(config, str(d), admin=True)
+    cdn = await cdn_started(config, str(d), admin=True)
     yield dict(cdn=cdn, raw=raw, echo=echo, bodies=bodies, bucket=bucket, silent=silent, dead=dead,
                wild=wild, ca_file=ca_file, client=Client(cdn.url))
     cdn.stop()
