@@ -36,22 +36,27 @@ import ipaddress
 import json
 import os
 import re
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 from urllib.parse import unquote, urlsplit
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .compat import request_gone
+from .metrics import Metrics
 from .control import Control, UnknownDomain
 from .overrides import BadRequest
 from .status import domain_json, table_json
 from .upload import BodyInterrupted
+
+if TYPE_CHECKING:
+    from .service import Runtime
 
 __all__ = ["AdminResource", "read_token", "MAX_BODY", "MAX_DEPTH", "parse_json_body",
            "console_policy"]
@@ -195,7 +200,7 @@ class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, runtime: Any, control: Control, metrics: Any, clock: Any,
+    def __init__(self, runtime: Runtime, control: Control, metrics: Metrics, clock: IReactorTime,
                  token: Optional[bytes] = None, hosts: Iterable[str] = ()) -> None:
         super().__init__()
         self.runtime = runtime

@@ -38,7 +38,7 @@ from twisted.web.http_headers import Headers
 
 from .config import DEFAULT_PORTS, Address, Probe
 from .errors import ConnectFailed, FirstByteTimeout, NoResponse
-from .fetch import tcp_endpoint
+from .fetch import OriginClient, tcp_endpoint
 from .live import LiveDomain, LiveTable
 from .origins.group import AddressState, OriginGroup, ProbeResult
 from .stream import Discard
@@ -87,7 +87,7 @@ class HTTPChecker:
     with L{ProbeFailed} (or anything else) when not.
     """
 
-    def __init__(self, reactor: Any, client: Any) -> None:
+    def __init__(self, reactor: IReactorTime, client: OriginClient) -> None:
         self.reactor = reactor
         self.client = client
 

@@ -18,7 +18,13 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
@@ -98,7 +104,7 @@ class Listener(StreamServerEndpointService):
     the process with status 1 (no traceback for a port already in use).
     """
 
-    def __init__(self, description: str, reactor: Any, factory: Any) -> None:
+    def __init__(self, description: str, reactor: IReactorCore, factory: IProtocolFactory) -> None:
         super().__init__(serverFromString(reactor, description), factory)
         self.description = description
         raise_listen_errors(self)
@@ -182,7 +188,7 @@ class CdnService(MultiService):
         return d.addCallbacks(done, failed)
 
 
-def build_service(loaded: LoadedConfig, reactor: Any,
+def build_service(loaded: LoadedConfig, reactor: IReactorTime,
                   rng: Optional[random.Random] = None) -> CdnService:
     """
     Everything C{twistd cdnpull} runs, built from a validated config and an
@@ -193,7 +199,8 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     config = loaded.config
     settings = config.settings
     rng = rng or random.Random()
-    run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
+    threads = IReactorThreads(reactor)
+    run_in_thread = lambda f, *a: deferToThreadPool(threads, threads.getThreadPool(), f, *a)  # noqa: E731
     routes = Routes(build_table(config.domains, reactor, rng=rng))
     disk = None
     if settings.cache_dir:
@@ -230,7 +237,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     )
     site = EdgeSite(edge, limits=limits, reactor=reactor)
     for description in settings.listen:
-        Listener(description, reactor, site).setServiceParent(service)
+        Listener(description, IReactorCore(reactor), site).setServiceParent(service)
     if settings.admin:
         try:
             token = read_token(settings.admin_token_file)
@@ -243,7 +250,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
         admin_site = EdgeSite(admin, limits=replace(limits, max_body=ADMIN_MAX_BODY),
                               reactor=reactor)
         admin_site.noisy = False
-        Listener(settings.admin, reactor, admin_site).setServiceParent(service)
+        Listener(settings.admin, IReactorCore(reactor), admin_site).setServiceParent(service)
     if loaded.services is not None:
         extra = loaded.services(reactor)
         for s in _as_list(extra):

@@ -24,16 +24,17 @@ damaged on disk) is fetched again, never a 5xx.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..errors import OriginTimeout, OriginUnavailable
 from ..headers import VIA, end_to_end
-from ..pull import OriginRequest
+from ..pull import OriginRequest, PullResult
 from ..routing import normalise_host
 from .collapse import Flight, Unshared, authorized
 from .collapse import header_map as _map
@@ -73,6 +74,13 @@ def _validators(headers: dict) -> dict:
     if headers.get(b"last-modified"):
         extra[b"if-modified-since"] = headers[b"last-modified"][0]
     return extra
+
+
+
+class Failover(Protocol):
+    """What the cache asks of the failover chain (L{cdnpull.pull.Puller})."""
+
+    def pull(self, live: Any, req: OriginRequest) -> "Deferred[PullResult]": ...
 
 
 class _Vanished(Exception):
@@ -131,7 +139,7 @@ class Cache:
 
     log = Logger()
 
-    def __init__(self, store: Store, puller: Any, clock: Any, max_object: int,
+    def __init__(self, store: Store, puller: Failover, clock: IReactorTime, max_object: int,
                  stale_if_error: float, targeted: tuple = (b"cdn-cache-control",)) -> None:
         self.store = store
         # Targeted cache-control fields this node obeys (RFC 9213), lower
