@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from twisted.logger import Logger
 
-from .config import Domain, domain_problems
+from .config import Domain, Origin, S3Credentials, domain_problems
 from .errors import BadRequest
 from .origins.kinds import kind_of, origin_from_json, origin_to_json
 
@@ -35,8 +35,8 @@ log = Logger()
 class Override:
     """A domain's runtime origins."""
 
-    origin: Any
-    standby: Any  # None: no standby
+    origin: Origin
+    standby: Optional[Origin]  # None: no standby
 
 
 def http_signing(domain: Domain) -> list[str]:
@@ -87,7 +87,7 @@ class StateFile:
     def __init__(self, path: Optional[str]) -> None:
         self.path = path
 
-    def load(self, bases: dict, credentials: Optional[Mapping[str, Any]] = None) -> dict:
+    def load(self, bases: dict, credentials: Optional[Mapping[str, S3Credentials]] = None) -> dict:
         """
         The overrides kept in the file, for the domains that still exist in
         C{bases} (name -> Domain).  A change that no longer validates (say,

@@ -6,10 +6,11 @@ the console and anyone else who wants to look.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from .config import DEFAULT_PORTS
 from .live import LiveDomain, LiveTable
+from .origins.dns import DNSManager
 from .origins.group import AddressState, OriginGroup
 from .overrides import origin_to_json
 
@@ -34,7 +35,7 @@ def address_json(state: AddressState, now: float, default_port: int) -> dict:
     }
 
 
-def group_json(group: Optional[OriginGroup], now: float, dns: Any = None) -> Optional[dict]:
+def group_json(group: Optional[OriginGroup], now: float, dns: Optional[DNSManager] = None) -> Optional[dict]:
     if group is None:
         return None
     out = group.kind.status_json()
@@ -49,7 +50,7 @@ def group_json(group: Optional[OriginGroup], now: float, dns: Any = None) -> Opt
     return out
 
 
-def domain_json(live: LiveDomain, now: float, dns: Any = None) -> dict:
+def domain_json(live: LiveDomain, now: float, dns: Optional[DNSManager] = None) -> dict:
     out = {
         "name": live.name,
         "origin": group_json(live.primary, now, dns),
@@ -68,6 +69,6 @@ def domain_json(live: LiveDomain, now: float, dns: Any = None) -> dict:
     return out
 
 
-def table_json(table: LiveTable, now: float, dns: Any = None) -> dict:
+def table_json(table: LiveTable, now: float, dns: Optional[DNSManager] = None) -> dict:
     return {"domains": [domain_json(d, now, dns) for d in
                         sorted(table.domains.values(), key=lambda d: d.name)]}

@@ -15,7 +15,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -26,6 +26,9 @@ from twisted.python.failure import Failure
 from ..compat import stop_rereading_resolv_conf
 from ..config import Address, parse_address
 from .group import OriginGroup
+
+if TYPE_CHECKING:
+    from ..live import LiveTable
 
 __all__ = ["make_resolver", "NameWatcher", "DNSManager", "MIN_TTL", "MAX_TTL", "RETRY", "KEEP_STALE"]
 
@@ -270,15 +273,15 @@ class DNSManager:
         self.watchers: dict = {}  # id(group) -> NameWatcher
         self.running = False
 
-    def start(self, table: Any) -> None:
+    def start(self, table: LiveTable) -> None:
         self.running = True
         self.reconcile(table)
 
-    def table_changed(self, old: Any, new: Any) -> None:
+    def table_changed(self, old: LiveTable, new: LiveTable) -> None:
         if self.running:
             self.reconcile(new)
 
-    def reconcile(self, table: Any) -> None:
+    def reconcile(self, table: LiveTable) -> None:
         wanted = {}
         for group in table.groups():
             name = group.kind.resolve_name()
