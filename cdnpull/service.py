@@ -6,6 +6,7 @@ or a runtime change atomically.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
@@ -127,16 +128,22 @@ class CdnService(MultiService):
     log = Logger()
 
     def __init__(self, runtime: Runtime, loaded: Optional[LoadedConfig] = None,
-                 control: Optional[Control] = None) -> None:
+                 control: Optional[Control] = None, disk: Optional[DiskStore] = None) -> None:
         super().__init__()
         self.runtime = runtime
         self.loaded = loaded
         self.control = control
+        # Checked and indexed once the node listens.
+        self.disk = disk
         self._old_sighup: Any = None
 
     def startService(self) -> None:
         self.runtime.start()
         super().startService()
+        if self.disk is not None:
+            # The node listens already; the disk cache is checked and indexed
+            # in the background (a key not indexed yet is looked up directly).
+            self.disk.load()
         if self.loaded is not None and hasattr(signal, "SIGHUP"):
             reactor = IReactorFromThreads(self.runtime.reactor)
             self._old_sighup = signal.signal(
@@ -204,8 +211,14 @@ def build_service(loaded: LoadedConfig, reactor: IReactorTime,
     routes = Routes(build_table(config.domains, reactor, rng=rng))
     disk = None
     if settings.cache_dir:
+        try:
+            os.makedirs(settings.cache_dir, mode=0o700, exist_ok=True)
+            if not os.access(settings.cache_dir, os.W_OK | os.X_OK):
+                raise PermissionError("not writable")
+        except OSError as e:
+            raise ConfigError(f"settings.cache_dir: cannot use {settings.cache_dir}: "
+                              f"{e.strerror or e}") from None
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
-        disk.load()
     store = Store(MemoryStore(parse_size(settings.cache_memory)), disk,
                   max_variants=settings.max_variants)
     metrics = Metrics(lambda: routes.current, reactor, store=store)
@@ -223,7 +236,7 @@ def build_service(loaded: LoadedConfig, reactor: IReactorTime,
     control = Control(runtime, StateFile(settings.state_file),
                       write=run_in_thread)
     control.restore()
-    service = CdnService(runtime, loaded, control)
+    service = CdnService(runtime, loaded, control, disk)
     edge = Edge(routes, cache, puller, reactor, access_log, metrics)
     limits = ClientLimits(
         max_request_line=settings.client_max_request_line,

@@ -10,14 +10,50 @@ from __future__ import annotations
 from typing import Optional, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.server import Request
+from zope.interface import implementer
 
-__all__ = ["BodyRelay", "Discard", "end_truncated"]
+__all__ = ["BodyRelay", "Discard", "body_loss", "end_truncated"]
+
+
+def body_loss(reason: Failure) -> str:
+    """Why an origin body ended early, in a few words (for the log)."""
+    reasons = getattr(reason.value, "reasons", None) or [reason]
+    for r in reasons:
+        if isinstance(r, Failure) and r.check(ConnectionDone):
+            return "the origin closed the connection"
+        if isinstance(r, Failure) and r.check(ConnectionLost):
+            return "the connection to the origin was lost"
+    return reason.getErrorMessage()
+
+
+@implementer(IPushProducer)
+class _OwnStop:
+    """
+    The origin transport as the client request's producer, noting when
+    cdnpull stops it (the client went away): the origin did not cut that
+    body short, so it is not logged as if it had.
+    """
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.transport.stopProducing()  # type: ignore[attr-defined]
 
 
 class Discard(Protocol):
@@ -77,11 +113,13 @@ class BodyRelay(Protocol):
         self.received = 0
         self._registered = False
         self._client_gone = False
+        self._producer: Optional[_OwnStop] = None
 
     def connectionMade(self) -> None:
         # self.transport is the origin's transport proxy (IPushProducer).
         if self.transport is not None and not self._client_gone:
-            self.request.registerProducer(self.transport, True)
+            self._producer = _OwnStop(self.transport)
+            self.request.registerProducer(self._producer, True)
             self._registered = True
 
     def dataReceived(self, data: bytes) -> None:
@@ -99,13 +137,16 @@ class BodyRelay(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._registered:
             self._registered = False
-            self.request.unregisterProducer()
+            if getattr(self.request, "channel", None) is not None:  # else the client is gone
+                self.request.unregisterProducer()
         complete = bool(reason.check(ResponseDone, PotentialDataLoss))
-        if not complete and not self._client_gone:
+        ours = self._client_gone or (self._producer is not None and self._producer.stopped)
+        if not complete and not ours:
             self.log.warn(
-                "origin body cut short after {received} bytes: {reason}",
+                "origin body for {uri} cut short after {received} bytes: {reason}",
+                uri=self.request.uri.decode("latin-1"),
                 received=self.received,
-                reason=reason.getErrorMessage(),
+                reason=body_loss(reason),
             )
             end_truncated(self.request)
         if not self.done.called:

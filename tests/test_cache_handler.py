@@ -284,7 +284,7 @@ class HeldRun:
         self.held: list = []
 
     def __call__(self, f, *args):  # type: ignore[no-untyped-def]
-        if f.__name__ == "read_body":
+        if f.__name__ == "read_object":
             d: Deferred = Deferred()
             self.held.append((d, f, args))
             return d

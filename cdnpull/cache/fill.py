@@ -31,7 +31,7 @@ from twisted.web.client import PotentialDataLoss, ResponseDone
 from zope.interface import implementer
 
 from ..compat import request_gone
-from ..stream import end_truncated
+from ..stream import body_loss, end_truncated
 
 __all__ = ["Fill", "FillBudget", "Reader", "StaticSource", "HIGH_WATER", "LOW_WATER", "WRITE_SIZE"]
 
@@ -240,8 +240,9 @@ class Fill:
             self.complete = False
         else:
             self.failed = reason
-            self.log.warn("origin body for {key} cut short after {size} bytes: {why}",
-                          key=self.key, size=self.size, why=reason.getErrorMessage())
+            if not getattr(self, "cancelled", False):  # cancel() stopped it: not the origin
+                self.log.warn("origin body for {key} cut short after {size} bytes: {why}",
+                              key=self.key, size=self.size, why=body_loss(reason))
         if self.paused and self.origin_transport is not None:
             self.paused = False
         for reader in list(self.readers):
@@ -310,7 +311,8 @@ class Fill:
 
     def cancel(self) -> None:
         """Stop receiving (nobody reads and nothing is stored)."""
-        if not self.done and self.origin_transport is not None:
+        if self.done:
+            return
+        self.cancelled = True
+        if self.origin_transport is not None:
             self.origin_transport.stopProducing()
-        elif not self.done:
-            self.cancelled = True

@@ -203,9 +203,7 @@ class Cache:
             rule = match_rule(live.config.cache, target.split(b"?", 1)[0].decode("latin-1"))
             for scheme in ("http", "https"):
                 key = self.key_of(scheme, oreq.host, target, bool(rule and rule.ignore_query))
-                for entry in self.store.variants(key):
-                    self.store.remove(entry.ident)
-                    n += 1
+                n += self.store.remove_key(key)  # (with what the disk has not indexed yet)
                 if getattr(live.config, "forward_headers", ()):
                     # Keys with forwarded header values after a newline.
                     n += self.store.purge([], [key + "\n"])
@@ -246,6 +244,8 @@ class Cache:
         Serve from the store, else through the origin.  C{alone}: without
         collapsing (the request was turned away from a shared pull).
         """
+        if self.store.loading:  # the disk cache is being indexed: look on disk first
+            await self.store.lookup(ask.key)
         entry = self._find(ask)
         if entry is not None:
             headers = entry.header_map()

@@ -1,12 +1,15 @@
 """
 Where cached answers live: a byte-bounded LRU in memory and an optional
-byte-bounded disk store that survives restarts.
+disk store, bounded by the bytes its files take, that survives restarts.
 
-Disk objects are written off the reactor thread (a temporary file, fsync,
-rename, so an object is visible only when complete) and checked when the
-store is loaded: a file whose length or end marker is wrong is dropped, and
-left-over temporary files are removed, so a crash or C{kill -9} at any moment
-never leaves a truncated object that is then served.
+Disk objects are written off the reactor thread (a temporary file with an
+unpredictable name created exclusively, mode 0600, in a 0700 directory;
+fsync; rename), so an object is visible only when complete.  Every read
+checks the object whole (its key, length, end marker and SHA-256), so a
+crash or C{kill -9} at any moment never leaves a damaged object that is
+then served.  At start the node does not wait for the disk: objects are
+checked and indexed in the background, and a key not indexed yet is looked
+up on disk directly.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import struct
+import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Optional
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 __all__ = ["Entry", "MemoryStore", "DiskStore", "Store"]
 
@@ -149,10 +156,21 @@ class MemoryStore:
         return list(self._lru)
 
 
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _key_dir(key: str) -> tuple[str, str]:
+    """The sub-directory holding every variant of C{key}, and their name prefix."""
+    h = _hash(key)
+    return os.path.join(h[:2], h[2:4]), h
+
+
 def _file_name(ident: tuple) -> str:
+    """Where an object lives, relative to the cache directory."""
     key, variant = ident
-    h = hashlib.sha256(repr((key, variant)).encode("utf-8", "surrogateescape")).hexdigest()
-    return os.path.join(h[:2], h[2:4], h + ".obj")
+    sub, h = _key_dir(key)
+    return os.path.join(sub, f"{h}-{_hash(repr(variant))[:32]}.obj")
 
 
 def encode_object(entry: Entry) -> bytes:
@@ -162,100 +180,392 @@ def encode_object(entry: Entry) -> bytes:
                      hashlib.sha256(entry.body).digest()])
 
 
-def read_meta(path: str) -> tuple[Entry, int]:
+# What a damaged or foreign file raises when read.
+_DAMAGE = (ValueError, KeyError, TypeError, AttributeError, struct.error)
+HEAD_READ = 4096
+
+
+def _allocated(st: os.stat_result) -> int:
+    """The bytes a file takes on disk: its allocated blocks (else its size in whole blocks)."""
+    if st.st_blocks:
+        return st.st_blocks * 512
+    block = st.st_blksize or 4096
+    return -(-st.st_size // block) * block
+
+
+def _read_head(read: Callable[[int], bytes], size: int) -> tuple[Entry, int, bytes]:
+    head = read(HEAD_READ)
+    if head[:len(MAGIC)] != MAGIC:
+        raise ValueError("bad magic")
+    if len(head) < len(MAGIC) + HEADER.size:
+        raise ValueError("truncated header")
+    (n,) = HEADER.unpack_from(head, len(MAGIC))
+    if n > 16 * 1024 * 1024:
+        raise ValueError("meta too large")
+    offset = len(MAGIC) + HEADER.size + n
+    if len(head) < offset:
+        head += read(offset - len(head))
+        if len(head) < offset:
+            raise ValueError("truncated header")
+    entry = Entry.from_meta(json.loads(head[len(MAGIC) + HEADER.size:offset].decode("utf-8")))
+    expected = offset + entry.length + len(END) + 32
+    if size != expected:
+        raise ValueError(f"length {size}, expected {expected}")
+    return entry, offset, head
+
+
+def read_head(path: str) -> tuple[Entry, int, int]:
     """
-    The entry of a disk object (without its body) and the body's offset.
+    The entry of a disk object (without its body), the body's offset and
+    the bytes the file takes on disk.  A small object (read whole by the
+    first read) is checked against its checksum too.
 
     @raise ValueError: the file is not a complete object.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
-            raise ValueError("bad magic")
-        (n,) = HEADER.unpack(f.read(HEADER.size))
-        if n > 16 * 1024 * 1024:
-            raise ValueError("meta too large")
-        meta = json.loads(f.read(n).decode("utf-8"))
-        entry = Entry.from_meta(meta)
-        offset = len(MAGIC) + HEADER.size + n
-        expected = offset + entry.length + len(END) + 32
-        if size != expected:
-            raise ValueError(f"length {size}, expected {expected}")
-        f.seek(offset + entry.length)
-        if f.read(len(END)) != END:
-            raise ValueError("no end marker")
-    return entry, offset
-
-
-def read_body(path: str, offset: int, length: int) -> bytes:
-    """The body of a disk object, checked against its checksum."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        body = f.read(length)
-        if f.read(len(END)) != END or f.read(32) != hashlib.sha256(body).digest():
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        entry, offset, head = _read_head(lambda n: os.read(fd, n), st.st_size)
+    finally:
+        os.close(fd)
+    if len(head) == st.st_size:  # a small object, read whole already: check it all
+        body = head[offset:offset + entry.length]
+        if head[offset + entry.length:] != END + hashlib.sha256(body).digest():
             raise ValueError("checksum mismatch")
-    return body
+    return entry, offset, _allocated(st)
+
+
+def read_object(path: str, ident: tuple) -> Entry:
+    """
+    The whole object at C{path}, checked: it is the object of C{ident} and
+    its body matches its checksum.  Self-describing, so a read that meets a
+    newer copy of the object (renamed over the old one) still reads a whole,
+    consistent object.
+    """
+    with open(path, "rb") as f:
+        entry, offset, _head = _read_head(f.read, os.fstat(f.fileno()).st_size)
+        if entry.ident != ident:
+            raise ValueError("the file holds another object")
+        f.seek(offset)
+        body = f.read(entry.length)
+        if (len(body) != entry.length or f.read(len(END)) != END
+                or f.read(32) != hashlib.sha256(body).digest()):
+            raise ValueError("checksum mismatch")
+    return replace(entry, body=body)
+
+
+def _mkdir_private(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+
+
+def _write_atomically(path: str, data: bytes, prefix: str = ".") -> int:
+    """
+    Write C{data} to C{path} so that it appears whole or not at all: a
+    temporary file with an unpredictable name created exclusively (mode
+    0600) in the target directory, fsync, rename, fsync of the directory.
+    Directories are created 0700.  Two writers of one path never share a
+    temporary file.
+
+    @return: the bytes the file takes on disk.
+    """
+    directory = os.path.dirname(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(os.path.dirname(directory)), mode=0o700, exist_ok=True)
+        _mkdir_private(os.path.dirname(directory))
+        _mkdir_private(directory)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            st = os.fstat(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return _allocated(st)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _unlink_damaged(path: str, ident: Optional[tuple] = None) -> bool:
+    """
+    Remove C{path} if it is (still) not a complete object (of C{ident},
+    checksum included, when known): a good copy written meanwhile stays.
+    """
+    try:
+        if ident is None:
+            read_head(path)
+        else:
+            read_object(path, ident)
+        return False
+    except FileNotFoundError:
+        return False
+    except (OSError,) + _DAMAGE:
+        _unlink(path)
+        return True
+
+
+def _list_objects(directory: str, mine: str) -> tuple[list[str], int]:
+    """
+    Every object file under C{directory}, newest first; temporary files of
+    earlier lives of the node (not starting with C{mine}) are removed.
+    """
+    found = []
+    removed = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            if name.endswith(".obj"):
+                try:
+                    found.append((os.stat(path).st_mtime, path))
+                except FileNotFoundError:
+                    pass
+            elif name.endswith(".tmp") and not name.startswith(mine):
+                _unlink(path)  # a write that never finished
+                removed += 1
+    found.sort(reverse=True)
+    return [path for _, path in found], removed
+
+
+def _check_files(directory: str, paths: list[str], verify_below: int = -1) -> tuple[list, list]:
+    """
+    Read the head of each object file: ([(path, entry, cost)], [(path, why,
+    ident or None)]).
+    Bodies up to C{verify_below} bytes are read and checked too (and come
+    back in the entry).
+    """
+    found, damaged = [], []
+    root = os.path.join(directory, "")
+    for path in paths:
+        entry = None
+        try:
+            entry, _offset, cost = read_head(path)
+            if not path.startswith(root) or path[len(root):] != _file_name(entry.ident):
+                raise ValueError("not where its key says")
+            if entry.length <= verify_below:
+                entry = read_object(path, entry.ident)
+        except FileNotFoundError:
+            continue
+        except (OSError,) + _DAMAGE as e:
+            damaged.append((path, str(e), entry.ident if entry is not None else None))
+            continue
+        found.append((path, entry, cost))
+    return found, damaged
+
+
+def _probe_key(directory: str, key: str, verify_below: int) -> tuple[list, list]:
+    """The objects of every variant of C{key} on disk (see L{_check_files})."""
+    sub, prefix = _key_dir(key)
+    where = os.path.join(directory, sub)
+    try:
+        names = os.listdir(where)
+    except FileNotFoundError:
+        return [], []
+    paths = [os.path.join(where, n) for n in names if n.startswith(prefix) and n.endswith(".obj")]
+    found, damaged = _check_files(directory, paths, verify_below)
+    return [(p, e, c) for p, e, c in found if e.key == key], damaged
 
 
 @dataclass
 class _DiskRecord:
     path: str
-    offset: int
-    cost: int
+    cost: int  # bytes taken on disk (allocated blocks)
     entry: Entry  # without body
+
+
+class _PathOps:
+    """The disk operations queued on one path, run one after another."""
+
+    __slots__ = ("lock", "epoch")
+
+    def __init__(self) -> None:
+        self.lock = DeferredLock()
+        self.epoch = 0  # bumped when the object is removed
 
 
 class DiskStore:
     """
-    Objects on disk under C{directory}, indexed in memory, LRU by bytes.
+    Objects on disk under C{directory}, indexed in memory, LRU by the bytes
+    they take on disk.
+
+    At start the node does not wait for the disk: L{load} checks every
+    object in the background, in batches (like nginx's cache loader), while
+    L{probe} answers for a key not yet indexed by looking at its files
+    directly.  Writes and removals of one object are queued one after
+    another, so two answers for one key never race on its file.
 
     @param run: runs a blocking function off the reactor thread and returns a
         Deferred (the node passes the reactor's thread pool; tests may run
         inline).
+    @param verify_below: bodies up to this size found by L{probe} are
+        checked against their checksum at once (and kept).
     """
 
     log = Logger()
 
-    def __init__(self, directory: str, limit: int,
-                 run: Callable[..., Deferred]) -> None:
+    def __init__(self, directory: str, limit: int, run: Callable[..., Deferred],
+                 batch: int = 500, verify_below: int = 256 * 1024) -> None:
         self.directory = directory
         self.limit = limit
         self.size = 0
+        self.batch = batch
+        self.verify_below = verify_below
         self._run = run
         self._index: "OrderedDict[tuple, _DiskRecord]" = OrderedDict()
+        self._ops: dict[str, _PathOps] = {}
+        # This life's temporary files start with this (mkstemp adds the
+        # unpredictable part); the loader removes everybody else's.
+        self._prefix = f".{secrets.token_hex(6)}."
+        self.loading = False
+        self._settled: set[str] = set()  # keys whose objects are indexed already
+        # Purged or removed while loading: what the loader finds of them is dropped.
+        self._purged_keys: set[str] = set()
+        self._purged_prefixes: list[tuple] = []
+        self.on_indexed: Optional[Callable[[tuple], None]] = None
+        self.found = 0  # objects the loader and probes found on disk
+        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def load(self) -> None:
-        """Index what is on disk (at start-up, before serving)."""
-        os.makedirs(self.directory, exist_ok=True)
-        dropped = 0
-        found = []
-        for root, _dirs, files in os.walk(self.directory):
-            for name in files:
-                path = os.path.join(root, name)
-                if not name.endswith(".obj"):
-                    # A temporary file of a write that never finished.
-                    _unlink(path)
-                    dropped += 1
-                    continue
-                try:
-                    entry, offset = read_meta(path)
-                except (OSError, ValueError, KeyError, TypeError) as e:
-                    self.log.warn("cache: dropping damaged object {path}: {why}", path=path, why=str(e))
-                    _unlink(path)
-                    dropped += 1
-                    continue
-                found.append((os.path.getmtime(path), entry, path, offset))
-        found.sort(key=lambda t: t[0])
-        for _, entry, path, offset in found:
-            cost = os.path.getsize(path)
-            self._index[entry.ident] = _DiskRecord(path, offset, cost, entry)
-            self.size += cost
+    # -- start-up --------------------------------------------------------
+
+    def load(self) -> Deferred:
+        """
+        Start indexing what is on disk, in the background; fires when done.
+        Left-over temporary files and damaged objects are removed.
+        """
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self.loading = True
+        self.log.info("cache: checking the objects in {dir} in the background", dir=self.directory)
+        return Deferred.fromCoroutine(self._load())
+
+    async def _load(self) -> None:
+        started = time.monotonic()
+        try:
+            paths, removed = await self._run(_list_objects, self.directory, self._prefix)
+            self.dropped += removed
+            for i in range(0, len(paths), self.batch):
+                found, damaged = await self._run(_check_files, self.directory,
+                                                 paths[i:i + self.batch])
+                self._merge(found, damaged)
+        except OSError as e:
+            self.log.error("cache: could not read the disk cache {dir}: {why}",
+                           dir=self.directory, why=str(e))
+        finally:
+            self.loading = False
+            self._settled.clear()
+            self._purged_keys.clear()
+            self._purged_prefixes.clear()
         self._evict()
-        self.log.info("cache: {n} objects ({size} bytes) on disk in {dir}; {dropped} dropped",
-                      n=len(self._index), size=self.size, dir=self.directory, dropped=dropped)
+        self.log.info("cache: checked the disk cache {dir} in {t:.2f} s: {found} objects found, "
+                      "{dropped} dropped; {n} objects ({size} bytes) on disk now",
+                      dir=self.directory, t=time.monotonic() - started, found=self.found,
+                      dropped=self.dropped, n=len(self._index), size=self.size)
+
+    def _add(self, path: str, entry: Entry, cost: int, oldest: bool) -> None:
+        self._index[entry.ident] = _DiskRecord(path, cost, replace(entry, body=None))
+        if oldest:
+            self._index.move_to_end(entry.ident, last=False)
+        self.size += cost
+        if self.on_indexed is not None:
+            self.on_indexed(entry.ident)
+
+    def _merge(self, found: list, damaged: list) -> None:
+        """A batch of the loader: index what nobody has looked at since start."""
+        for path, entry, cost in found:
+            if entry.key in self._settled or entry.ident in self._index:
+                continue
+            if self._was_purged(entry.key):
+                self._drop_path(path)
+                continue
+            # Newest first: each goes before the ones indexed so far.
+            self._add(path, entry, cost, oldest=True)
+            self.found += 1
+        self._drop_damaged(damaged)
+        self._evict()
+
+    def _drop_damaged(self, damaged: list) -> None:
+        for path, why, ident in damaged:
+            self.log.warn("cache: dropping damaged object {path}: {why}", path=path, why=why)
+            self.dropped += 1
+            record = self._index.get(ident) if ident is not None else None
+            if record is not None and record.path == path:
+                self.remove(ident)  # indexed by the loader, found damaged by a probe
+            else:
+                self._unlink_later(path, lambda p: _unlink_damaged(p, ident))
+
+    def needs_probe(self, key: str) -> bool:
+        return self.loading and key not in self._settled
+
+    def probe(self, key: str) -> Deferred:
+        """
+        While loading: index the objects of C{key} now (looking at its files
+        directly).  Fires with the entries whose bodies were read and checked
+        on the way (with their bodies).
+        """
+        if not self.needs_probe(key):
+            return succeed([])
+
+        def found(result: tuple) -> list:
+            objects, damaged = result
+            fresh = []
+            if key not in self._settled:
+                self._settled.add(key)
+                for path, entry, cost in objects:
+                    if entry.ident in self._index:
+                        continue
+                    if self._was_purged(key):
+                        self._drop_path(path)
+                        continue
+                    self._add(path, entry, cost, oldest=False)
+                    self.found += 1
+                    if entry.body is not None:
+                        fresh.append(entry)
+            self._drop_damaged(damaged)
+            self._evict()
+            return fresh
+
+        def failed(f: Any) -> list:
+            self.log.error("cache: could not look up {key} on disk: {why}", key=key,
+                           why=f.getErrorMessage())
+            return []
+
+        return self._run(_probe_key, self.directory, key, self.verify_below).addCallbacks(
+            found, failed)
+
+    def purged(self, keys: Iterable[str], prefixes: tuple = ()) -> None:
+        """
+        A purge (or removal) while loading also covers the objects of
+        C{keys} and C{prefixes} not indexed yet.  (An object written since is
+        indexed by its write first and stays.)
+        """
+        if self.loading:
+            self._purged_keys.update(keys)
+            if prefixes:
+                self._purged_prefixes.append(tuple(prefixes))
+
+    def _was_purged(self, key: str) -> bool:
+        return key in self._purged_keys or any(key.startswith(p) for p in self._purged_prefixes)
+
+    # -- objects ---------------------------------------------------------
 
     def get(self, ident: tuple) -> Optional[Entry]:
         record = self._index.get(ident)
@@ -270,75 +580,107 @@ class DiskStore:
         if record is None:
             return succeed(None)
 
-        def done(body: bytes) -> Optional[Entry]:
-            return replace(record.entry, body=body)
-
         def failed(f: Any) -> None:
-            self.log.warn("cache: dropping unreadable object {path}: {why}", path=record.path,
-                          why=f.getErrorMessage())
+            if self._index.get(ident) is not record:
+                return None  # removed or replaced meanwhile
+            if f.check(FileNotFoundError):
+                self.log.warn("cache: object {path} is gone", path=record.path)
+            else:
+                self.log.warn("cache: dropping unreadable object {path}: {why}", path=record.path,
+                              why=f.getErrorMessage())
+                self.dropped += 1
             self.remove(ident)
             return None
 
-        d = self._run(read_body, record.path, record.offset, record.entry.length)
-        return d.addCallbacks(done, failed)
+        return self._run(read_object, record.path, ident).addErrback(failed)
 
     def put(self, entry: Entry) -> Deferred:
+        """Write C{entry}; fires when it is on disk (or the write failed, logged)."""
         data = encode_object(entry)
-        path = os.path.join(self.directory, _file_name(entry.ident))
+        ident = entry.ident
+        path = os.path.join(self.directory, _file_name(ident))
         bare = replace(entry, body=None)
-        (meta_len,) = HEADER.unpack(data[len(MAGIC):len(MAGIC) + HEADER.size])
-        offset = len(MAGIC) + HEADER.size + meta_len
+        ops = self._ops.get(path)
+        epoch = ops.epoch if ops is not None else 0
 
-        def stored(_: Any) -> None:
-            old = self._index.pop(entry.ident, None)
+        def stored(cost: int) -> None:
+            now = self._ops.get(path)
+            if (now.epoch if now is not None else 0) != epoch:
+                return  # removed while being written; its unlink is queued after this write
+            old = self._index.pop(ident, None)
             if old is not None:
                 self.size -= old.cost
-            self._index[entry.ident] = _DiskRecord(path, offset, len(data), bare)
-            self.size += len(data)
+            self._add(path, bare, cost, oldest=False)
             self._evict()
 
         def failed(f: Any) -> None:
             self.log.error("cache: could not write {path}: {why}", path=path, why=f.getErrorMessage())
 
-        return self._run(_write_atomically, path, data).addCallbacks(stored, failed)
+        d = self._serial(path, _write_atomically, path, data, self._prefix, before_release=True)
+        return d.addCallbacks(stored, failed)
 
     def remove(self, ident: tuple) -> None:
         record = self._index.pop(ident, None)
+        path = record.path if record is not None else os.path.join(self.directory, _file_name(ident))
         if record is not None:
             self.size -= record.cost
-            self._run(_unlink, record.path)
+        ops = self._ops.get(path)
+        if ops is not None:
+            ops.epoch += 1
+        if record is not None or ops is not None:
+            self._unlink_later(path)
+
+    def _drop_path(self, path: str) -> None:
+        if path not in self._ops:  # else a write in flight replaces it
+            self._unlink_later(path)
+
+    def _unlink_later(self, path: str, how: Callable[[str], Any] = _unlink) -> None:
+        """Remove C{path} once the operations queued on it are done."""
+        def failed(f: Any) -> None:
+            self.log.error("cache: could not remove {path}: {why}", path=path, why=f.getErrorMessage())
+
+        self._serial(path, how, path).addErrback(failed)
 
     def idents(self) -> list[tuple]:
         return list(self._index)
 
     def _evict(self) -> None:
         while self.size > self.limit and self._index:
-            ident, record = self._index.popitem(last=False)
-            self.size -= record.cost
-            self._run(_unlink, record.path)
+            ident = next(iter(self._index))
+            self.remove(ident)
 
+    def _serial(self, path: str, f: Callable, *args: Any, before_release: bool = False) -> Deferred:
+        """
+        Run C{f(*args)} off the reactor thread after every operation queued
+        on C{path} before it.  With C{before_release}, the returned Deferred
+        fires before the next operation on C{path} starts (so the index
+        follows the order of the writes).
+        """
+        ops = self._ops.get(path)
+        if ops is None:
+            ops = self._ops[path] = _PathOps()
+        result: Deferred = Deferred()
 
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        def fire(outcome: Any) -> None:
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
 
+        def finished(outcome: Any) -> None:
+            if before_release:
+                fire(outcome)
+            ops.lock.release()
+            if not ops.lock.locked and not ops.lock.waiting and self._ops.get(path) is ops:
+                del self._ops[path]
+            if not before_release:
+                fire(outcome)
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        def run(_: Any) -> Deferred:
+            return self._run(f, *args).addBoth(finished)
+
+        ops.lock.acquire().addCallback(run)
+        return result
 
 
 class Store:
@@ -357,10 +699,36 @@ class Store:
         self._variants: "dict[str, dict[tuple, None]]" = {}
         if disk is not None:
             for ident in disk.idents():
-                self._variants.setdefault(ident[0], {})[ident] = None
-            for idents in list(self._variants.values()):
-                while len(idents) > max_variants:
-                    self.remove(next(iter(idents)))
+                self._indexed(ident)
+            disk.on_indexed = self._indexed
+
+    def _indexed(self, ident: tuple) -> None:
+        idents = self._variants.setdefault(ident[0], {})
+        idents[ident] = None
+        while len(idents) > self.max_variants:  # (a cache written with a larger max_variants)
+            self.remove(next(iter(idents)))
+
+    @property
+    def loading(self) -> bool:
+        """The disk store is still being indexed: use L{lookup}."""
+        return self.disk is not None and self.disk.loading
+
+    def lookup(self, key: str) -> Deferred:
+        """
+        Fires with the stored variants of C{key} (L{variants}), looking on
+        disk first when the disk store has not indexed that key yet.
+        """
+        disk = self.disk
+        if disk is None or not disk.needs_probe(key):
+            return succeed(self.variants(key))
+
+        def probed(checked: list) -> list:
+            for full in checked:  # read and verified on the way: keep them
+                if self.memory.get(full.ident) is None:
+                    self.memory.put(full)
+            return self.variants(key)
+
+        return disk.probe(key).addCallback(probed)
 
     def variants(self, key: str) -> list[Entry]:
         out = []
@@ -429,12 +797,22 @@ class Store:
     def keys(self) -> list[str]:
         return list(self._variants)
 
+    def remove_key(self, key: str) -> int:
+        """Drop every variant of C{key} (also those on disk not indexed yet); how many were known."""
+        idents = list(self._variants.get(key, ()))
+        for ident in idents:
+            self.remove(ident)
+        if self.disk is not None:
+            self.disk.purged((key,))
+        return len(idents)
+
     def purge(self, urls: Iterable[str], prefixes: Iterable[str]) -> int:
-        urls, prefixes = set(urls), tuple(prefixes)
-        n = 0
-        for key in self.keys():
-            if key in urls or (prefixes and key.startswith(prefixes)):
-                for ident in list(self._variants.get(key, ())):
-                    self.remove(ident)
-                    n += 1
+        urls, prefixes = frozenset(urls), tuple(prefixes)
+        n = sum(self.remove_key(key) for key in urls)
+        if prefixes:
+            if self.disk is not None:
+                self.disk.purged((), prefixes)
+            for key in self.keys():
+                if key.startswith(prefixes):
+                    n += self.remove_key(key)
         return n
