@@ -49,7 +49,11 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 STEERING_HEADERS = (
     "forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
     "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-ssl", "x-real-ip",
-    "x-original-url", "x-rewrite-url", "x-original-host",
+    "x-forwarded-prefix", "x-forwarded-path", "x-forwarded-uri", "x-forwarded-protocol",
+    "x-host", "x-url-scheme", "front-end-https",
+    "true-client-ip", "x-client-ip", "client-ip", "x-cluster-client-ip",
+    "cf-connecting-ip", "fastly-client-ip",
+    "x-original-url", "x-rewrite-url", "x-original-host", "x-original-uri",
     "x-http-method-override", "x-http-method", "x-method-override",
 )
 

@@ -94,6 +94,10 @@ class Edge(Resource):
             raise EdgeError("invalid request target", 400) from None
         if not target.startswith(b"/"):
             raise EdgeError("request target must be a path", 400)
+        if b"#" in request.uri:
+            # RFC 9112 3.2: no fragment in a request target.  Taken as part of
+            # the path it would be one more cache key for the same object.
+            raise EdgeError("a fragment (#) in the request target", 400)
         hosts = request.requestHeaders.getRawHeaders(b"host", [])
         if len(hosts) > 1:
             # RFC 9112 section 3.2: which one would an origin or another

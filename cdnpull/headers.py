@@ -10,6 +10,13 @@ obey (C{X-Original-URL}, C{X-HTTP-Method-Override}, ...) are dropped
 (L{STEERING}); the node sets C{X-Forwarded-Proto} and C{X-Real-IP} itself.
 A domain's C{forward_headers} lets named ones through, and the edge then
 puts their values in the cache key.
+
+A client header whose name holds anything but letters, digits and C{-}
+never reaches the origin either (nginx's defaults: C{ignore_invalid_headers
+on}, C{underscores_in_headers off}).  CGI, WSGI, PHP and most frameworks read
+C{X_Forwarded_Host} and C{X-Forwarded-Host} as the same variable
+(C{HTTP_X_FORWARDED_HOST}), so a name the node compared as written would
+steer the origin under another spelling.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     )
 )
+
+# The header names a client may send on to an origin (see the module docstring).
+_CLEAN_NAME = re.compile(rb"[A-Za-z0-9-]+")
 
 # Client-sent headers that would let one client change what the origin
 # answers (for everyone, once cached) without being part of the cache key.
@@ -88,6 +98,8 @@ def origin_headers(client: Headers, client_ip: Optional[str], proto: str,
     """
     kept = frozenset(h.encode("ascii") for h in forward)
     headers = end_to_end(client, drop=_REQUEST_DROP - kept if kept else _REQUEST_DROP)
+    for name in [n for n, _ in headers.getAllRawHeaders() if not _CLEAN_NAME.fullmatch(n)]:
+        headers.removeHeader(name)  # X_Forwarded_Host is X-Forwarded-Host to a WSGI origin
     add_forwarding(headers, client_ip, proto, kept)
     return headers, forwarded_key(headers, kept) if kept else ""
 

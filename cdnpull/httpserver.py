@@ -6,14 +6,16 @@ Refused with a status and the connection closed, never forwarded:
 
  - 400: a request or header line with a bare CR or LF, NUL or another
    control character; obsolete line folding; a header name that is not a
-   token; C{Transfer-Encoding} other than exactly C{chunked}; C{Content-Length}
-   together with C{Transfer-Encoding}, repeated, or not digits; a bad chunk
-   (these last ones are Twisted's own checks, answered the same way);
+   token; C{Transfer-Encoding} other than exactly C{chunked} (spaces or tabs
+   around it allowed); C{Content-Length} together with C{Transfer-Encoding},
+   repeated, or not digits; a bad chunk (these last ones are Twisted's own
+   checks, answered the same way), and a chunk line ended by a bare LF (at
+   once: Twisted would wait for a CRLF);
  - 414: a request line over C{client_max_request_line};
  - 431: a header line over C{client_max_header_line}, all headers over
    C{client_max_header_bytes}, or more than C{client_max_headers} of them;
  - 413: a body over C{client_max_body} (by its C{Content-Length} at once, or
-   as chunks arrive);
+   by each chunk's size as soon as it is read);
  - 408: request headers not complete within C{client_header_timeout} of the
    request's first byte (slowloris).
 
@@ -30,7 +32,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel, RESPONSES
+from twisted.web.http import (
+    HTTPChannel,
+    RESPONSES,
+    _ChunkedTransferDecoder,
+    _MalformedChunkedDataError,
+)
 from twisted.web.server import Request
 
 from .headers import CONTROL_CHAR, FIELD_NAME, connection_tokens
@@ -67,6 +74,9 @@ class EdgeRequest(Request):
 
     _body_seen = 0
     body_pipe: Optional[BodyPipe] = None
+    # An answer has the Content-Type its origin gave it, or none (Twisted
+    # would add text/html); the node's own answers set theirs.
+    defaultContentType = None
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
@@ -113,6 +123,40 @@ class EdgeRequest(Request):
         if self.body_pipe is not None:
             self.body_pipe.fail()
         super().connectionLost(reason)
+
+
+class _StrictChunkedDecoder(_ChunkedTransferDecoder):
+    """
+    Twisted's chunked decoder, but a bare LF where a CRLF ends a line is a
+    400 at once (Twisted waits for a CRLF that never comes), and a chunk
+    larger than the body may still be is refused as soon as its size is read
+    (C{fits(size)} says whether it may come; it answers the 413 itself).
+    """
+
+    def __init__(self, dataCallback: Any, finishCallback: Any, fits: Any) -> None:
+        super().__init__(dataCallback, finishCallback)
+        self._fits = fits
+
+    def _bare_lf(self) -> None:
+        lf = self._buffer.find(b"\n")
+        if lf == 0 or (lf > 0 and self._buffer[lf - 1] != 0x0D):
+            raise _MalformedChunkedDataError("bare LF in chunked framing")
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        self._bare_lf()
+        done = super()._dataReceived_CHUNK_LENGTH()
+        if done and self.state == "BODY" and not self._fits(self.length):
+            raise _MalformedChunkedDataError("chunk larger than the body limit")
+        return done
+
+    def _dataReceived_CRLF(self) -> bool:
+        if self._buffer[:1] == b"\n":
+            raise _MalformedChunkedDataError("bare LF after a chunk")
+        return super()._dataReceived_CRLF()
+
+    def _dataReceived_TRAILER(self) -> bool:
+        self._bare_lf()
+        return super()._dataReceived_TRAILER()
 
 
 class EdgeChannel(HTTPChannel):
@@ -211,7 +255,7 @@ class EdgeChannel(HTTPChannel):
                 return self.refuse(400, "invalid header line")
             if CONTROL_CHAR.search(value):
                 return self.refuse(400, f"control character in the {name.decode('latin-1')} header")
-            if name.lower() == b"transfer-encoding" and value.strip(b" ") != b"chunked":
+            if name.lower() == b"transfer-encoding" and value.strip(b" \t") != b"chunked":
                 return self.refuse(400, "Transfer-Encoding other than exactly 'chunked'")
             self._head_bytes += len(line)
             if self._head_bytes > limits.max_header_bytes:
@@ -220,6 +264,25 @@ class EdgeChannel(HTTPChannel):
                 return self.refuse(431, f"more than {limits.max_headers} header fields")
         self._head_lines += 1
         super().lineReceived(line)
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        ok = super()._maybeChooseTransferDecoder(header, data)
+        decoder = self._transferDecoder
+        if ok and type(decoder) is _ChunkedTransferDecoder:
+            self._transferDecoder = _StrictChunkedDecoder(
+                decoder.dataCallback, decoder.finishCallback, self._chunk_fits)
+        return ok
+
+    def _chunk_fits(self, size: int) -> bool:
+        """Whether a chunk of C{size} bytes keeps the body within the limit (else a 413)."""
+        request = self.requests[-1] if self.requests else None
+        seen = request._body_seen if request is not None else 0
+        if seen + size <= self.limits.max_body:
+            return True
+        self.refuse(413, f"request body larger than {self.limits.max_body} bytes")
+        if request is not None and request.body_pipe is not None:
+            request.body_pipe.fail()  # after the 413: the edge then writes nothing
+        return False
 
     def allHeadersReceived(self) -> None:
         self._cancel_header_timer()

@@ -6,6 +6,7 @@ import pytest
 from email.utils import formatdate
 
 from cdnpull.cache.policy import (
+    byte_ranges,
     current_age,
     freshness_lifetime,
     match_rule,
@@ -127,6 +128,25 @@ def test_ranges():
     assert parse_range(b"items=0-1", 100) is None
     with pytest.raises(ValueError):
         parse_range(b"bytes=100-", 100)
+    # RFC 9110 5.6.1: empty list elements do not count.
+    assert parse_range(b"bytes=0-0,", 100) == (0, 0)
+    assert parse_range(b"bytes= , 5-6 ,", 100) == (5, 6)
+    assert parse_range(b"bytes=" + b"9" * 5000 + b"-", 100) is None  # more digits than int() reads
+
+
+@pytest.mark.parametrize("value, ranges", [
+    (b"bytes=0-0,2-2", [(0, 0), (2, 2)]),
+    (b"bytes=0-0, 1-1", [(0, 0), (1, 1)]),
+    (b"bytes=0-0,-1", [(0, 0), (None, 1)]),
+    (b"Bytes=5-", [(5, None)]),
+    (b"bytes=,", None),
+    (b"bytes=3-1", None),
+    (b"bytes=1-x", None),
+    (b"items=0-1", None),
+    (b"", None),
+])
+def test_byte_ranges(value, ranges):  # type: ignore[no-untyped-def]
+    assert byte_ranges(value) == ranges
 
 
 def test_cache_control_parsing():

@@ -132,6 +132,29 @@ async def test_range_is_passed_through(node):  # type: ignore[no-untyped-def]
 
 
 @pytest_twisted.ensureDeferred
+async def test_several_ranges_never_make_a_bucket_send_the_whole_object(node, weed):  # type: ignore[no-untyped-def]
+    # S3 and SeaweedFS answer several ranges with the whole object (200), and
+    # bytes=0-0, with a 416: a bucket is asked for one range.
+    cdn, client = node
+    data = os.urandom(4 * 1024 * 1024)
+    cases = {
+        "bytes=0-0,2-2": (0, 2),  # close together: the range that covers them
+        "bytes=0-0, 1-1": (0, 1),
+        "bytes=0-0,": (0, 0),
+        "bytes=0-0, 4000000-4000001": (0, 0),  # far apart: the first range only
+        "bytes=0-0,-1": (0, 0),
+    }
+    for i, (rng, (first, last)) in enumerate(cases.items()):
+        weed.client().put_object(Bucket="public", Key=f"ranges{i}.bin", Body=data)
+        response, body = await client.get(f"/ranges{i}.bin", host="ppub.test.com",
+                                          headers={"Range": rng})
+        assert (response.code, len(body)) == (206, last - first + 1), rng
+        assert body == data[first:last + 1]
+        assert response.headers.getRawHeaders("content-range") == [
+            f"bytes {first}-{last}/{len(data)}"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_other_methods_listings_and_escapes_are_refused(node):  # type: ignore[no-untyped-def]
     cdn, client = node
     response, _ = await client.get("/hello.txt", host="ppub.test.com", method="POST", data=b"x")

@@ -7,8 +7,10 @@ HEAD of a domain, between routing and the failover chain.
        │      stale ─► conditional pull (one per key) ─► 304 ──► HIT (headers refreshed)
        │                         │        ─► new answer ─► MISS (stored)
        │                         └─ every origin failed ──► STALE (stale-if-error)
-       ├─ none, a Range far in or of an object not stored ─► the Range passed
-       │        on ─► MISS (206); an object that will be stored is filled behind
+       ├─ none, a Range (not one open near the start), or of an object not
+       │        stored ─► the Range passed on ─► MISS (206, multipart too);
+       │        an object that will be stored is filled behind
+       ├─ none, Cache-Control: only-if-cached ─► 504, the origin not asked
        └─ none ─► collapsed pull (one per key) ─► MISS, streamed to every
                 waiter that may have it (L{collapse})
 
@@ -32,6 +34,7 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from ..config import BucketOrigin
 from ..errors import OriginTimeout, OriginUnavailable
 from ..headers import VIA, end_to_end
 from ..pull import OriginRequest, PullResult
@@ -40,10 +43,12 @@ from .collapse import Flight, Unshared, authorized
 from .collapse import header_map as _map
 from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
+    byte_ranges,
     current_age,
     directives,
     match_rule,
     not_modified,
+    parse_cache_control,
     parse_range,
     same_origin_target,
     storable,
@@ -101,26 +106,57 @@ class _Ask:
     passthrough: Callable
 
 
-def _range_spec(reqh: dict) -> Optional[tuple[int, Optional[int]]]:
+def _client_range(reqh: dict) -> Optional[bytes]:
     """
-    The single byte range the client asked for as (first, last or None for
-    "to the end"); first is -1 for a suffix range (the last N bytes).  None
-    when there is no single, well-formed byte range.
+    The client's C{Range} as one value: two C{Range} lines are read (and
+    passed on) as one list, so the origin and the node answer the same ranges.
     """
     values = reqh.get(b"range")
-    if not values or len(values) != 1:
+    if not values:
         return None
-    text = values[0].strip().lower()
-    if not text.startswith(b"bytes=") or b"," in text:
-        return None
-    first, dash, last = text[6:].strip().partition(b"-")
-    first, last = first.strip(), last.strip()
-    if not dash or not (first or last) or (first and not first.isdigit()) or (
-            last and not last.isdigit()):
-        return None
-    if not first:
-        return -1, None
-    return int(first), int(last) if last else None
+    if len(values) == 1:
+        return values[0]
+    specs = [v.strip().partition(b"=") for v in values]
+    if all(unit.strip().lower() == b"bytes" and eq for unit, eq, _ in specs):
+        return b"bytes=" + b", ".join(spec.strip() for _, _, spec in specs)
+    return b", ".join(v.strip() for v in values)
+
+
+def _range_spec(first: Optional[int], last: Optional[int]) -> bytes:
+    if first is None:
+        return b"-%d" % (last or 0)
+    return b"%d-" % first if last is None else b"%d-%d" % (first, last)
+
+
+def _range_for_origin(value: bytes, bucket: bool) -> bytes:
+    """
+    The C{Range} sent to the origin for a client's (passed-on) C{Range}:
+    one range as one clean range (C{bytes=0-0,} is C{bytes=0-0}: SeaweedFS
+    answers the first with 416), several as they came -- but not to a bucket:
+    S3 and SeaweedFS answer several ranges with the whole object, so a
+    bucket is asked for the one range that covers them when that costs at
+    most L{RANGE_READ_AHEAD} more than the ranges (the client gets it, a
+    coalesced answer RFC 9110 14.2 allows), else for the first range only
+    (a 206 whose C{Content-Range} says what the client got).
+    """
+    ranges = byte_ranges(value)
+    if ranges is None:
+        return value  # the origin decides what it makes of it
+    if len(ranges) == 1:
+        return b"bytes=" + _range_spec(*ranges[0])
+    if not bucket:
+        return value
+    if all(first is not None and last is not None for first, last in ranges):
+        low = min(first for first, _ in ranges)  # type: ignore[type-var]
+        high = max(last for _, last in ranges)  # type: ignore[type-var]
+        wanted = sum(last - first + 1 for first, last in ranges)  # type: ignore[operator]
+        if high - low + 1 <= wanted + RANGE_READ_AHEAD:
+            return b"bytes=%d-%d" % (low, high)
+    return b"bytes=" + _range_spec(*ranges[0])
+
+
+def _only_if_cached(values: Optional[list]) -> bool:
+    return bool(values) and parse_cache_control(values).has("only-if-cached")
 
 
 def _range_total(headers: Headers) -> Optional[int]:
@@ -221,6 +257,8 @@ class Cache:
         rule = match_rule(live.config.cache, path)
         if rule is not None and rule.ttl == 0:
             ctx.cache = "BYPASS"
+            if _only_if_cached(request.requestHeaders.getRawHeaders(b"cache-control")):
+                return self._not_cached(request, ctx)
             return await passthrough()
         # key_extra: the values of headers the domain forwards (forward_headers).
         key = self.key_of(oreq.client_scheme, oreq.host, oreq.target,
@@ -258,12 +296,16 @@ class Cache:
                     self._refresh_in_background(ask, entry)
                     status = "STALE"
             if status is None:
+                if _only_if_cached(ask.reqh.get(b"cache-control")):
+                    return self._not_cached(ask.request, ask.ctx)
                 return await self._fetch(ask, alone, stale=(entry, age))
             try:
                 return await self._serve_entry(ask, entry, status, age)
             except _Vanished:
                 self.log.info("cache: {key} vanished before it was read; asking the origin",
                               key=ask.key)
+        if _only_if_cached(ask.reqh.get(b"cache-control")):
+            return self._not_cached(ask.request, ask.ctx)
         if ask.request.method == b"HEAD":
             # Not filled from a HEAD (there is no body to store).
             ask.ctx.cache = "MISS"
@@ -335,8 +377,8 @@ class Cache:
 
     @staticmethod
     def _range(reqh: dict, headers: dict, size: int) -> Optional[tuple[int, int]]:
-        ranges = reqh.get(b"range")
-        if not ranges:
+        value = _client_range(reqh)
+        if not value:
             return None
         if_range = reqh.get(b"if-range")
         if if_range:
@@ -345,7 +387,26 @@ class Cache:
             modified = (headers.get(b"last-modified") or [None])[0]
             if validator.startswith(b"W/") or validator not in (etag, modified):
                 return None
-        return parse_range(ranges[0], size)
+        return parse_range(value, size)
+
+    @staticmethod
+    def _not_cached(request: Any, ctx: Any) -> None:
+        """
+        RFC 9111 5.2.1.7: C{only-if-cached} and nothing fresh stored is a 504,
+        without asking the origin (answered here: the origin did not fail, so
+        no warning is logged).
+        """
+        body = b"504 Gateway Timeout\n"
+        ctx.cache, ctx.group, ctx.origin = "MISS", "cache", "-"
+        request.setResponseCode(504)
+        out = request.responseHeaders
+        out.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        out.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        out.setRawHeaders(b"age", [b"0"])
+        out.setRawHeaders(b"x-cache", [b"MISS"])
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
 
     def _answer_304(self, request: Any, headers: dict, status: str, age: float) -> None:
         out = request.responseHeaders
@@ -453,28 +514,49 @@ class Cache:
     def _passes_range(self, ask: _Ask, why: Optional[str]) -> bool:
         """
         Whether a Range miss is passed on to the origin as it is, rather
-        than answered from a whole-object fill: when the object is known
-        not to be stored (private or too large), and when the whole object
-        could cost the origin more than the range plus L{RANGE_READ_AHEAD}
-        bytes: a range with an end (once the client has it, what the origin
-        already sent is wasted: on loopback 2-3 MiB were in flight), a
-        suffix range, or one that starts further in.  Only an open range
-        near the start (C{bytes=0-}, what players send first) joins a fill.
+        than answered from a whole-object fill (SPEC.md 8.5: a range of an
+        object that is not stored costs the origin at most the range plus
+        L{RANGE_READ_AHEAD} bytes).  Only a request with a range open to the
+        end near the start (C{bytes=0-}, what players send first, also in a
+        list of several) joins a fill of an object not known to be unstored:
+        it asks for nearly all of it anyway.  Everything else with a
+        C{bytes} Range goes on: a range with an end (once the client has it,
+        what the origin already sent is wasted: on loopback 2-3 MiB were in
+        flight), a suffix range, one that starts further in, several ranges
+        (the origin's C{multipart/byteranges} answer streams through), and a
+        range set the node cannot read (the origin decides).  A Range of
+        another unit is ignored (RFC 9110 14.2): the client gets the whole
+        object, which is what it costs.
         """
         if ask.request.method != b"GET":
             return False
-        spec = _range_spec(ask.reqh)
-        if spec is None:
+        value = _client_range(ask.reqh)
+        if value is None:
             return False
-        first, last = spec
-        return why is not None or first < 0 or last is not None or first >= RANGE_READ_AHEAD
+        ranges = byte_ranges(value)
+        if ranges is None:
+            return value.strip().lower().startswith(b"bytes")
+        if why is not None:
+            return True
+        return not any(first is not None and last is None and first < RANGE_READ_AHEAD
+                       for first, last in ranges)
 
     async def _pass_range(self, ask: _Ask) -> None:
         """The client's Range goes to the origin; a storable object is filled behind."""
         ctx = ask.ctx
         flight = Flight(self, ask.key, register=False, remember=False)
         waiter = flight.join()
-        flight.launch(ask.live, replace(ask.oreq, method=b"GET", started=ctx.start), ask.rule,
+        oreq = ask.oreq
+        value = _client_range(ask.reqh)
+        config = ask.live.config
+        bucket = any(isinstance(getattr(config, role, None), BucketOrigin)
+                     for role in ("origin", "standby"))
+        sent = _range_for_origin(value, bucket) if value is not None else None
+        if sent != ask.reqh.get(b"range", [None])[0] or len(ask.reqh.get(b"range", ())) > 1:
+            headers = oreq.headers.copy()
+            headers.setRawHeaders(b"range", [sent])
+            oreq = replace(oreq, headers=headers)
+        flight.launch(ask.live, replace(oreq, method=b"GET", started=ctx.start), ask.rule,
                       ask.reqh)
         ctx.pending = waiter.ready
         try:

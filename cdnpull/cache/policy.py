@@ -25,7 +25,7 @@ __all__ = [
     "CacheControl", "parse_cache_control", "targeted_cache_control", "directives", "http_date",
     "Storable", "storable",
     "freshness_lifetime", "current_age", "vary_names", "vary_key", "match_rule",
-    "parse_range", "not_modified", "same_origin_target", "age_header", "HEURISTIC_STATUSES",
+    "byte_ranges", "parse_range", "not_modified", "same_origin_target", "age_header", "HEURISTIC_STATUSES",
     "RULE_STATUSES",
 ]
 
@@ -421,6 +421,39 @@ def not_modified(request_headers: dict, headers: dict) -> bool:
     return False
 
 
+def byte_ranges(value: Optional[bytes]) -> Optional[list[tuple[Optional[int], Optional[int]]]]:
+    """
+    The ranges of a C{Range: bytes=...} value (RFC 9110 section 14.1.1) as
+    (first, last) pairs: (first, None) to the end, (None, n) the last n
+    bytes.  Empty list elements are allowed (C{bytes=0-0,} is one range).
+    None when the value is absent, another unit, or not a valid range set.
+    """
+    if not value:
+        return None
+    unit, eq, spec = value.strip().partition(b"=")
+    if not eq or unit.strip().lower() != b"bytes":
+        return None
+    out: list[tuple[Optional[int], Optional[int]]] = []
+    for element in spec.split(b","):
+        element = element.strip(b" \t")
+        if not element:
+            continue
+        first_s, dash, last_s = element.partition(b"-")
+        first_s, last_s = first_s.strip(b" \t"), last_s.strip(b" \t")
+        if (not dash or not (first_s or last_s) or (first_s and not first_s.isdigit())
+                or (last_s and not last_s.isdigit()) or not first_s.isascii() or not last_s.isascii()):
+            return None
+        try:
+            first = int(first_s) if first_s else None
+            last = int(last_s) if last_s else None
+        except ValueError:  # more digits than int() reads
+            return None
+        if first is not None and last is not None and last < first:
+            return None
+        out.append((first, last))
+    return out or None
+
+
 def parse_range(value: Optional[bytes], size: int) -> Optional[tuple[int, int]]:
     """
     A single byte range of C{Range} as (first, last) inclusive, or None when
@@ -429,35 +462,14 @@ def parse_range(value: Optional[bytes], size: int) -> Optional[tuple[int, int]]:
 
     @raise ValueError: the range cannot be satisfied (416).
     """
-    if not value:
+    ranges = byte_ranges(value)
+    if ranges is None or len(ranges) != 1:
         return None
-    text = value.strip()
-    if not text.lower().startswith(b"bytes="):
-        return None
-    spec = text[6:].strip()
-    if b"," in spec:
-        return None
-    first_s, dash, last_s = spec.partition(b"-")
-    if not dash:
-        return None
-    try:
-        if first_s.strip() == b"":
-            n = int(last_s)
-            if n <= 0:
-                raise ValueError("unsatisfiable")
-            if size == 0:
-                raise ValueError("unsatisfiable")
-            return max(0, size - n), size - 1
-        first = int(first_s)
-        last = int(last_s) if last_s.strip() else size - 1
-    except ValueError as e:
-        if str(e) == "unsatisfiable":
-            raise
-        return None
-    if first < 0:
-        return None
+    first, last = ranges[0]
+    if first is None:
+        if not last or size == 0:  # bytes=-0, or nothing to take the last bytes of
+            raise ValueError("unsatisfiable")
+        return max(0, size - last), size - 1
     if first >= size:
         raise ValueError("unsatisfiable")
-    if last < first:
-        return None
-    return first, min(last, size - 1)
+    return first, min(size - 1 if last is None else last, size - 1)

@@ -8,7 +8,8 @@ Every response head is checked before Twisted's parser sees it:
  - a status line C{HTTP/1.0|1.1 NNN reason} and CRLF line ends, no bare CR
    or LF, no obsolete line folding, header names that are tokens, no control
    characters in values;
- - C{Content-Length} digits only, repeated only with the same value;
+ - C{Content-Length} digits only, at most 2^63-1, repeated only with the
+   same value;
    C{Transfer-Encoding} only C{chunked}, never together with
    C{Content-Length};
  - the whole head within a size limit.
@@ -46,6 +47,8 @@ __all__ = ["InvalidOriginResponse", "StrictClientProtocol", "check_head", "conne
            "InterimHeaders", "interim_answer", "MAX_HEAD"]
 
 MAX_HEAD = 64 * 1024
+# The largest Content-Length believed (what a signed 64-bit offset holds).
+MAX_LENGTH = 2 ** 63 - 1
 MAX_HEADERS = 200
 
 _STATUS = re.compile(rb"HTTP/1\.[01] [1-5][0-9]{2}(?: [\t\x20-\x7e\x80-\xff]*)?")
@@ -87,6 +90,8 @@ def check_head(head: bytes, max_headers: int = MAX_HEADERS) -> Optional[str]:
     if lengths:
         if not all(v.isdigit() for v in lengths):
             return f"invalid Content-Length {b','.join(lengths)[:40]!r}"
+        if any(len(v) > 19 or int(v) > MAX_LENGTH for v in lengths):
+            return f"Content-Length too large {b','.join(lengths)[:40]!r}"
         if len({int(v) for v in lengths}) > 1:
             return f"contradictory Content-Length {b','.join(lengths)[:40]!r}"
     if encodings:
