@@ -123,7 +123,7 @@ class World:
         self.origin = Origin()
         self.store = store or Store(MemoryStore(16 * 1024 * 1024))
         self.cache = Cache(self.store, self.origin, self.clock, max_object, 0.0)
-        self.live = SimpleNamespace(config=SimpleNamespace(cache=()), name=HOST)
+        self.live = SimpleNamespace(config=SimpleNamespace(cache=()), name=HOST, groups=lambda: [])
 
     def get(self, path: str, headers: Optional[dict] = None, method: bytes = b"GET",
             scheme: str = "http") -> tuple[FakeRequest, SimpleNamespace, Deferred]:

@@ -61,3 +61,8 @@ def test_json_round_trip_and_clear_text_signing():
     assert kind_of(BUCKET).signs_in_clear()
     assert not kind_of(BucketOrigin("https://127.0.0.5", "media", style="path",
                                     credentials=S3Credentials("AK", "SK"))).signs_in_clear()
+
+
+def test_only_a_bucket_is_asked_for_one_range_instead_of_several():
+    assert kind_of(IPS).several_ranges and kind_of(NAME).several_ranges
+    assert not kind_of(BUCKET).several_ranges

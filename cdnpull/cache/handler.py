@@ -34,7 +34,6 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from ..config import BucketOrigin
 from ..errors import OriginTimeout, OriginUnavailable
 from ..headers import VIA, end_to_end
 from ..pull import OriginRequest, PullResult
@@ -128,7 +127,7 @@ def _range_spec(first: Optional[int], last: Optional[int]) -> bytes:
     return b"%d-" % first if last is None else b"%d-%d" % (first, last)
 
 
-def _range_for_origin(value: bytes, bucket: bool) -> bytes:
+def _range_for_origin(value: bytes, one_range: bool) -> bytes:
     """
     The C{Range} sent to the origin for a client's (passed-on) C{Range}:
     one range as one clean range (C{bytes=0-0,} is C{bytes=0-0}: SeaweedFS
@@ -144,12 +143,13 @@ def _range_for_origin(value: bytes, bucket: bool) -> bytes:
         return value  # the origin decides what it makes of it
     if len(ranges) == 1:
         return b"bytes=" + _range_spec(*ranges[0])
-    if not bucket:
+    if not one_range:
         return value
-    if all(first is not None and last is not None for first, last in ranges):
-        low = min(first for first, _ in ranges)  # type: ignore[type-var]
-        high = max(last for _, last in ranges)  # type: ignore[type-var]
-        wanted = sum(last - first + 1 for first, last in ranges)  # type: ignore[operator]
+    closed = [(first, last) for first, last in ranges if first is not None and last is not None]
+    if len(closed) == len(ranges):
+        low = min(first for first, _ in closed)
+        high = max(last for _, last in closed)
+        wanted = sum(last - first + 1 for first, last in closed)
         if high - low + 1 <= wanted + RANGE_READ_AHEAD:
             return b"bytes=%d-%d" % (low, high)
     return b"bytes=" + _range_spec(*ranges[0])
@@ -548,11 +548,10 @@ class Cache:
         waiter = flight.join()
         oreq = ask.oreq
         value = _client_range(ask.reqh)
-        config = ask.live.config
-        bucket = any(isinstance(getattr(config, role, None), BucketOrigin)
-                     for role in ("origin", "standby"))
-        sent = _range_for_origin(value, bucket) if value is not None else None
-        if sent != ask.reqh.get(b"range", [None])[0] or len(ask.reqh.get(b"range", ())) > 1:
+        one_range = any(not group.kind.several_ranges for group in ask.live.groups())
+        sent = _range_for_origin(value, one_range) if value is not None else None
+        if sent is not None and (sent != ask.reqh.get(b"range", [None])[0]
+                                 or len(ask.reqh.get(b"range", ())) > 1):
             headers = oreq.headers.copy()
             headers.setRawHeaders(b"range", [sent])
             oreq = replace(oreq, headers=headers)

@@ -61,6 +61,9 @@ class OriginKind:
     type: ClassVar[str] = ""
     # The request methods this kind of origin serves (None: any).
     methods: ClassVar[Optional[tuple[bytes, ...]]] = None
+    # Whether it answers a Range of several ranges as asked (S3 stores send
+    # the whole object: they get one covering range instead).
+    several_ranges: ClassVar[bool] = True
 
     log = Logger()
 
@@ -189,6 +192,7 @@ class DomainKind(OriginKind):
 class BucketKind(OriginKind):
     type = "bucket"
     methods = (b"GET", b"HEAD")
+    several_ranges = False
     origin: BucketOrigin
 
     def scheme(self, client_scheme: str) -> str:
