@@ -64,6 +64,15 @@ __all__ = ["AdminResource", "read_token", "MAX_BODY", "MAX_DEPTH", "parse_json_b
 MAX_BODY = 1024 * 1024
 MAX_DEPTH = 32
 CONSOLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console.html")
+# The console's own assets (its charts and the vendored uPlot), served from
+# memory under /console/: the page loads nothing from anywhere else.
+ASSETS = {
+    "charts.js": b"application/javascript; charset=utf-8",
+    "charts.css": b"text/css; charset=utf-8",
+    "uPlot.iife.min.js": b"application/javascript; charset=utf-8",
+    "uPlot.min.css": b"text/css; charset=utf-8",
+}
+ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console")
 CHANGING = (b"PUT", b"POST", b"DELETE")
 
 
@@ -211,6 +220,10 @@ class AdminResource(Resource):
         self.hosts = frozenset(h.lower().rstrip(".") for h in hosts) | {"localhost"}
         with open(CONSOLE, "rb") as f:
             self.console = f.read()
+        self.assets: dict[str, tuple[bytes, bytes]] = {}
+        for name, content_type in ASSETS.items():
+            with open(os.path.join(ASSET_DIR, name), "rb") as f:
+                self.assets["/console/" + name] = (content_type, f.read())
         self.console_csp = console_policy(self.console)
 
     # -- plumbing ----------------------------------------------------------
@@ -236,6 +249,12 @@ class AdminResource(Resource):
             request.setHeader(b"x-frame-options", b"DENY")
             request.setHeader(b"referrer-policy", b"no-referrer")
             return self.console
+        asset = self.assets.get(path)
+        if asset is not None:
+            if request.method not in (b"GET", b"HEAD"):
+                return self._json(request, 405, {"error": "method not allowed"})
+            request.setHeader(b"content-type", asset[0])
+            return asset[1]
         if not self._authorised(request):
             request.setHeader(b"www-authenticate", b'Bearer realm="cdnpull"')
             return self._json(request, 401, {"error": "Authorization: Bearer <token> required"})
@@ -358,6 +377,9 @@ class AdminResource(Resource):
         if parts == ["domains"]:
             self._allow(method, b"GET")
             return 200, table_json(self.runtime.table, now, dns)
+        if parts == ["stats"]:
+            self._allow(method, b"GET")
+            return 200, self._stats(request)
         if parts == ["purge"]:
             self._allow(method, b"POST")
             return self._purge(await self._body(request))
@@ -382,6 +404,12 @@ class AdminResource(Resource):
             elif action == ["override"]:
                 self._allow(method, b"DELETE")
                 live = await self.control.restore_module(name)
+            elif action == ["certificate"]:  # the edge certificate (cdnpull.certstore)
+                self._allow(method, b"PUT", b"DELETE")
+                if method == b"PUT":
+                    live = await self.runtime.edge_certificates.set(name, await self._body(request))
+                else:
+                    live = await self.runtime.edge_certificates.remove(name)
             else:
                 raise _HTTPError(404, f"no such path {path}")
             return 200, domain_json(live, self.clock.seconds(), dns)
@@ -391,6 +419,15 @@ class AdminResource(Resource):
     def _allow(method: bytes, *allowed: bytes) -> None:
         if method not in allowed:
             raise _HTTPError(405, f"method not allowed; use {' or '.join(a.decode() for a in allowed)}")
+
+    def _stats(self, request: Request) -> Any:
+        """C{GET /api/stats[?domain=NAME]}: the recent history (cdnpull.stats)."""
+        args = request.args.get(b"domain")
+        name = None
+        if args:
+            name = args[0].decode("utf-8", "replace").strip().lower().rstrip(".")
+            self.control.live(name)  # UnknownDomain -> 404
+        return self.runtime.stats.json(name)
 
     def _purge(self, body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict) or not (set(body) <= {"urls", "prefixes"}) or not body:

@@ -33,6 +33,7 @@ __all__ = [
     "S3Credentials",
     "Probe",
     "CacheRule",
+    "Certificate",
     "Config",
     "Address",
     "parse_address",
@@ -323,6 +324,19 @@ DEFAULT_FAILOVER_ON = frozenset(range(400, 600))
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """
+    An edge certificate for client HTTPS: C{cert_file} holds PEM
+    certificates, the domain's own first, then its chain; C{key_file} its
+    unencrypted PEM private key.  The files are read and checked at load and
+    on every reload (see L{cdnpull.certs}).
+    """
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
 class Domain:
     """
     One accelerated domain (or C{*.example.com} wildcard) and its origins.
@@ -342,6 +356,12 @@ class Domain:
     # Forwarded, X-Original-URL, ...) are dropped; the ones named here reach
     # the origin, and their values become part of the cache key.
     forward_headers: tuple = ()
+    # Edge HTTPS: the domain's own certificate (else one from
+    # Settings.certificates covering its name), plain-http requests answered
+    # with a redirect to https, and a Strict-Transport-Security value.
+    certificate: Optional[Certificate] = None
+    https_only: bool = False
+    hsts: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.name, str):
@@ -441,9 +461,14 @@ class Settings:
     # Cache-Control and Expires, in precedence order; they are never
     # forwarded to clients.  () obeys none.
     targeted_cache_control: tuple = ("CDN-Cache-Control",)
+    # Edge HTTPS (tls: listeners): certificates chosen by the name a client
+    # asks for, and the one for clients that name none or an unknown one.
+    certificates: tuple = ()
+    default_certificate: Optional[Certificate] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "listen", _tuple(self.listen))
+        object.__setattr__(self, "certificates", _tuple(self.certificates))
         object.__setattr__(self, "nameservers", _tuple(self.nameservers))
         object.__setattr__(self, "admin_hosts", tuple(
             h.strip().lower().rstrip(".") if isinstance(h, str) else h
@@ -542,6 +567,59 @@ def _positive(value: object) -> Optional[str]:
         return f"{value!r} is not a number"
     if value <= 0:
         return f"{value!r} must be greater than 0"
+    return None
+
+
+# Edge HTTPS: only the structure here; cdnpull.certs reads and checks the files.
+
+TLS_LISTEN_FORM = "tls:PORT[:interface=ADDR][:backlog=N]"
+_HSTS_DIRECTIVE = re.compile(r"(?i)(max-age=\d{1,10}|includesubdomains|preload)\Z")
+
+
+def is_tls_listen(description: object) -> bool:
+    """A C{tls:} client listener (per-domain certificates chosen by SNI)."""
+    return isinstance(description, str) and description.startswith("tls:")
+
+
+def parse_tls_listen(description: str) -> tuple[int, dict]:
+    """
+    C{"tls:443:interface=127.0.0.1"} -> C{(443, {"interface": "127.0.0.1"})};
+    a colon inside a value is escaped as C{\\:} (as in Twisted's C{tcp:}).
+
+    @raise ValueError: naming the expected form.
+    """
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0] != "tls" or len(parts) < 2 or not parts[1].isdigit():
+        raise ValueError(f"{description!r} is not {TLS_LISTEN_FORM}")
+    port = int(parts[1])
+    if port > 65535:
+        raise ValueError(f"{description!r}: port {port} is outside 0-65535")
+    options: dict = {}
+    for part in parts[2:]:
+        key, sep, value = part.partition("=")
+        if not sep or key not in ("interface", "backlog") or not value:
+            raise ValueError(f"{description!r}: unknown option {part!r} ({TLS_LISTEN_FORM})")
+        if key == "backlog" and not value.isdigit():
+            raise ValueError(f"{description!r}: backlog {value!r} is not a number")
+        options[key] = value.replace("\\:", ":")
+    return port, options
+
+
+def _certificate_problems(cert: object, where: str) -> list[str]:
+    if not isinstance(cert, Certificate):
+        return [f"{where}: {cert!r} is not a Certificate(cert_file, key_file)"]
+    return [f"{where}.{f}: must be a file path" for f in ("cert_file", "key_file")
+            if not isinstance(getattr(cert, f), str) or not getattr(cert, f)]
+
+
+def _hsts_problem(value: object) -> Optional[str]:
+    example = "like 'max-age=31536000; includeSubDomains'"
+    if not isinstance(value, str):
+        return f"{value!r} is not a string {example}"
+    directives = [d.strip() for d in value.split(";")]
+    if (not all(_HSTS_DIRECTIVE.match(d) for d in directives)
+            or sum(d.lower().startswith("max-age=") for d in directives) != 1):
+        return f"{value!r} is not {example}"
     return None
 
 
@@ -713,6 +791,12 @@ def _domain_problems(d: object) -> list[str]:
     for f in ("connect_timeout", "first_byte_timeout", "total_timeout"):
         if (e := _positive(getattr(d, f))):
             p.append(f"{name}: {f}: {e}")
+    if d.certificate is not None:
+        p += [f"{name}: {m}" for m in _certificate_problems(d.certificate, "certificate")]
+    if not isinstance(d.https_only, bool):
+        p.append(f"{name}: https_only: must be True or False")
+    if d.hsts is not None and (e := _hsts_problem(d.hsts)):
+        p.append(f"{name}: hsts: {e}")
     return p
 
 
@@ -725,8 +809,19 @@ def _settings_problems(s: object) -> list[str]:
     for i, e in enumerate(s.listen):
         if not isinstance(e, str) or not e:
             p.append(f"settings.listen[{i}]: {e!r} is not an endpoint string")
+        elif is_tls_listen(e):
+            try:
+                parse_tls_listen(e)
+            except ValueError as why:
+                p.append(f"settings.listen[{i}]: {why}")
+    for i, c in enumerate(s.certificates):
+        p += _certificate_problems(c, f"settings.certificates[{i}]")
+    if s.default_certificate is not None:
+        p += _certificate_problems(s.default_certificate, "settings.default_certificate")
     if s.admin is not None and not isinstance(s.admin, str):
         p.append(f"settings.admin: {s.admin!r} is not an endpoint string")
+    elif is_tls_listen(s.admin):
+        p.append("settings.admin: tls: is for client listeners (use ssl:PORT:privateKey=...)")
     if isinstance(s.stale_if_error, bool) or not isinstance(s.stale_if_error, (int, float)) or s.stale_if_error < 0:
         p.append("settings.stale_if_error: must be a number of seconds >= 0")
     for f in ("client_max_request_line", "client_max_header_line", "client_max_header_bytes",
@@ -865,6 +960,12 @@ def validate(domains: Iterable[object], settings: object = None) -> Config:
             if d.name in seen:
                 problems.append(f"{d.name}: name: declared more than once")
             seen.add(d.name)
+    if isinstance(settings, Settings) and not (
+            settings.certificates or settings.default_certificate
+            or any(isinstance(d, Domain) and d.certificate is not None for d in domains)):
+        problems += [f"settings.listen[{i}]: a tls: listener needs certificates: set "
+                     "default_certificate, certificates or a domain's certificate"
+                     for i, e in enumerate(settings.listen) if is_tls_listen(e)]
     if problems:
         raise ConfigError(problems)
     assert isinstance(settings, Settings)

@@ -114,6 +114,14 @@ class Edge(Resource):
         if live.config.is_wildcard and not is_dns_name(host):
             # The client's name becomes the origin's Host (and TLS name).
             raise EdgeError("the Host is not a valid DNS name", 400)
+        if request.isSecure():
+            if live.config.hsts:
+                request.setHeader(b"strict-transport-security", live.config.hsts.encode("ascii"))
+        elif live.config.https_only:
+            # Before the cache: the redirect is never stored as the object.
+            # 308 keeps the method and body of anything but GET and HEAD.
+            request.setHeader(b"location", b"https://%s%s" % (host.encode("ascii"), target))
+            raise EdgeError("moved to https", 301 if request.method in (b"GET", b"HEAD") else 308)
         methods = live.primary.kind.methods
         if methods is not None and request.method not in methods:
             request.setHeader(b"allow", b", ".join(methods))
@@ -216,7 +224,8 @@ class Edge(Resource):
             self.log.failure("unexpected error serving {uri}", failure, uri=request.uri)
             status, message = 500, "internal error"
         if request.startedWriting:
-            request.transport.abortConnection()  # type: ignore[union-attr]
+            # (An HTTP/2 stream has no transport: resetting the stream is its abort.)
+            (request.transport or request.channel).abortConnection()  # type: ignore[union-attr]
             return
         if status >= 500:
             # Which origin addresses were tried and why is for the log (and

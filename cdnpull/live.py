@@ -49,6 +49,9 @@ class LiveDomain:
         self.base = base if base is not None else config
         self.primary = primary
         self.standby = standby
+        # (certificate, source) serving its name over tls: listeners, as
+        # cdnpull.certs.CertificateSet.for_domain says; set by the Runtime.
+        self.certificate: Optional[tuple] = None
 
     @property
     def name(self) -> str:

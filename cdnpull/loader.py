@@ -10,12 +10,13 @@ import importlib.util
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from types import ModuleType
 from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
+from .certs import CertificateSet, load_certificates
 from .config import Config, ConfigError, Settings, validate
 from .overrides import warn_http_signing
 
@@ -36,6 +37,8 @@ class LoadedConfig:
     services: Optional[Callable[[Any], Any]] = None
     # The Settings fields the command line replaced: a reload applies them again.
     overrides: Any = None
+    # The edge certificates, read and checked (cdnpull.certs).
+    certificates: CertificateSet = dataclass_field(default_factory=CertificateSet)
 
 
 _counter = [0]
@@ -112,5 +115,8 @@ def load_config(path: str, **overrides: Any) -> LoadedConfig:
     _warn_unverified(config)
     for d in config.domains:
         warn_http_signing(d, log)
+    certificates, warnings = load_certificates(config)
+    for warning in warnings:
+        log.warn("{warning}", warning=warning)
     return LoadedConfig(config=config, path=os.path.abspath(path), services=services,
-                        overrides=dict(overrides))
+                        overrides=dict(overrides), certificates=certificates)

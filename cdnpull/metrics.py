@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from .cache.store import Store
 from .live import LiveTable
 from .origins.group import AddressState, OriginGroup
+from .stats import Stats
 
 __all__ = ["Metrics"]
 
@@ -77,11 +78,13 @@ class Metrics:
     """
     @param table: returns the current live table (read at scrape time).
     @param store: the cache's stores, whose sizes are read at scrape time.
+    @param stats: the recent history (L{cdnpull.stats.Stats}), told of the
+        same events.
     """
 
     def __init__(self, table: Callable[[], LiveTable], clock: IReactorTime,
                  registry: Optional[CollectorRegistry] = None,
-                 store: Optional[Store] = None) -> None:
+                 store: Optional[Store] = None, stats: Optional[Stats] = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -100,20 +103,28 @@ class Metrics:
             ["domain", "group"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         r.register(_TableCollector(table, clock, store))
+        # The recent history, told of the same events.
+        self.stats = stats
 
     # -- hooks the other parts call --------------------------------------
 
     def request(self, domain: Optional[str], status: int, cache: str) -> None:
         self.requests.labels(domain or "-", f"{status // 100}xx", cache).inc()
+        if self.stats is not None:
+            self.stats.request(domain, cache)
 
     def origin_try(self, domain: str, group: str, address: str, outcome: str,
                    seconds: Optional[float]) -> None:
         self.origin_requests.labels(domain, group, address, outcome).inc()
         if seconds is not None:
             self.origin_seconds.labels(domain, group).observe(seconds)
+        if self.stats is not None:
+            self.stats.origin_try(domain, address, outcome, seconds)
 
     def failover(self, domain: str) -> None:
         self.failovers.labels(domain).inc()
+        if self.stats is not None:
+            self.stats.failover(domain)
 
     def probe(self, group: OriginGroup, state: AddressState, ok: bool) -> None:
         self.probes.labels(group.domain, group.role, str(state.address),

@@ -17,7 +17,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IProtocolFactory,
@@ -31,8 +30,10 @@ from twisted.logger import Logger
 from .accesslog import AccessLog
 from .admin import MAX_BODY as ADMIN_MAX_BODY, AdminResource, read_token
 from .cache import Cache, DiskStore, MemoryStore, Store
+from .certs import CertificateSet, days_left_collector
+from .certstore import CertificateStore, EdgeCertificates
 from .compat import raise_listen_errors
-from .config import Config, ConfigError, Domain, parse_size
+from .config import Config, ConfigError, Domain, is_tls_listen, parse_size
 from .control import Control
 from .edge import Edge, EdgeSite
 from .httpserver import ClientLimits
@@ -45,8 +46,14 @@ from .origins.dns import DNSManager, make_resolver
 from .origins.tls import TLSPolicy
 from .probing import HTTPChecker, ProbeManager
 from .pull import Puller
+from .stats import Stats
+from .http2 import h2_connection_factory
+from .tlsserver import H2, HTTP11, ByALPN, SNIServer, server_endpoint
 
 __all__ = ["Runtime", "CdnService", "build_service"]
+
+# Settings a SIGHUP applies (the others wait for a restart).
+RELOADED_SETTINGS = ("certificates", "default_certificate")
 
 
 class Runtime:
@@ -54,14 +61,16 @@ class Runtime:
     The node's long-lived parts, each made once by L{build_service} and
     passed in here (and to the constructors that need them): the routing
     table holder, the origin client and failover chain, DNS, probes, the
-    cache, metrics and the access log.  L{apply} swaps in a new table.
+    cache, metrics, stats, the access log and the edge certificates.
+    L{apply} swaps in a new table.
     """
 
     log = Logger()
 
     def __init__(self, reactor: IReactorTime, config: Config, routes: Routes,
                  client: OriginClient, puller: Puller, dns: DNSManager, probes: ProbeManager,
-                 cache: Cache, metrics: Metrics, access_log: AccessLog,
+                 cache: Cache, metrics: Metrics, access_log: AccessLog, stats: Stats,
+                 edge_certificates: EdgeCertificates, certificates: CertificateSet,
                  rng: Optional[random.Random] = None) -> None:
         self.reactor = reactor
         self.config = config
@@ -74,6 +83,12 @@ class Runtime:
         self.metrics = metrics
         self.access_log = access_log
         self.rng = rng or random.Random()
+        self.stats = stats
+        self.edge_certificates = edge_certificates
+        # The edge certificates served (cdnpull.certs), replaced whole on
+        # SIGHUP: the config module's, with the ones replaced through the
+        # admin API on top (cdnpull.certstore).
+        self.certificates = certificates
         # Resolvers and probes follow the table (resolvers first: they fill
         # the addresses that probes watch).
         routes.subscribe(dns.table_changed)
@@ -86,8 +101,12 @@ class Runtime:
     def start(self) -> None:
         self.dns.start(self.table)
         self.probes.start(self.table)
+        if self.stats is not None:
+            self.stats.start()
 
     def stop(self) -> Deferred:
+        if self.stats is not None:
+            self.stats.stop()
         self.probes.stop()
         self.dns.stop()
         return self.client.close()
@@ -95,8 +114,17 @@ class Runtime:
     def apply(self, domains: Iterable[Domain], bases: Optional[dict] = None) -> LiveTable:
         """Swap in a new table built from C{domains} (already validated)."""
         new = build_table(domains, self.reactor, previous=self.table, bases=bases, rng=self.rng)
+        self._label_certificates(new)
         self.routes.swap(new)
         return new
+
+    def set_certificates(self, certificates: CertificateSet) -> None:
+        self.certificates = certificates
+        self._label_certificates(self.table)
+
+    def _label_certificates(self, table: LiveTable) -> None:
+        for live in table.domains.values():
+            live.certificate = self.certificates.for_domain(live.config)
 
 
 class Listener(StreamServerEndpointService):
@@ -105,8 +133,9 @@ class Listener(StreamServerEndpointService):
     the process with status 1 (no traceback for a port already in use).
     """
 
-    def __init__(self, description: str, reactor: IReactorCore, factory: IProtocolFactory) -> None:
-        super().__init__(serverFromString(reactor, description), factory)
+    def __init__(self, description: str, reactor: IReactorCore, factory: IProtocolFactory,
+                 tls: Optional[SNIServer] = None) -> None:
+        super().__init__(server_endpoint(reactor, description, tls), factory)
         self.description = description
         raise_listen_errors(self)
 
@@ -136,6 +165,8 @@ class CdnService(MultiService):
         # Checked and indexed once the node listens.
         self.disk = disk
         self._old_sighup: Any = None
+        # The certificates of tls: listeners, when there are any.
+        self.tls: Optional[SNIServer] = None
 
     def startService(self) -> None:
         self.runtime.start()
@@ -179,13 +210,17 @@ class CdnService(MultiService):
             return succeed(None)
         old_settings = self.runtime.config.settings
         changed = [f.name for f in fields(old_settings)
-                   if getattr(old_settings, f.name) != getattr(new.config.settings, f.name)]
+                   if getattr(old_settings, f.name) != getattr(new.config.settings, f.name)
+                   and f.name not in RELOADED_SETTINGS]
         if changed:
             self.log.warn("reload: settings {fields} changed; they take effect at the next "
                           "restart", fields=", ".join(changed))
         d = self.control.reload(new.config)
 
         def done(_: Any) -> None:
+            # Certificates are read again even when their paths did not
+            # change (renewed in place): new handshakes use them.
+            self.runtime.edge_certificates.reload(new.config, new.certificates)
             self.log.info("reloaded {path}: {n} domains", path=path,
                           n=len(self.runtime.table.domains))
 
@@ -209,6 +244,22 @@ def build_service(loaded: LoadedConfig, reactor: IReactorTime,
     threads = IReactorThreads(reactor)
     run_in_thread = lambda f, *a: deferToThreadPool(threads, threads.getThreadPool(), f, *a)  # noqa: E731
     routes = Routes(build_table(config.domains, reactor, rng=rng))
+    # Certificates and stats are told of things only once the node runs, when
+    # the runtime and the service below exist.
+    runtime: Optional[Runtime] = None
+    service: Optional[CdnService] = None
+
+    def serve_certificates(certificates: CertificateSet) -> None:
+        assert runtime is not None
+        runtime.set_certificates(certificates)
+        if service is not None and service.tls is not None:
+            service.tls.update(certificates)
+
+    edge_certificates = EdgeCertificates(
+        config, routes,
+        CertificateStore(f"{settings.state_file}.certs" if settings.state_file else None),
+        serve_certificates, run_in_thread, reactor)
+    certificates = edge_certificates.start(config, loaded.certificates)
     disk = None
     if settings.cache_dir:
         try:
@@ -221,7 +272,10 @@ def build_service(loaded: LoadedConfig, reactor: IReactorTime,
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
     store = Store(MemoryStore(parse_size(settings.cache_memory)), disk,
                   max_variants=settings.max_variants)
-    metrics = Metrics(lambda: routes.current, reactor, store=store)
+    stats = Stats(reactor, lambda: routes.current, lambda: cache)
+    metrics = Metrics(lambda: routes.current, reactor, store=store, stats=stats)
+    metrics.registry.register(days_left_collector(
+        lambda: runtime.certificates if runtime is not None else certificates, reactor))
     client = OriginClient(reactor, TLSPolicy(settings.origin_ca_file),
                           max_per_origin=settings.max_connections_per_origin)
     puller = Puller(client, reactor, observer=metrics)
@@ -231,8 +285,9 @@ def build_service(loaded: LoadedConfig, reactor: IReactorTime,
     dns = DNSManager(reactor, make_resolver(reactor, settings.nameservers))
     probes = ProbeManager(reactor, HTTPChecker(reactor, client), rng=rng, on_result=metrics.probe)
     access_log = AccessLog(settings.access_log)
-    runtime = Runtime(reactor, config, routes, client, puller, dns, probes, cache, metrics,
-                      access_log, rng)
+    runtime = Runtime(
+        reactor, config, routes, client, puller, dns, probes, cache, metrics, access_log,
+        stats, edge_certificates, certificates, rng)
     control = Control(runtime, StateFile(settings.state_file),
                       write=run_in_thread)
     control.restore()
@@ -249,8 +304,16 @@ def build_service(loaded: LoadedConfig, reactor: IReactorTime,
         send_timeout=float(settings.client_send_timeout),
     )
     site = EdgeSite(edge, limits=limits, reactor=reactor)
+    tls_site = None
+    if any(is_tls_listen(d) for d in settings.listen):
+        service.tls = SNIServer(runtime.certificates, protocols=(H2, HTTP11))
+        tls_site = ByALPN(site, reactor, limits.header_timeout,
+                          h2=h2_connection_factory(site, limits, reactor))
     for description in settings.listen:
-        Listener(description, IReactorCore(reactor), site).setServiceParent(service)
+        factory: IProtocolFactory = site
+        if is_tls_listen(description) and tls_site is not None:
+            factory = tls_site
+        Listener(description, IReactorCore(reactor), factory, service.tls).setServiceParent(service)
     if settings.admin:
         try:
             token = read_token(settings.admin_token_file)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .certs import https_json
 from .config import DEFAULT_PORTS
 from .live import LiveDomain, LiveTable
 from .origins.dns import DNSManager
@@ -62,6 +63,7 @@ def domain_json(live: LiveDomain, now: float, dns: Optional[DNSManager] = None) 
             "timeout": live.config.probe.timeout, "block_for": live.config.probe.block_for,
             "kind": live.config.probe.kind, "host": live.config.probe.host},
         "forward_headers": list(live.config.forward_headers),
+        "https": https_json(live, now),
     }
     if live.overridden:
         out["module"] = {"origin": origin_to_json(live.base.origin),

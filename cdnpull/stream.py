@@ -86,6 +86,9 @@ def end_truncated(request: Request) -> None:
     """
     transport: Optional[object] = getattr(request, "transport", None)
     if transport is None:
+        channel = getattr(request, "channel", None)
+        if channel is not None:  # an HTTP/2 stream: RST_STREAM tells the client
+            channel.abortConnection()
         return
     framed = bool(getattr(request, "chunked", False)) or request.responseHeaders.hasHeader(
         b"content-length")

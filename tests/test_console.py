@@ -12,11 +12,18 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from .programs import require_program
 from .support import Client, Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(autouse=True)
+def chromium() -> str:
+    """Debian's Chromium; without it these tests skip (fail under CDNPULL_REQUIRE_ALL=1)."""
+    return require_program(CHROMIUM, "apt-get install chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -132,3 +139,146 @@ async def test_console_asks_for_the_token_once(tmp_path):  # type: ignore[no-unt
     finally:
         cdn.stop()
         await p.stop()
+
+
+# Series colours of cdnpull/console/charts.js (one per measure).
+COLOURS = {"requests": (47, 111, 191), "hit_ratio": (46, 158, 91), "origin_errors": (210, 60, 60),
+           "failovers": (224, 138, 30), "origin_latency_ms": (123, 79, 201)}
+
+INK = """([selector, rgb]) => {
+  // Pixels of the series colour in a chart's canvas, and how many rows they
+  // span (a flat line along the axis spans one or two).
+  const canvas = document.querySelector(selector + " canvas");
+  if (!canvas) return {pixels: 0, rows: 0};
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let pixels = 0;
+  const rows = new Set();
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i + 3] > 200 && Math.abs(data[i] - rgb[0]) < 40 && Math.abs(data[i + 1] - rgb[1]) < 40
+        && Math.abs(data[i + 2] - rgb[2]) < 40) {
+      pixels++;
+      rows.add(Math.floor(i / 4 / canvas.width));
+    }
+  }
+  return {pixels, rows: rows.size};
+}"""
+
+
+def traffic(url: str, n: int = 6) -> None:
+    """From the browser's thread: hits, misses and failovers (urllib, blocking)."""
+    import urllib.error
+    import urllib.request
+
+    for _ in range(n):
+        for path in ("/hit.txt", "/miss.txt", "/standby-only.txt"):
+            req = urllib.request.Request(url + path, headers={"Host": "www.test.com"})
+            try:
+                urllib.request.urlopen(req, timeout=10).read()
+            except urllib.error.HTTPError:
+                pass
+
+
+def cdn_url_of(path: str) -> str:
+    return "http://www.test.com" + path
+
+
+def drive_charts(admin: str, cdn: str, blocked: str, shot: str) -> dict:
+    from playwright.sync_api import expect
+
+    seen: dict = {"requests": []}
+    with chromium_page("about:blank") as page:
+        page.on("request", lambda r: seen["requests"].append(r.url))
+        page.set_viewport_size({"width": 1366, "height": 900})
+        page.goto(admin + "/")
+        charts = '[data-charts="www.test.com"]'
+        card = lambda key: f'{charts} [data-chart="{key}"]'  # noqa: E731
+        expect(page.locator(card("requests") + " canvas")).to_have_count(1)
+        expect(page.locator(card("requests"))).not_to_have_attribute("data-samples", "1")
+        seen["ink_before"] = {k: page.evaluate(INK, [card(k), rgb]) for k, rgb in COLOURS.items()}
+        seen["samples_before"] = int(page.locator(card("requests")).get_attribute("data-samples"))
+        seen["value_before"] = page.locator(card("requests") + " .chart-value").inner_text()
+        seen["address_charts"] = page.locator(f"{charts} [data-chart^=address-] canvas").count()
+        seen["legend"] = page.locator(f'{charts} [data-chart="address-requests"] .u-legend').inner_text()
+        row = page.locator(f'{charts} .timeline-row[data-address="{blocked}"]')
+        seen["blocked_rects"] = row.locator("rect.blocked").count()
+        seen["timeline_state"] = page.locator(card("blocks") + " .chart-value").inner_text()
+        seen["last_error"] = page.locator(
+            f'[data-domain="www.test.com"] tr.address[data-address="{blocked}"] td').nth(5).inner_text()
+        seen["cache_value"] = page.locator('#node-charts [data-chart="cache-objects"] .chart-value').inner_text()
+        # More traffic while the page is open: the charts move on by themselves.
+        traffic(cdn, 10)
+        expect(page.locator(card("requests"))).not_to_have_attribute(
+            "data-samples", str(seen["samples_before"]), timeout=15000)
+        seen["ink_after"] = page.evaluate(INK, [card("requests"), COLOURS["requests"]])
+        seen["samples_after"] = int(page.locator(card("requests")).get_attribute("data-samples"))
+        # The actions still work beside the charts.
+        page.locator(f'[data-domain="www.test.com"] button[data-action="switch"]').click()
+        expect(page.locator('[data-domain="www.test.com"] .badge')).to_have_text("changed at runtime")
+        seen["charts_after_switch"] = page.locator(card("requests") + " canvas").count()
+        page.locator("#purge-urls").fill(cdn_url_of("/hit.txt"))
+        page.locator('#purge button[type="submit"]').click()
+        page.wait_for_timeout(500)
+        seen["purge_error"] = page.locator("#error").is_visible()
+        seen["width"] = page.evaluate("document.documentElement.scrollWidth")
+        page.screenshot(path=shot, full_page=True)
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_draws_live_charts_from_the_node_only(tmp_path):  # type: ignore[no-untyped-def]
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from .support import closed_port
+
+    p = Origin("127.0.0.2", "primary").start()
+    sb = Origin("127.0.0.4", "standby").start()
+    p.text("/hit.txt", b"cached", headers={"Cache-Control": "max-age=600"})
+    p.text("/miss.txt", b"never cached", headers={"Cache-Control": "no-store"})
+    p.text("/standby-only.txt", b"not here", status=404)
+    sb.text("/standby-only.txt", b"from the standby", headers={"Cache-Control": "no-store"})
+    dead = f"127.0.0.3:{closed_port('127.0.0.3')}"
+    config = write_config(str(tmp_path), f"""
+        from cdnpull.config import Domain, IPOrigin
+        domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}", "{dead}"]),
+                          standby=IPOrigin(["{sb.addr}"]), probe=None)]
+        """)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
+    try:
+        await deferToThread(traffic, cdn.url)
+        api = Client(cdn.admin_url)
+        for _ in range(100):  # until a sample after the traffic is in
+            status, stats = await api.api("GET", "/api/stats?domain=www.test.com")
+            if len(stats["times"]) >= 2:
+                break
+            await deferLater(reactor, 0.2, lambda: None)
+        d = stats["domains"][0]
+        assert d["failovers"][-1] > 0 and 0 < d["hit_ratio"][-1] < 1, d
+        seen = await deferToThread(drive_charts, cdn.admin_url, cdn.url, dead,
+                                   str(tmp_path / "console.png"))
+        # The console's purge dropped the cached copy: the next GET is a miss.
+        response, _ = await Client(cdn.url).get("/hit.txt", host="www.test.com")
+        seen["after_purge"] = response.headers.getRawHeaders("x-cache")
+    finally:
+        cdn.stop()
+        await p.stop()
+        await sb.stop()
+    before = seen["ink_before"]
+    # Every domain chart drew its series, off the axis (not a flat zero line;
+    # a young node's samples are a few pixels apart at the right edge).
+    for key in ("requests", "hit_ratio", "failovers", "origin_latency_ms"):
+        assert before[key]["pixels"] > 4 and before[key]["rows"] > 4, (key, before)
+    assert before["origin_errors"]["pixels"] > 0  # the refused address's connect errors
+    assert seen["address_charts"] == 3
+    assert p.addr in seen["legend"] and dead in seen["legend"] and sb.addr in seen["legend"]
+    assert seen["blocked_rects"] >= 1 and seen["timeline_state"] == "1 blocked now"
+    assert seen["cache_value"] == "1"
+    assert seen["last_error"].startswith("connect refused at "), seen["last_error"]
+    assert seen["value_before"].endswith("/s") and seen["value_before"] != "0/s"
+    assert seen["samples_after"] > seen["samples_before"]
+    assert seen["ink_after"] != before["requests"]
+    assert seen["charts_after_switch"] == 1
+    assert seen["purge_error"] is False and seen["after_purge"] == ["MISS"]
+    assert seen["width"] <= 1366  # no sideways scrolling on a laptop screen
+    admin = cdn.admin_url + "/"
+    assert seen["requests"] and all(u.startswith(admin) for u in seen["requests"]), seen["requests"]
