@@ -1,7 +1,7 @@
 """
 C{python -m cdnpull check CONFIG}: validate a config module and print what it
 declares, without starting anything.  C{python -m cdnpull ctl ...}: the admin
-API from a shell (L{cdnpull.ctl}).
+API from a shell (L{cdnpull.admin.ctl}).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from . import ctl
+from .admin import ctl
 from .config import ConfigError, is_tls_listen
 from .loader import load_config
 from .origins.kinds import kind_of

@@ -25,9 +25,9 @@ from twisted.logger import Logger
 
 from .certs import CertificateSet, load_certificates, names_text, parse_certificate, read_certificate
 from .config import Certificate, Config, ConfigError
-from .control import UnknownDomain
+from .admin.control import UnknownDomain
 from .live import Routes
-from .overrides import BadRequest
+from .admin.state import BadRequest
 
 __all__ = ["CertificateStore", "EdgeCertificates"]
 

@@ -29,7 +29,7 @@ from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
 from .headers import VIA, end_to_end, origin_headers
 from .live import Routes
 from .metrics import Metrics
-from .pull import OriginRequest, PullResult, Puller
+from .failover import OriginRequest, PullResult, FailoverChain
 from .routing import is_dns_name, normalise_host, split_target
 from .stream import BodyRelay, Discard
 
@@ -65,7 +65,7 @@ class Edge(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, routes: Routes, cache: Optional[Cache], failover: Puller,
+    def __init__(self, routes: Routes, cache: Optional[Cache], failover: FailoverChain,
                  clock: IReactorTime, access_log: Optional[AccessLog] = None,
                  metrics: Optional[Metrics] = None) -> None:
         super().__init__()

@@ -64,10 +64,6 @@ class LiveDomain:
     def groups(self) -> list[OriginGroup]:
         return [g for g in (self.primary, self.standby) if g is not None]
 
-    def origin_host(self, requested_host: str) -> str:
-        """The Host sent to self-owned origins."""
-        return self.config.origin_host or requested_host
-
 
 class LiveTable:
     """Every live domain, and the routing table over them."""

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from .cache.store import Store
 from .live import LiveTable
 from .origins.group import AddressState, OriginGroup
-from .stats import Stats
+from .admin.stats import Stats
 
 __all__ = ["Metrics"]
 
@@ -78,7 +78,7 @@ class Metrics:
     """
     @param table: returns the current live table (read at scrape time).
     @param store: the cache's stores, whose sizes are read at scrape time.
-    @param stats: the recent history (L{cdnpull.stats.Stats}), told of the
+    @param stats: the recent history (L{cdnpull.admin.stats.Stats}), told of the
         same events.
     """
 

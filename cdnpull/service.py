@@ -28,25 +28,25 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
-from .admin import MAX_BODY as ADMIN_MAX_BODY, AdminResource, read_token
+from .admin.api import MAX_BODY as ADMIN_MAX_BODY, AdminResource, read_token
 from .cache import Cache, DiskStore, MemoryStore, Store
 from .certs import CertificateSet, days_left_collector
 from .certstore import CertificateStore, EdgeCertificates
 from .compat import raise_listen_errors
 from .config import Config, ConfigError, Domain, is_tls_listen, parse_size
-from .control import Control
+from .admin.control import Control
 from .edge import Edge, EdgeSite
 from .httpserver import ClientLimits
-from .fetch import OriginClient
+from .origins.client import OriginClient
 from .live import LiveTable, Routes, build_table
 from .loader import LoadedConfig, load_config
 from .metrics import Metrics
-from .overrides import StateFile
+from .admin.state import StateFile
 from .origins.dns import DNSManager, make_resolver
 from .origins.tls import TLSPolicy
-from .probing import HTTPChecker, ProbeManager
-from .pull import Puller
-from .stats import Stats
+from .origins.probe import HTTPChecker, ProbeManager
+from .failover import FailoverChain
+from .admin.stats import Stats
 from .http2 import h2_connection_factory
 from .tlsserver import H2, HTTP11, ByALPN, SNIServer, server_endpoint
 
@@ -68,7 +68,7 @@ class Runtime:
     log = Logger()
 
     def __init__(self, reactor: IReactorTime, config: Config, routes: Routes,
-                 client: OriginClient, puller: Puller, dns: DNSManager, probes: ProbeManager,
+                 client: OriginClient, puller: FailoverChain, dns: DNSManager, probes: ProbeManager,
                  cache: Cache, metrics: Metrics, access_log: AccessLog, stats: Stats,
                  edge_certificates: EdgeCertificates, certificates: CertificateSet,
                  rng: Optional[random.Random] = None) -> None:
@@ -278,7 +278,7 @@ def build_service(loaded: LoadedConfig, reactor: IReactorTime,
         lambda: runtime.certificates if runtime is not None else certificates, reactor))
     client = OriginClient(reactor, TLSPolicy(settings.origin_ca_file),
                           max_per_origin=settings.max_connections_per_origin)
-    puller = Puller(client, reactor, observer=metrics)
+    puller = FailoverChain(client, reactor, observer=metrics)
     cache = Cache(store, puller, reactor, parse_size(settings.cache_max_object),
                   float(settings.stale_if_error),
                   tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))

@@ -28,7 +28,7 @@ from cdnpull.cache import Cache, DiskStore, MemoryStore, Store
 from cdnpull.cache.store import Entry
 from cdnpull.config import ConfigError, Settings, validate, Domain, IPOrigin
 from cdnpull.errors import OriginUnavailable
-from cdnpull.pull import OriginRequest, PullResult
+from cdnpull.failover import OriginRequest, PullResult
 
 HOST = "www.test.com"
 

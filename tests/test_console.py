@@ -141,7 +141,7 @@ async def test_console_asks_for_the_token_once(tmp_path):  # type: ignore[no-unt
         await p.stop()
 
 
-# Series colours of cdnpull/console/charts.js (one per measure).
+# Series colours of cdnpull/admin/console/charts.js (one per measure).
 COLOURS = {"requests": (47, 111, 191), "hit_ratio": (46, 158, 91), "origin_errors": (210, 60, 60),
            "failovers": (224, 138, 30), "origin_latency_ms": (123, 79, 201)}
 

@@ -330,7 +330,7 @@ async def test_the_state_file_is_0600_in_a_0700_directory(tmp_path):  # type: ig
 
 
 def test_state_file_writes_never_follow_a_planted_temporary_name(tmp_path):  # type: ignore[no-untyped-def]
-    from cdnpull.overrides import StateFile
+    from cdnpull.admin.state import StateFile
 
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")

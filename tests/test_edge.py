@@ -21,7 +21,7 @@ from cdnpull.config import BucketOrigin, Domain, IPOrigin
 from cdnpull.edge import ClientLimits, Edge, EdgeSite
 from cdnpull.errors import OriginTimeout, OriginUnavailable
 from cdnpull.live import Routes, build_table
-from cdnpull.pull import OriginRequest, PullResult
+from cdnpull.failover import OriginRequest, PullResult
 
 from .test_cache_handler import FakeResponse
 

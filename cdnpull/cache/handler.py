@@ -36,10 +36,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..errors import OriginTimeout, OriginUnavailable
 from ..headers import VIA, end_to_end
-from ..pull import OriginRequest, PullResult
+from ..failover import OriginRequest, PullResult
 from ..routing import normalise_host
-from .collapse import Flight, Unshared, authorized
-from .collapse import header_map as _map
+from .collapse import Flight, Unshared, authorized, header_map
 from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
     byte_ranges,
@@ -82,7 +81,7 @@ def _validators(headers: dict) -> dict:
 
 
 class Failover(Protocol):
-    """What the cache asks of the failover chain (L{cdnpull.pull.Puller})."""
+    """What the cache asks of the failover chain (L{cdnpull.failover.FailoverChain})."""
 
     def pull(self, live: Any, req: OriginRequest) -> "Deferred[PullResult]": ...
 
@@ -169,7 +168,7 @@ def _range_total(headers: Headers) -> Optional[int]:
 
 class Cache:
     """
-    @param puller: the failover chain (L{cdnpull.pull.Puller}).
+    @param puller: the failover chain (L{cdnpull.failover.FailoverChain}).
     @param clock: the injected clock.
     """
 
@@ -263,7 +262,7 @@ class Cache:
         # key_extra: the values of headers the domain forwards (forward_headers).
         key = self.key_of(oreq.client_scheme, oreq.host, oreq.target,
                           bool(rule and rule.ignore_query)) + oreq.key_extra
-        ask = _Ask(request, live, oreq, ctx, key, rule, _map(request.requestHeaders), passthrough)
+        ask = _Ask(request, live, oreq, ctx, key, rule, header_map(request.requestHeaders), passthrough)
         await self._lookup(ask, alone=False)
 
     def _find(self, ask: _Ask) -> Optional[Entry]:
@@ -334,7 +333,7 @@ class Cache:
         for name, values in headers.items():
             if name not in (b"age", b"content-length"):
                 out.setRawHeaders(name, values)
-        self._common(out, status, age)
+        self._answer_headers(out, status, age)
         first, last, size = 0, None, full.length
         if entry.status == 200:
             chosen = self._apply_range(request, reqh, headers, size)
@@ -414,10 +413,10 @@ class Cache:
         for name in NOT_MODIFIED_HEADERS:
             if name in headers:
                 out.setRawHeaders(name, headers[name])
-        self._common(out, status, age)
+        self._answer_headers(out, status, age)
         request.finish()
 
-    def _common(self, out: Headers, status: str, age: Optional[float]) -> None:
+    def _answer_headers(self, out: Headers, status: str, age: Optional[float]) -> None:
         """
         Age (None: keep the origin's, else 0; SPEC §5 wants it on every
         answer), Via, X-Cache; targeted cache-control fields are ours only.
@@ -579,7 +578,7 @@ class Cache:
         if total > self.max_object:
             self.unshared.mark(ask.key, "large")
             return
-        headers = _map(response.headers)
+        headers = header_map(response.headers)
         if not storable(b"GET", ask.reqh, 200, headers, ask.rule, self.clock.seconds(),
                         self.targeted).ok:
             return
@@ -597,7 +596,7 @@ class Cache:
         ctx.origin = str(result.address)
         ctx.origin_ms = result.elapsed * 1000
         out = request.responseHeaders
-        headers = _map(end_to_end(response.headers, drop=(b"server",)))
+        headers = header_map(end_to_end(response.headers, drop=(b"server",)))
         if strip_cookies:
             headers.pop(b"set-cookie", None)
         if response.code == 200 and not_modified(reqh, headers):
@@ -606,7 +605,7 @@ class Cache:
         request.setResponseCode(response.code, response.phrase)
         for name, values in headers.items():
             out.setRawHeaders(name, values)
-        self._common(out, status, None)  # fresh from the origin: its own Age, or 0
+        self._answer_headers(out, status, None)  # fresh from the origin: its own Age, or 0
         first, last, length = 0, None, response.length
         if response.code == 200 and length is not UNKNOWN_LENGTH:
             chosen = self._apply_range(request, reqh, headers, length)
@@ -626,7 +625,7 @@ class Cache:
     def _refreshed(self, entry: Entry, result: Any, request_time: float, rule: Any,
                    reqh: dict) -> Entry:
         """The stored entry with the 304's headers and new times (RFC 9111 4.3.4)."""
-        update = _map(end_to_end(result.response.headers, drop=(b"server",)))
+        update = header_map(end_to_end(result.response.headers, drop=(b"server",)))
         for name in (b"content-length", b"content-encoding", b"transfer-encoding", b"content-range"):
             update.pop(name, None)
         merged = entry.header_map()

@@ -40,12 +40,12 @@ from .errors import (
     OriginUnavailable,
     TLSFailed,
 )
-from .fetch import OriginClient
+from .origins.client import OriginClient
 from .live import LiveDomain
 from .origins.buffered import read_whole
 from .origins.group import AddressState, OriginGroup
 
-__all__ = ["OriginRequest", "PullResult", "Puller"]
+__all__ = ["OriginRequest", "PullResult", "FailoverChain"]
 
 SAFE_METHODS = (b"GET", b"HEAD")
 # How much of a primary's error answer is kept while the standby is asked
@@ -53,7 +53,7 @@ SAFE_METHODS = (b"GET", b"HEAD")
 KEEP_PRIMARY_ANSWER = 1024 * 1024
 
 
-class PullObserver(Protocol):
+class FailoverObserver(Protocol):
     """Told of every try at an origin address and of every failover."""
 
     def origin_try(self, domain: str, group: str, address: str, outcome: str,
@@ -94,13 +94,13 @@ class PullResult:
     elapsed: float
 
 
-class Puller:
+class FailoverChain:
     """Runs the failover chain for one request at a time."""
 
     log = Logger()
 
     def __init__(self, client: OriginClient, clock: IReactorTime,
-                 observer: Optional[PullObserver] = None) -> None:
+                 observer: Optional[FailoverObserver] = None) -> None:
         self.client = client
         self.clock = clock
         # Told of every try and failover (the metrics).

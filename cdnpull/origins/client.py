@@ -28,12 +28,12 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from .compat import HookedConnectionPool
-from .config import Address
-from .errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse, TLSFailed
-from .upload import BodyInterrupted
-from .origins.framing import InterimHeaders, InvalidOriginResponse, StrictClientProtocol
-from .origins.tls import TLSPolicy
+from ..compat import HookedConnectionPool
+from ..config import Address
+from ..errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse, TLSFailed
+from ..upload import BodyInterrupted
+from .framing import InterimHeaders, InvalidOriginResponse, StrictClientProtocol
+from .tls import TLSPolicy
 
 __all__ = ["OriginClient", "describe_connect_failure", "tcp_endpoint"]
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .certs import https_json
-from .config import DEFAULT_PORTS
-from .live import LiveDomain, LiveTable
-from .origins.dns import DNSManager
-from .origins.group import AddressState, OriginGroup
-from .overrides import origin_to_json
+from ..certs import https_json
+from ..config import DEFAULT_PORTS
+from ..live import LiveDomain, LiveTable
+from ..origins.dns import DNSManager
+from ..origins.group import AddressState, OriginGroup
+from .state import origin_to_json
 
 __all__ = ["address_json", "group_json", "domain_json", "table_json"]
 

@@ -19,9 +19,9 @@ from typing import Any, Iterable, Mapping, Optional
 
 from twisted.logger import Logger
 
-from .config import Domain, Origin, S3Credentials, domain_problems
-from .errors import BadRequest
-from .origins.kinds import kind_of, origin_from_json, origin_to_json
+from ..config import Domain, Origin, S3Credentials, domain_problems
+from ..errors import BadRequest
+from ..origins.kinds import kind_of, origin_from_json, origin_to_json
 
 __all__ = [
     "BadRequest", "Override", "origin_from_json", "origin_to_json", "effective_domains",

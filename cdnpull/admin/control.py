@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
-from .config import Config, Domain
-from .live import LiveDomain
-from .overrides import (BadRequest, Override, StateFile, apply_override, check_domain,
+from ..config import Config, Domain
+from ..live import LiveDomain
+from .state import (BadRequest, Override, StateFile, apply_override, check_domain,
                         effective_domains, origin_from_json, warn_http_signing)
 
 if TYPE_CHECKING:
-    from .service import Runtime
+    from ..service import Runtime
 
 __all__ = ["Control", "UnknownDomain"]
 

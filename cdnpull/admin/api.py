@@ -48,15 +48,15 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .compat import request_gone
-from .metrics import Metrics
+from ..compat import request_gone
+from ..metrics import Metrics
 from .control import Control, UnknownDomain
-from .overrides import BadRequest
+from .state import BadRequest
 from .status import domain_json, table_json
-from .upload import BodyInterrupted
+from ..upload import BodyInterrupted
 
 if TYPE_CHECKING:
-    from .service import Runtime
+    from ..service import Runtime
 
 __all__ = ["AdminResource", "read_token", "MAX_BODY", "MAX_DEPTH", "parse_json_body",
            "console_policy"]
@@ -421,7 +421,7 @@ class AdminResource(Resource):
             raise _HTTPError(405, f"method not allowed; use {' or '.join(a.decode() for a in allowed)}")
 
     def _stats(self, request: Request) -> Any:
-        """C{GET /api/stats[?domain=NAME]}: the recent history (cdnpull.stats)."""
+        """C{GET /api/stats[?domain=NAME]}: the recent history (cdnpull.admin.stats)."""
         args = request.args.get(b"domain")
         name = None
         if args:

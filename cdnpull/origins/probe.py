@@ -36,12 +36,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from .config import DEFAULT_PORTS, Address, Probe
-from .errors import ConnectFailed, FirstByteTimeout, NoResponse
-from .fetch import OriginClient, tcp_endpoint
-from .live import LiveDomain, LiveTable
-from .origins.group import AddressState, OriginGroup, ProbeResult
-from .stream import Discard
+from ..config import DEFAULT_PORTS, Address, Probe
+from ..errors import ConnectFailed, FirstByteTimeout, NoResponse
+from .client import OriginClient, tcp_endpoint
+from ..live import LiveDomain, LiveTable
+from .group import AddressState, OriginGroup, ProbeResult
+from ..stream import Discard
 
 __all__ = ["ProbeTarget", "ProbeManager", "HTTPChecker", "JITTER"]
 
