@@ -100,7 +100,9 @@ def main() -> None:
             time.sleep(0.5)
             before = rss_kib(pid)
             socks = open_idle(port, args.connections)
-            time.sleep(1)
+            # Idle for a few seconds, as such connections are (cdnpull lets
+            # go of a connection's parser after one idle second).
+            time.sleep(3)
             after = rss_kib(pid)
             print(f"   {name:18s} RSS {before / 1024:6.1f} -> {after / 1024:6.1f} MiB: "
                   f"{(after - before) * 1024 / args.connections / 1024:5.1f} KiB per connection")

@@ -1,20 +1,29 @@
 """
 The access log: one line per request in the combined format, followed by the
 fields a CDN operator needs (domain, cache status, origin group, origin
-address, origin time, total time).  Emitted as a structured
-C{twisted.logger} event (namespace C{cdnpull.access}, every field kept) and,
-when C{Settings(access_log=PATH)} is set, appended to that file.
+address, origin time, total time).
+
+ - C{Settings(access_log=None)} (the default): a structured C{twisted.logger}
+   event (namespace C{cdnpull.access}, every field kept), so C{twistd -n}
+   shows the traffic;
+ - C{Settings(access_log=PATH)}: lines appended to that file through a
+   buffer, written at least once a second and on shutdown (one write for
+   many requests), reopened on SIGHUP (after logrotate moved it);
+ - C{Settings(access_log="off")}: nothing.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 from twisted.logger import Logger
 
-__all__ = ["AccessRecord", "AccessLog", "format_record"]
+__all__ = ["AccessRecord", "AccessLog", "format_record", "FLUSH_SECONDS"]
+
+FLUSH_SECONDS = 1.0
+FLUSH_BYTES = 64 * 1024
 
 
 @dataclass
@@ -40,41 +49,119 @@ def _q(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"') if value else "-"
 
 
+_stamp_cache: list = [None, ""]
+
+
+def _stamp(when: float) -> str:
+    second = int(when)
+    if _stamp_cache[0] != second:
+        _stamp_cache[0] = second
+        _stamp_cache[1] = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
+    return _stamp_cache[1]
+
+
 def format_record(r: AccessRecord) -> str:
-    stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(r.when))
     origin_ms = "-" if r.origin_ms is None else f"{r.origin_ms:.0f}"
     return (
-        f'{r.client} - - [{stamp}] "{_q(r.method)} {_q(r.uri)} {r.version}" '
-        f'{r.status} {r.sent} "{_q(r.referer)}" "{_q(r.user_agent)}" '
+        f'{r.client} - - [{_stamp(r.when)}] "{_q(r.method)} {_q(r.uri)} {r.version}" '
+        f"{r.status} {r.sent} \"{_q(r.referer)}\" \"{_q(r.user_agent)}\" "
         f"domain={r.domain or '-'} cache={r.cache} group={r.group or '-'} "
         f"origin={r.origin or '-'} origin_ms={origin_ms} total_ms={r.total_ms:.0f}"
     )
 
 
 class AccessLog:
+    """
+    @param path: None (a twisted.logger event per request), C{"off"}, or a
+        file to append to.
+    @param clock: schedules the flush of a file's buffer (needed with a path).
+    """
+
     log = Logger(namespace="cdnpull.access")
 
-    def __init__(self, path: Optional[str] = None) -> None:
-        self.path = path
-        self._file: Optional[IO[str]] = None
-        if path:
-            # Line-buffered append: one small write per request, as nginx does.
-            self._file = open(path, "a", buffering=1, encoding="utf-8")
+    def __init__(self, path: Optional[str] = None, clock: Any = None) -> None:
+        self.off = path == "off"
+        self.path = None if self.off else path
+        self.clock = clock
+        self._file: Optional[IO[bytes]] = None
+        self._buffer: list = []
+        self._buffered = 0
+        self._flush_call: Any = None
+        if self.path:
+            self._file = open(self.path, "ab")
+
+    @property
+    def to_file(self) -> bool:
+        return self._file is not None
 
     def reopen(self) -> None:
         """After logrotate moved the file (SIGHUP): continue in a new one."""
         if self.path:
-            old, self._file = self._file, open(self.path, "a", buffering=1, encoding="utf-8")
+            self.flush()
+            old, self._file = self._file, open(self.path, "ab")
             if old is not None:
                 old.close()
 
     def record(self, r: AccessRecord) -> None:
-        line = format_record(r)
-        self.log.info("{line}", line=line, **{f"access_{k}": v for k, v in vars(r).items()})
+        if self.off:
+            return
         if self._file is not None:
-            self._file.write(line + "\n")
+            self.write_line(format_record(r))
+            return
+        self.log.info("{line}", line=format_record(r),
+                      **{f"access_{k}": v for k, v in vars(r).items()})
+
+    def hit(self, client: str, method: bytes, uri: bytes, version: bytes, status: int, sent: int,
+            fields: dict, domain: str, when: float) -> None:
+        """A request answered from the cache by the connection (no Request object)."""
+        if self._file is None:
+            if self.off:
+                return
+            referer = fields.get(b"referer")
+            agent = fields.get(b"user-agent")
+            return self.record(AccessRecord(
+                client=client, method=method.decode("latin-1"), uri=uri.decode("latin-1"),
+                version=version.decode("latin-1"), status=status, sent=sent,
+                referer=referer[0].decode("latin-1") if referer else "",
+                user_agent=agent[0].decode("latin-1") if agent else "",
+                domain=domain, cache="HIT", group="cache", origin="-", origin_ms=None,
+                total_ms=0.0, when=when))
+        referer = fields.get(b"referer")
+        agent = fields.get(b"user-agent")
+        self.write_line(
+            f'{client} - - [{_stamp(when)}] "{_q(method.decode("latin-1"))} '
+            f'{_q(uri.decode("latin-1"))} {version.decode("latin-1")}" {status} {sent} '
+            f'"{_q(referer[0].decode("latin-1")) if referer else "-"}" '
+            f'"{_q(agent[0].decode("latin-1")) if agent else "-"}" '
+            f"domain={domain} cache=HIT group=cache origin=- origin_ms=- total_ms=0")
+
+    def write_line(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8", "replace")
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= FLUSH_BYTES or self.clock is None:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(FLUSH_SECONDS, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._flush_call = None
+        self.flush()
+
+    def flush(self) -> None:
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self._buffer and self._file is not None:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            self._buffered = 0
+            self._file.write(data)
+            self._file.flush()
 
     def close(self) -> None:
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None

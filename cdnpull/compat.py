@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from twisted.internet import tcp
 from twisted.python.failure import Failure
 from twisted.web import client as _client
 from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.http_headers import Headers, _nameEncoder
 
 __all__ = [
     "HookedClientProtocol", "HookedConnectionPool", "request_gone", "raise_listen_errors",
-    "stop_rereading_resolv_conf",
+    "stop_rereading_resolv_conf", "eager_write", "fill_headers",
 ]
 
 
@@ -102,3 +104,52 @@ def stop_rereading_resolv_conf(resolver: object) -> None:
     call: Optional[Any] = getattr(resolver, "_parseCall", None)
     if call is not None and call.active():
         call.cancel()
+
+
+# -- the client connection (cdnpull/http/) ------------------------------------
+# Writing an answer straight to the socket when nothing is waiting to be
+# sent, as asyncio's transports do, instead of buffering it and asking epoll
+# when the socket is writable (two epoll_ctl calls and one more loop turn per
+# answer); any other transport (TLS, tests' StringTransport), or anything
+# pending, goes through transport.write as usual.  And filling a twisted.web
+# Headers from parsed request headers without re-checking what llhttp has
+# checked already.
+
+
+def fill_headers(headers: Headers, fields: dict) -> None:
+    """
+    Put C{fields} (lower-case name -> [values], as llhttp parsed them: names
+    are tokens, values hold no CR, LF or NUL) into an empty C{headers}.
+    """
+    raw = headers._rawHeaders
+    encode = _nameEncoder.encode
+    for name, values in fields.items():
+        raw[encode(name)] = values
+
+
+def eager_write(transport: Any, data: bytes, body: bytes = b"") -> None:
+    """
+    Write C{data} then C{body} (a large body is not copied into one buffer
+    with its head: both go to the socket in one C{sendmsg}).
+    """
+    if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnected and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)):
+        try:
+            if body:
+                sent = transport.socket.sendmsg([data, body])
+            else:
+                sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # Twisted's own write finds the error and closes
+        if sent == len(data) + len(body):
+            return
+        if sent >= len(data):
+            transport.write(memoryview(body)[sent - len(data):].tobytes())
+            return
+        data = data[sent:]
+    transport.write(data)
+    if body:
+        transport.write(body)

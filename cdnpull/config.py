@@ -441,7 +441,7 @@ class Settings:
     stale_if_error: float = 86400.0
     # Vary variants kept per URL (the least recently used one goes).
     max_variants: int = 32
-    # Client connections (see cdnpull/httpserver.py for what each refusal is).
+    # Client connections (see cdnpull/http/server.py for what each refusal is).
     client_max_request_line: int = 8192
     client_max_header_line: int = 8192
     client_max_header_bytes: int = 32768

@@ -25,7 +25,9 @@ from .accesslog import AccessLog, AccessRecord
 from .cache import Cache
 from .compat import request_gone
 from .errors import EdgeError
-from .httpserver import ClientLimits, EdgeChannel, EdgeRequest
+from .cache.hit import fresh_hit
+from .http import ClientConnection, ClientLimits, Sweeper
+from .upload import BodyPipe
 from .headers import VIA, end_to_end, origin_headers
 from .live import Routes
 from .metrics import Metrics
@@ -33,7 +35,7 @@ from .failover import OriginRequest, PullResult, FailoverChain
 from .routing import is_dns_name, normalise_host, split_target
 from .stream import BodyRelay, Discard
 
-__all__ = ["Edge", "EdgeSite"]
+__all__ = ["Edge", "EdgeRequest", "EdgeSite"]
 
 NO_BODY_METHODS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE")
 # RFC 9110 section 9.2.1; any other method's success invalidates the cache.
@@ -76,6 +78,55 @@ class Edge(Resource):
         self.access_log = access_log or AccessLog()
         self.metrics = metrics
         self._cooperator = Cooperator(scheduler=lambda f: clock.callLater(0, f))
+        self._hosts: dict = {}  # raw Host -> normalised (bounded)
+
+    # -- the fast path: fresh memory hits, answered by the connection ------
+
+    def fast(self, head: Any, conn: Any) -> Optional[tuple[bytes, bytes]]:
+        """
+        The whole answer to a request head, (head bytes, body bytes), when a
+        fresh memory entry answers it (no twisted.web Request is made), else
+        None: then the request takes the ordinary way, which answers the
+        same for the same entry.
+        """
+        method = head.method
+        if method != b"GET" and method != b"HEAD":
+            return None
+        cache = self.cache
+        target = head.target
+        hosts = head.fields.get(b"host")
+        if cache is None or not hosts or target[:1] != b"/":
+            return None
+        raw = hosts[0]
+        host = self._hosts.get(raw)
+        if host is None:
+            host = normalise_host(raw)
+            if host is None:
+                return None
+            if len(self._hosts) > 4096:
+                self._hosts.clear()
+            self._hosts[raw] = host
+        live = self.routes.current.route(host)
+        if live is None:
+            return None
+        config = live.config
+        if config.forward_headers or (config.is_wildcard and not is_dns_name(host)):
+            return None  # keyed on more than the URL, or a 400: the ordinary way
+        secure = conn.isSecure()
+        if config.hsts if secure else config.https_only:
+            return None  # an HSTS header, or a redirect to https: the ordinary way
+        now = self.clock.seconds()
+        answer = fresh_hit(cache, live, "https" if secure else "http", host, target,
+                           method, head.fields, now, not head.keep_alive)
+        if answer is None:
+            return None
+        data, body, status, sent = answer
+        if self.metrics is not None:
+            self.metrics.request(live.name, status, "HIT")
+        if not self.access_log.off:
+            self.access_log.hit(conn.peer_host, method, target, head.version, status, sent,
+                                head.fields, live.name, now)
+        return data, body
 
     def render(self, request: Request) -> object:
         request.setHeader(b"server", b"cdnpull")
@@ -316,20 +367,72 @@ def _has_body(request: Request) -> bool:
                 or request.getHeader(b"transfer-encoding"))
 
 
-class EdgeSite(Site):
+SERVER = b"cdnpull"
+
+
+class EdgeRequest(Request):
     """
-    A Site whose connections are L{EdgeChannel}s (strict framing, limits,
-    timeouts) and whose access log is ours (L{AccessLog}), not twisted.web's.
+    A request whose body (methods other than GET and HEAD) may stream
+    through C{body_pipe} while it arrives (see L{cdnpull.http.server}).
+
+    Every answer carries C{Server: cdnpull}, whoever made it (Twisted
+    answers C{OPTIONS *} and unexpected errors on its own).
     """
 
+    body_pipe: Optional[BodyPipe] = None
+    # An answer has the Content-Type its origin gave it, or none (Twisted
+    # would add text/html); the node's own answers set theirs.
+    defaultContentType = None
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self.responseHeaders.setRawHeaders(b"server", [SERVER])
+        super().write(data)
+
+    def processingFailed(self, reason: Any) -> None:
+        # A bug: logged with its traceback, answered like every other 500.
+        self._log.failure("unexpected error processing {uri}", failure=reason,
+                          uri=self.uri.decode("ascii", "replace"))
+        if self.startedWriting:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return reason
+        body = b"500 Internal Server Error\n"
+        self.setResponseCode(500)
+        self.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        self.write(body)
+        self.finish()
+        return reason
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.body_pipe is not None:
+            self.body_pipe.fail()
+        super().connectionLost(reason)
+
+
+class EdgeSite(Site):
+    """
+    A Site whose connections are cdnpull's own HTTP/1.1 engine
+    (L{ClientConnection}: strict framing, limits, timeouts), which answers
+    fresh memory hits itself through C{fast}; the access log is ours
+    (L{AccessLog}), not twisted.web's.
+    """
+
+    noisy = False
+
     def __init__(self, resource: Resource, limits: Optional[ClientLimits] = None,
-                 **kwargs: Any) -> None:
-        super().__init__(resource, **kwargs)
+                 reactor: Any = None, **kwargs: Any) -> None:
+        super().__init__(resource, reactor=reactor, **kwargs)
         self.limits = limits or ClientLimits()
-        self.protocol = partial(EdgeChannel, self.limits)  # type: ignore[assignment]
+        self.clock = reactor
         self.requestFactory = EdgeRequest
-        # HTTPFactory hands this to every channel as its idle timeout.
-        self.timeOut = self.limits.idle_timeout
+        self.fast = getattr(resource, "fast", None)
+        self.sweeper = Sweeper(reactor, self.limits)
+
+    def buildProtocol(self, addr: Any) -> ClientConnection:  # type: ignore[override]
+        conn = ClientConnection(self.limits, self.clock, self.sweeper)
+        conn.factory = self
+        return conn
 
     def log(self, request: Any) -> None:
         pass

@@ -74,6 +74,18 @@ class _TableCollector:
             yield count
 
 
+class _RequestCollector:
+    def __init__(self, counts: dict) -> None:
+        self._counts = counts
+
+    def collect(self):
+        family = CounterMetricFamily("cdnpull_requests", "Client requests answered",
+                                     labels=["domain", "status_class", "cache"])
+        for (domain, klass, cache), n in list(self._counts.items()):
+            family.add_metric([domain, f"{klass}xx", cache], float(n))
+        yield family
+
+
 class Metrics:
     """
     @param table: returns the current live table (read at scrape time).
@@ -87,9 +99,6 @@ class Metrics:
                  store: Optional[Store] = None, stats: Optional[Stats] = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "cdnpull_requests", "Client requests answered",
-            ["domain", "status_class", "cache"], registry=r)
         self.origin_requests = Counter(
             "cdnpull_origin_requests", "Requests sent to origin addresses, by outcome",
             ["domain", "group", "address", "outcome"], registry=r)
@@ -103,21 +112,37 @@ class Metrics:
             ["domain", "group"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         r.register(_TableCollector(table, clock, store))
+        # Client requests are counted in a plain dict (no lock, no label
+        # lookup per request) and exposed at scrape time; label sets are
+        # bounded (domains x 5 classes x cache statuses).
+        self._requests: dict = {}
+        r.register(_RequestCollector(self._requests))
+        self._origin_children: dict = {}
         # The recent history, told of the same events.
         self.stats = stats
 
     # -- hooks the other parts call --------------------------------------
 
     def request(self, domain: Optional[str], status: int, cache: str) -> None:
-        self.requests.labels(domain or "-", f"{status // 100}xx", cache).inc()
+        key = (domain or "-", status // 100, cache)
+        counts = self._requests
+        counts[key] = counts.get(key, 0) + 1
         if self.stats is not None:
             self.stats.request(domain, cache)
 
     def origin_try(self, domain: str, group: str, address: str, outcome: str,
                    seconds: Optional[float]) -> None:
-        self.origin_requests.labels(domain, group, address, outcome).inc()
+        key = (domain, group, address, outcome)
+        children = self._origin_children.get(key)
+        if children is None:
+            if len(self._origin_children) > 100_000:
+                self._origin_children.clear()
+            children = self._origin_children[key] = (
+                self.origin_requests.labels(domain, group, address, outcome),
+                self.origin_seconds.labels(domain, group))
+        children[0].inc()
         if seconds is not None:
-            self.origin_seconds.labels(domain, group).observe(seconds)
+            children[1].observe(seconds)
         if self.stats is not None:
             self.stats.origin_try(domain, address, outcome, seconds)
 

@@ -36,7 +36,7 @@ from .compat import raise_listen_errors
 from .config import Config, ConfigError, Domain, is_tls_listen, parse_size
 from .admin.control import Control
 from .edge import Edge, EdgeSite
-from .httpserver import ClientLimits
+from .http import ClientLimits
 from .origins.client import OriginClient
 from .live import LiveTable, Routes, build_table
 from .loader import LoadedConfig, load_config
@@ -186,6 +186,12 @@ class CdnService(MultiService):
             self._old_sighup = None
         d = maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.runtime.stop())
+
+        def close_log(result: object) -> object:
+            self.runtime.access_log.close()
+            return result
+
+        d.addBoth(close_log)
         return d
 
     def reload(self) -> Deferred:
@@ -284,7 +290,7 @@ def build_service(loaded: LoadedConfig, reactor: IReactorTime,
                   tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))
     dns = DNSManager(reactor, make_resolver(reactor, settings.nameservers))
     probes = ProbeManager(reactor, HTTPChecker(reactor, client), rng=rng, on_result=metrics.probe)
-    access_log = AccessLog(settings.access_log)
+    access_log = AccessLog(settings.access_log, reactor)
     runtime = Runtime(
         reactor, config, routes, client, puller, dns, probes, cache, metrics, access_log,
         stats, edge_certificates, certificates, rng)

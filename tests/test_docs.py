@@ -21,10 +21,10 @@ pytestmark = pytest.mark.timeout(30)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["Settings", "Domain", "IPOrigin", "DomainOrigin", "BucketOrigin", "S3Credentials",
-           "Probe", "CacheRule"]
+           "Probe", "CacheRule", "Certificate"]
 # Validated as required although the dataclass has an empty default.
 REQUIRED = {("IPOrigin", "addresses"), ("DomainOrigin", "host"), ("BucketOrigin", "endpoint"),
-            ("BucketOrigin", "bucket")}
+            ("BucketOrigin", "bucket"), ("Certificate", "cert_file"), ("Certificate", "key_file")}
 # Filled in by the code, not by a config author.
 INTERNAL = {("S3Credentials", "missing"), ("S3Credentials", "env_prefix"),
             ("S3Credentials", "name")}
@@ -74,5 +74,6 @@ def test_every_admin_call_is_documented():
     for call in ["GET /api/domains", "GET /api/domains/{name}", "PUT /api/domains/{name}/origin",
                  "PUT /api/domains/{name}/standby", "DELETE /api/domains/{name}/standby",
                  "POST /api/domains/{name}/switch", "DELETE /api/domains/{name}/override",
+                 "PUT /api/domains/{name}/certificate", "DELETE /api/domains/{name}/certificate",
                  "POST /api/purge", "GET /api/stats", "GET /metrics"]:
         assert f"`{call}`" in text, call

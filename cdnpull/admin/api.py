@@ -22,7 +22,7 @@ token setting (checked in this order, before anything else):
    script by hash, C{frame-ancestors 'none'}) and C{X-Frame-Options: DENY}.
 
 Bodies are read through the client side's connection
-(L{cdnpull.httpserver.EdgeChannel}: header and idle timeouts, a 1 MiB body
+(L{cdnpull.http.server.ClientConnection}: header and idle timeouts, a 1 MiB body
 limit, 413); a body that is not JSON, or JSON nested deeper than
 L{MAX_DEPTH}, is a 400.
 """

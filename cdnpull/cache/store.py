@@ -59,6 +59,9 @@ class Entry:
     lifetime: float
     auth_ok: bool = False
     body: Optional[bytes] = field(default=None, repr=False)
+    # The ready header block of its hits (cache/hit.py), made at the first;
+    # not copied by dataclasses.replace, so a refreshed entry makes its own.
+    wire: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def ident(self) -> tuple:

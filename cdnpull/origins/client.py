@@ -31,6 +31,7 @@ from zope.interface import implementer
 from ..compat import HookedConnectionPool
 from ..config import Address
 from ..errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse, TLSFailed
+from ..http.client import OriginPool
 from ..upload import BodyInterrupted
 from .framing import InterimHeaders, InvalidOriginResponse, StrictClientProtocol
 from .tls import TLSPolicy
@@ -173,6 +174,7 @@ class OriginClient:
         self._client_pools: OrderedDict = OrderedDict()
         self.max_client_names = max_client_names
         self.client_name_idle = client_name_idle
+        self._http = OriginPool(reactor, max_per_origin, idle_timeout)
 
     def _new_pool(self, idle: float) -> "_QuietPool":
         pool = _QuietPool(self.reactor, persistent=True)
@@ -247,17 +249,23 @@ class OriginClient:
             each interim (1xx) answer before the final one.
         """
         attempt = _Attempt()
-        pool = self._pool(scheme, server_name, verify, client_name)
-        factory = _AddressEndpoints(self, attempt, address, scheme, server_name,
-                                    verify, connect_timeout, client_name)
-        agent = Agent.usingEndpointFactory(self.reactor, factory, pool=pool)
-        host = f"[{address.host}]" if address.is_ipv6 else address.host
-        url = f"{scheme}://{host}:{address.port}".encode("ascii") + target
-        if on_interim is not None:
-            # The headers object travels to the connection's protocol
-            # unchanged (it has Host), so it carries the callback there.
-            headers = InterimHeaders(dict(headers.getAllRawHeaders()), on_interim)
-        d = agent.request(method, url, headers, body)
+        if scheme == "http":
+            # Plain HTTP: cdnpull's own client on llhttp (cdnpull/http/client.py).
+            endpoint = tcp_endpoint(self.reactor, address, connect_timeout)
+            d = self._http.request(endpoint, address, method, target, headers, body, attempt,
+                                   on_interim)
+        else:
+            pool = self._pool(scheme, server_name, verify, client_name)
+            factory = _AddressEndpoints(self, attempt, address, scheme, server_name,
+                                        verify, connect_timeout, client_name)
+            agent = Agent.usingEndpointFactory(self.reactor, factory, pool=pool)
+            host = f"[{address.host}]" if address.is_ipv6 else address.host
+            url = f"{scheme}://{host}:{address.port}".encode("ascii") + target
+            if on_interim is not None:
+                # The headers object travels to the connection's protocol
+                # unchanged (it has Host), so it carries the callback there.
+                headers = InterimHeaders(dict(headers.getAllRawHeaders()), on_interim)
+            d = agent.request(method, url, headers, body)
         timed_out = []
 
         def on_timeout() -> None:
@@ -301,6 +309,7 @@ class OriginClient:
         answer our close_notify within C{grace} seconds is cut off, so that a
         stuck origin never holds up shutdown.
         """
+        self._http.close()
         pools = list(self._pools.values()) + [p for p, _ in self._client_pools.values()]
         self._pools.clear()
         self._client_pools.clear()

@@ -1,0 +1,129 @@
+"""
+Where a cdnpull process spends its time under load: wrk on one path for a
+few seconds while py-spy samples the twistd process; prints the frames with
+the most samples of their own (self) and in all (inclusive).
+
+Needs nginx, wrk and py-spy (pip install py-spy):
+
+    python bench/profile.py /1k.bin          # a 1 KiB memory hit
+    python bench/profile.py /nostore/1k.bin  # the miss path
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cache_bench import TWISTD, free_port, wait_port  # noqa: E402
+from speed import HOST, get  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("path")
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--access-log", default="file", choices=("file", "event", "off"))
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="cdnpull-profile-")
+    os.chmod(work, 0o755)
+    www = os.path.join(work, "www")
+    os.makedirs(os.path.join(www, "nostore"))
+    for name, size in (("1k.bin", 1024), ("100k.bin", 100 * 1024), ("nostore/1k.bin", 1024)):
+        with open(os.path.join(www, name), "wb") as f:
+            f.write(os.urandom(size))
+    origin_port, cdn_port = free_port("127.0.0.2"), free_port()
+    with open(os.path.join(work, "nginx.conf"), "w") as f:
+        f.write(textwrap.dedent(f"""
+            worker_processes 1;
+            error_log {work}/nginx-error.log;
+            pid {work}/nginx.pid;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
+                fastcgi_temp_path {work}/tmp; uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+                server {{
+                    listen 127.0.0.2:{origin_port} backlog=1024;
+                    root {www};
+                    location / {{ add_header Cache-Control "max-age=3600"; }}
+                    location /nostore/ {{ add_header Cache-Control "no-store"; }}
+                }}
+            }}
+            """))
+    access_log = {"file": repr(os.path.join(work, "access.log")), "event": "None", "off": '"off"'}[args.access_log]
+    with open(os.path.join(work, "site.py"), "w") as f:
+        f.write(textwrap.dedent(f"""
+            from cdnpull.config import Domain, IPOrigin, Settings
+            settings = Settings(access_log={access_log})
+            domains = [Domain("{HOST}", origin=IPOrigin(["127.0.0.2:{origin_port}"]), probe=None)]
+            """))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    nginx = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", os.path.join(work, "nginx.conf"),
+                              "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cdn = subprocess.Popen(["taskset", "-c", "0", TWISTD, "-n", "--pidfile=", "--logfile",
+                            os.path.join(work, "twistd.log"), "cdnpull", "--config",
+                            os.path.join(work, "site.py"), "--listen",
+                            f"tcp:{cdn_port}:interface=127.0.0.1:backlog=1024", "--admin", "none",
+                            "--state", os.path.join(work, "state.json")],
+                           env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    raw = os.path.join(work, "stacks.txt")
+    try:
+        wait_port(origin_port, "127.0.0.2")
+        wait_port(cdn_port)
+        get(cdn_port, args.path)
+        get(cdn_port, args.path)
+        load = subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{args.seconds + 2}s",
+                                 "-H", f"Host: {HOST}", f"http://127.0.0.1:{cdn_port}{args.path}"],
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        subprocess.run(["py-spy", "record", "--format", "raw", "-o", raw, "-d", str(args.seconds),
+                        "-r", "200", "-p", str(cdn.pid)], capture_output=True)
+        out = load.communicate()[0]
+        rps = [line for line in out.splitlines() if "Requests/sec" in line]
+        print(f"{args.path}: {rps[0].strip() if rps else '?'} while sampled (py-spy adds overhead)")
+    finally:
+        cdn.terminate()
+        nginx.terminate()
+        cdn.wait(10)
+        nginx.wait(10)
+    try:
+        report(raw, args.top)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(raw: str, top: int) -> None:
+    own: collections.Counter = collections.Counter()
+    total: collections.Counter = collections.Counter()
+    samples = 0
+    with open(raw) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            n = int(count)
+            frames = [fr.split(" (")[0] + " (" + os.path.basename(fr.split(" (")[1].split(":")[0]) + ")"
+                      if " (" in fr else fr for fr in stack.split(";")]
+            samples += n
+            own[frames[-1]] += n
+            for fr in set(frames):
+                total[fr] += n
+    print(f"\n{samples} samples; self time:")
+    for fr, n in own.most_common(top):
+        print(f"  {100 * n / samples:5.1f}%  {fr}")
+    print("\ninclusive time:")
+    for fr, n in total.most_common(top + 25):
+        print(f"  {100 * n / samples:5.1f}%  {fr}")
+
+
+if __name__ == "__main__":
+    main()

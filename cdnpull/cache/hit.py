@@ -1,0 +1,108 @@
+"""
+Fresh memory hits answered from the connection, before any twisted.web
+request exists: the key, the lookup, the freshness check, C{Age}, then one
+write of a header block kept ready-serialised with the entry (made at its
+first hit) and the body, or a 304.
+
+Anything else (a stale, disk-only or ranged answer, a rule with C{ttl=0}, a
+miss) returns None and goes the ordinary way through the edge resource,
+which answers the same bytes for the same stored answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..headers import VIA
+from .policy import current_age, match_rule, not_modified, vary_key
+from .store import Entry
+
+__all__ = ["fresh_hit", "Wire"]
+
+# Headers a 304 carries from the stored answer (RFC 9110 section 15.4.5).
+NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag", b"expires",
+                        b"vary", b"last-modified")
+
+JOIN_BELOW = 16 * 1024  # bodies up to this size are sent in one buffer with their head
+
+_CAPS = {b"etag": b"ETag", b"te": b"TE", b"www-authenticate": b"WWW-Authenticate",
+         b"content-md5": b"Content-MD5", b"dnt": b"DNT", b"p3p": b"P3P",
+         b"x-xss-protection": b"X-XSS-Protection"}
+
+
+def _caps(name: bytes) -> bytes:
+    """Header names as twisted.web writes them (C{content-type} -> C{Content-Type})."""
+    return _CAPS.get(name) or b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
+
+
+def _block(lines: list) -> bytes:
+    return b"".join(b"%s: %s\r\n" % (_caps(n), v) for n, v in lines)
+
+
+class Wire:
+    """What every hit of one stored entry shares, computed once."""
+
+    __slots__ = ("headers", "base_age", "full", "not_modified", "validators")
+
+    def __init__(self, entry: Entry, targeted: tuple = ()) -> None:
+        headers = entry.header_map()
+        self.headers = headers
+        # Age at the response time; every hit adds the time since (RFC 9111 4.2.3).
+        self.base_age = current_age(headers, entry.request_time, entry.response_time,
+                                    entry.response_time)
+        via = b", ".join(headers.get(b"via", []) + [VIA])
+        common = [(b"server", b"cdnpull"), (b"via", via), (b"x-cache", b"HIT")]
+        # Targeted cache-control fields (CDN-Cache-Control) are the node's only.
+        drop = (b"age", b"content-length", b"via") + tuple(targeted)
+        own = [(n, v) for n, v in entry.headers if n not in drop]
+        status = b"HTTP/1.1 %d %s\r\n" % (entry.status, entry.phrase)
+        extra = [(b"accept-ranges", b"bytes")] if entry.status == 200 else []
+        self.full = (status + _block(common + own + extra)
+                     + b"Content-Length: %d\r\n" % entry.length)
+        kept = [(n, v) for n in NOT_MODIFIED_HEADERS if n not in targeted for v in headers.get(n, ())]
+        self.not_modified = b"HTTP/1.1 304 Not Modified\r\n" + _block(common + kept)
+        self.validators = bool(headers.get(b"etag") or headers.get(b"last-modified"))
+
+
+def fresh_hit(cache: Any, live: Any, scheme: str, host: str, target: bytes, method: bytes,
+              fields: dict, now: float, close: bool) -> Optional[tuple[bytes, bytes, int, int]]:
+    """
+    The whole answer to a GET or HEAD that a fresh memory entry answers:
+    (head, body, status, body bytes sent), or None.  A small body comes joined to its head
+    (one buffer), a large one apart (not copied).
+
+    @param fields: the request headers, lower-case name -> [values].
+    @param close: the connection ends after this answer (C{Connection: close}).
+    """
+    if b"range" in fields or cache.store.loading:
+        return None
+    path, _, query = target.partition(b"?")
+    rule = match_rule(live.config.cache, path.decode("latin-1")) if live.config.cache else None
+    if rule is not None and rule.ttl == 0:
+        return None
+    key = cache.key_of(scheme, host, target, bool(rule and rule.ignore_query))
+    authorized = bool(fields.get(b"authorization"))
+    entry = None
+    for candidate in cache.store.variants(key):
+        if (not candidate.vary or vary_key(candidate.vary, fields) == candidate.variant) \
+                and (candidate.auth_ok or not authorized):
+            entry = candidate
+            break
+    if entry is None or entry.body is None:
+        return None
+    wire = entry.wire
+    if wire is None:
+        wire = entry.wire = Wire(entry, cache.targeted)
+    age = wire.base_age + max(0.0, now - entry.response_time)
+    if age >= entry.lifetime:
+        return None
+    cache.store.body(entry)  # (fired already) this variant was used: now the newest
+    tail = b"Age: %d\r\nConnection: close\r\n\r\n" % age if close else b"Age: %d\r\n\r\n" % age
+    if wire.validators and (b"if-none-match" in fields or b"if-modified-since" in fields) \
+            and entry.status == 200 and not_modified(fields, wire.headers):
+        return wire.not_modified + tail, b"", 304, 0
+    if method == b"HEAD" or not entry.length:
+        return wire.full + tail, b"", entry.status, 0
+    if entry.length <= JOIN_BELOW:
+        return wire.full + tail + entry.body, b"", entry.status, entry.length
+    return wire.full + tail, entry.body, entry.status, entry.length

@@ -1,0 +1,532 @@
+"""
+The origin side of the HTTP/1.1 engine, on llhttp (C{httptools}) like the
+client side: plain-HTTP requests to one origin address over pooled
+persistent connections, response heads read strictly, bodies delivered with
+back-pressure (the L{IResponse} shape twisted.web's Agent gives, so the
+failover chain, the cache and the relay read it the same way).
+
+Refused (the request fails with L{NoResponse}, the connection is aborted,
+never pooled): what llhttp refuses (a bad status line, bare CR or LF,
+folded or NUL-carrying headers, an invalid or repeated C{Content-Length},
+C{Content-Length} with C{Transfer-Encoding}, a bad chunk), a
+C{Transfer-Encoding} other than exactly C{chunked}, a C{Content-Length}
+over 2^63-1, a head over 64 KiB or with more than 200 fields, an HTTP
+version other than 1.0 and 1.1.  Interim (1xx) answers go to the request's
+C{on_interim} callback (not 101), without their hop-by-hop headers;
+headers the final answer names in C{Connection} are removed from it.  Bytes
+after a complete response, or while no request is outstanding, drop the
+connection.  A response to HEAD ends at its head and its connection is not
+reused (llhttp cannot be told the request was HEAD).
+
+The caller (L{cdnpull.fetch.OriginClient}) keeps the first-byte timeout
+(it cancels the Deferred) and turns connect failures into
+L{cdnpull.errors.ConnectFailed}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import httptools
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from ..errors import ClientBodyInterrupted, NoResponse
+from ..headers import HOP_BY_HOP
+from ..upload import BodyInterrupted
+from ..compat import fill_headers
+
+__all__ = ["OriginPool", "OriginResponse", "MAX_HEAD", "MAX_HEADERS"]
+
+MAX_HEAD = 64 * 1024
+MAX_LENGTH = 2 ** 63 - 1  # the largest Content-Length believed
+MAX_HEADERS = 200
+BODY_METHODS_WITH_LENGTH = (b"POST", b"PUT")
+CONNECTION_CONTROL = frozenset((b"content-length", b"connection", b"keep-alive", b"te", b"trailers",
+                                b"transfer-encoding", b"upgrade", b"proxy-connection"))
+
+
+class _Stop(Exception):
+    """Stops llhttp: the response was refused, or a HEAD answer is complete."""
+
+
+class OriginResponse:
+    """An origin's answer whose body is read as it is delivered."""
+
+    version = (b"HTTP", 1, 1)
+    request = None
+    previousResponse = None
+
+    def __init__(self, conn: "OriginConnection", code: int, phrase: bytes, headers: Headers,
+                 length: Any) -> None:
+        self._conn = conn
+        self.code = code
+        self.phrase = phrase
+        self.headers = headers
+        self.length = length
+
+    def deliverBody(self, protocol: Any) -> None:
+        self._conn._deliver(protocol)
+
+    def setPreviousResponse(self, response: Any) -> None:
+        self.previousResponse = response
+
+
+class _BodyTransport:
+    """What a body protocol controls: the origin connection's reading."""
+
+    def __init__(self, conn: "OriginConnection") -> None:
+        self._conn = conn
+
+    def pauseProducing(self) -> None:
+        if self._conn.transport is not None:
+            self._conn.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self._conn.transport is not None:
+            self._conn.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._conn._stop_body()
+
+    loseConnection = stopProducing
+
+
+class OriginConnection(Protocol):
+    """One connection to an origin address; one request at a time."""
+
+    # A TCP transport (or a test's fake): typed loosely, as Twisted's own
+    # Protocol.transport is only ITransport.
+    transport: Any
+
+    log = Logger()
+
+    def __init__(self, pool: "OriginPool", key: Any, address: Any) -> None:
+        self.pool = pool
+        self.key = key
+        self.address = address
+        self.state = "idle"  # idle | head | body | done | dead
+        self._parser: Any = None
+        self._d: Optional[Deferred] = None
+        self._method = b""
+        self._headers: list = []
+        self._head_seen = 0
+        self._phrase = b""
+        self._response: Optional[OriginResponse] = None
+        self._protocol: Any = None
+        self._buffer: list = []
+        self._ended: Optional[Failure] = None
+        self._framed = True
+        self._reusable = True
+        self._body_producer: Any = None
+        self._expiry: Any = None
+        self._on_interim: Any = None
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, method: bytes, target: bytes, headers: Headers, body: Any,
+             on_interim: Optional[Callable[[int, bytes, list], None]] = None) -> Deferred:
+        self.state = "head"
+        self._on_interim = on_interim
+        self._method = method
+        self._headers = []
+        self._head_seen = 0
+        self._phrase = b""
+        self._response = None
+        self._protocol = None
+        self._buffer = []
+        self._ended = None
+        self._framed = True
+        self._reusable = True
+        self._parser = httptools.HttpResponseParser(self)
+        d: Deferred[Any] = Deferred(self._cancel)
+        self._d = d
+        lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.append(b"%s: %s\r\n" % (name, value))
+        length = None if body is None else body.length
+        if body is None:
+            if method in BODY_METHODS_WITH_LENGTH:
+                lines.append(b"Content-Length: 0\r\n")
+        elif length is UNKNOWN_LENGTH:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            lines.append(b"Content-Length: %d\r\n" % length)  # type: ignore[str-format]
+        lines.append(b"\r\n")
+        self.transport.writeSequence(lines)
+        if body is not None:
+            self._produce(body, length is UNKNOWN_LENGTH)
+        return d
+
+    def _produce(self, body: Any, chunked: bool) -> None:
+        self._body_producer = body
+        consumer = _ChunkedConsumer(self.transport) if chunked else self.transport
+        self.transport.registerProducer(body, True)
+
+        def done(_: Any) -> None:
+            if self._body_producer is body:
+                self._body_producer = None
+                self.transport.unregisterProducer()
+                if chunked:
+                    self.transport.write(b"0\r\n\r\n")
+
+        def failed(f: Failure) -> None:
+            if self._body_producer is body:
+                self._body_producer = None
+                self.transport.unregisterProducer()
+            self._reusable = False
+            if self.state == "head":
+                self._fail(Failure(ClientBodyInterrupted()) if f.check(BodyInterrupted)
+                           else Failure(NoResponse(self.address, f"request body failed: {f.getErrorMessage()}")))
+            self._abort()
+
+        try:
+            d = body.startProducing(consumer)
+        except Exception:
+            failed(Failure())
+            return
+        d.addCallbacks(done, failed)
+
+    def _stop_sending(self) -> None:
+        body, self._body_producer = self._body_producer, None
+        if body is not None:
+            self._reusable = False
+            self.transport.unregisterProducer()
+            body.stopProducing()
+
+    # -- reading ---------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state in ("idle", "done"):
+            self.log.warn("origin sent {n} bytes between responses; connection dropped", n=len(data))
+            self._abort()
+            return
+        if self.state == "dead":
+            return
+        try:
+            self._parser.feed_data(data)
+        except _Stop:
+            pass
+        except httptools.HttpParserUpgrade:
+            self._refuse("an upgrade the node did not ask for")
+        except httptools.HttpParserError as e:
+            if self.state == "head":
+                self._refuse(str(e))
+            else:
+                self._end(Failure(ResponseFailed([Failure(ValueError(f"bad body: {e}"))])))
+                self._abort()
+        if self.state == "head":
+            self._head_seen += len(data)  # (a head cut anywhere is bounded too)
+            if self._head_seen > 2 * MAX_HEAD:
+                self._refuse(f"response head larger than {MAX_HEAD} bytes")
+        elif self.state == "done":
+            self._release()
+
+    def on_message_begin(self) -> None:
+        if self.state == "done":
+            self.log.warn("origin sent bytes after a complete response; connection dropped")
+            self._reusable = False
+            self.state = "dead"
+            self._abort()
+            raise _Stop()
+
+    def on_status(self, status: bytes) -> None:
+        self._phrase += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_seen += len(name) + len(value) + 4
+        if self._head_seen > MAX_HEAD:
+            self._refuse(f"response head larger than {MAX_HEAD} bytes")
+            raise _Stop()
+        if len(self._headers) > MAX_HEADERS:
+            self._refuse(f"more than {MAX_HEADERS} header fields")
+            raise _Stop()
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        code = parser.get_status_code()
+        if parser.get_http_version() not in ("1.0", "1.1"):
+            self._refuse(f"HTTP version {parser.get_http_version()}")
+            raise _Stop()
+        fields: dict = {}
+        for name, value in self._headers:
+            fields.setdefault(name.lower(), []).append(value)
+        # Headers the origin names in Connection are for this hop only.
+        named = {t.strip(b" \t").lower() for v in fields.get(b"connection", ()) for t in v.split(b",")}
+        named.discard(b"")
+        if 100 <= code < 200:
+            # An interim answer: passed on (not 101), the final head follows.
+            if self._on_interim is not None and code != 101:
+                skip = HOP_BY_HOP | named
+                try:
+                    self._on_interim(code, self._phrase.strip(b" "),
+                                     [(n, v) for n, v in self._headers if n.lower() not in skip])
+                except Exception:  # noqa: BLE001 - the final answer still counts
+                    self.log.failure("passing on an interim answer")
+            self._headers = []
+            self._phrase = b""
+            return
+        te = fields.get(b"transfer-encoding")
+        if te is not None and (len(te) > 1 or te[0].strip(b" \t").lower() != b"chunked"):
+            self._refuse(f"unsupported Transfer-Encoding {b','.join(te)[:40]!r}")
+            raise _Stop()
+        cl = fields.get(b"content-length")
+        if cl and (len(cl[0]) > 19 or int(cl[0]) > MAX_LENGTH):
+            self._refuse(f"Content-Length too large {cl[0][:40]!r}")
+            raise _Stop()
+        headers = Headers()
+        # As Agent: the connection's own headers are not the answer's (nor
+        # those the origin named in Connection).
+        fill_headers(headers, {k: v for k, v in fields.items()
+                               if k not in CONNECTION_CONTROL and k not in named})
+        if self._method == b"HEAD" or code in (204, 304):
+            length: Any = 0
+        elif cl:
+            length = int(cl[0])
+        elif te is not None:
+            length = UNKNOWN_LENGTH
+        else:
+            length = UNKNOWN_LENGTH
+            self._framed = False  # read until the origin closes
+            self._reusable = False
+        if not parser.should_keep_alive():
+            self._reusable = False
+        self.state = "body"
+        self._response = OriginResponse(self, code, self._phrase.strip(b" "), headers, length)
+        d, self._d = self._d, None
+        if self._method == b"HEAD":
+            # llhttp would wait for the body the head announces.
+            self._reusable = False
+            self.state = "done"
+            self._end(Failure(ResponseDone()))
+            if d is not None:
+                d.callback(self._response)
+            raise _Stop()
+        if d is not None:
+            d.callback(self._response)
+
+    def on_body(self, data: bytes) -> None:
+        if self._protocol is not None:
+            self._protocol.dataReceived(data)
+        else:
+            self._buffer.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.state != "body":
+            return  # an interim answer's end
+        if self._body_producer is not None:
+            self._stop_sending()  # answered before the request body ended
+        self.state = "done"
+        self._end(Failure(ResponseDone()))
+
+    # -- the body's consumer -----------------------------------------------------
+
+    def _deliver(self, protocol: Any) -> None:
+        self._protocol = protocol
+        protocol.makeConnection(_BodyTransport(self))
+        buffered, self._buffer = self._buffer, []
+        for data in buffered:
+            if self._protocol is None:
+                return
+            protocol.dataReceived(data)
+        if self._ended is not None and self._protocol is protocol:
+            self._protocol = None
+            protocol.connectionLost(self._ended)
+
+    def _end(self, reason: Failure) -> None:
+        if self._ended is not None:
+            return
+        self._ended = reason
+        protocol = self._protocol
+        if protocol is not None:
+            self._protocol = None
+            protocol.connectionLost(reason)
+
+    def _stop_body(self) -> None:
+        """The body's reader wants no more: this connection is not reused."""
+        if self.state == "body":
+            self._reusable = False
+            self._end(Failure(ResponseFailed([Failure(CancelledError())])))
+            self._abort()
+
+    # -- endings ------------------------------------------------------------------
+
+    def _refuse(self, why: str) -> None:
+        self.log.warn("refused an origin response: {why}", why=why)
+        self._fail(Failure(NoResponse(self.address, f"invalid response: {why}")))
+        self._abort()
+
+    def _fail(self, failure: Failure) -> None:
+        self._reusable = False
+        self.state = "dead"
+        d, self._d = self._d, None
+        if d is not None:
+            d.errback(failure)
+
+    def _cancel(self, d: Deferred) -> None:
+        self._d = None
+        self._reusable = False
+        self.state = "dead"
+        self._stop_sending()
+        self._abort()
+        d.errback(Failure(CancelledError()))
+
+    def _release(self) -> None:
+        if self._reusable and self._body_producer is None and self.transport is not None:
+            self.state = "idle"
+            self._parser = None
+            self.pool._put(self)
+        else:
+            self.state = "dead"
+            self._abort()
+
+    def _abort(self) -> None:
+        if self.transport is not None and self.transport.connected:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        state, self.state = self.state, "dead"
+        self.pool._lost(self)
+        if state == "head" and self._d is not None:
+            self._fail(Failure(NoResponse(self.address, "connection lost before a response")))
+        elif state == "body" and self._ended is None:
+            if not self._framed and reason is not None and reason.check(ierror.ConnectionDone):
+                self._end(Failure(PotentialDataLoss()))
+            else:
+                self._end(Failure(ResponseFailed([reason])))
+        body, self._body_producer = self._body_producer, None
+        if body is not None:
+            body.stopProducing()
+
+
+class _ChunkedConsumer:
+    """Frames a body of unknown length in chunks on its way out."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()
+
+
+class _ConnectFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: "OriginPool", key: Any, address: Any) -> None:
+        self.pool, self.key, self.address = pool, key, address
+
+    def buildProtocol(self, addr: Any) -> OriginConnection:
+        return OriginConnection(self.pool, self.key, self.address)
+
+
+class OriginPool:
+    """
+    Idle connections per origin address (at most C{max_per_origin} kept,
+    each closed after C{idle_timeout} unused).
+    """
+
+    def __init__(self, reactor: Any, max_per_origin: int = 64, idle_timeout: float = 60.0) -> None:
+        self.reactor = reactor
+        self.max = max_per_origin
+        self.idle_timeout = idle_timeout
+        self._idle: dict = {}
+        self._all: set = set()
+
+    def request(self, endpoint: Any, address: Any, method: bytes, target: bytes,
+                headers: Headers, body: Any, attempt: Any,
+                on_interim: Optional[Callable[[int, bytes, list], None]] = None) -> Deferred:
+        key = (address.host, address.port)
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn._expiry is not None and conn._expiry.active():
+                conn._expiry.cancel()
+            conn._expiry = None
+            if conn.transport is not None and conn.transport.connected and conn.state == "idle":
+                attempt.connecting = attempt.connected = True
+                return conn.send(method, target, headers, body, on_interim)
+        attempt.connecting = True
+        connecting = endpoint.connect(_ConnectFactory(self, key, address))
+        sent: list = []
+
+        def cancel(_: Deferred) -> None:
+            if sent:
+                sent[0].cancel()
+            else:
+                connecting.cancel()
+
+        result: Deferred = Deferred(cancel)
+
+        def connected(conn: OriginConnection) -> None:
+            attempt.connected = True
+            self._all.add(conn)
+            if result.called:  # cancelled meanwhile
+                conn.transport.loseConnection()
+                return
+            sent.append(conn.send(method, target, headers, body, on_interim))
+            sent[0].chainDeferred(result)
+
+        def failed(f: Failure) -> None:
+            if not result.called:
+                result.errback(f)
+
+        connecting.addCallbacks(connected, failed)
+        return result
+
+    def _put(self, conn: OriginConnection) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max:
+            conn.state = "dead"
+            conn.transport.loseConnection()
+            return
+        idle.append(conn)
+        conn._expiry = self.reactor.callLater(self.idle_timeout, self._expire, conn)
+
+    def _expire(self, conn: OriginConnection) -> None:
+        conn._expiry = None
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+        conn.state = "dead"
+        if conn.transport is not None:
+            conn.transport.loseConnection()
+
+    def _lost(self, conn: OriginConnection) -> None:
+        self._all.discard(conn)
+        if conn._expiry is not None:
+            if conn._expiry.active():
+                conn._expiry.cancel()
+            conn._expiry = None
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+            if not idle:
+                del self._idle[conn.key]
+
+    def close(self) -> Deferred:
+        for conns in self._idle.values():
+            for conn in conns:
+                if conn._expiry is not None and conn._expiry.active():
+                    conn._expiry.cancel()
+                conn._expiry = None
+        self._idle.clear()
+        for conn in list(self._all):
+            if conn.transport is not None:
+                conn.transport.abortConnection()
+        self._all.clear()
+        return succeed(None)

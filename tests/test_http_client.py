@@ -1,0 +1,248 @@
+"""
+The origin-side HTTP/1.1 engine (cdnpull/http/client.py) in memory: a
+StringTransport for the socket, an endpoint that connects at once, and the
+response read the way the relay and the cache read it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from cdnpull.config import Address
+from cdnpull.errors import NoResponse
+from cdnpull.http.client import OriginPool
+
+ADDRESS = Address("127.0.0.2", 80)
+
+
+class Attempt:
+    connecting = connected = False
+
+
+class Endpoint:
+    """Connects at once, each time to a new StringTransport."""
+
+    def __init__(self) -> None:
+        self.transports: list = []
+
+    def connect(self, factory: Any):  # type: ignore[no-untyped-def]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        transport.connected = True
+        transport.protocol = proto
+        self.transports.append(transport)
+        proto.makeConnection(transport)
+        return succeed(proto)
+
+
+class Reader:
+    def __init__(self) -> None:
+        self.data = b""
+        self.reason: Any = None
+        self.transport: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.reason = reason
+
+
+def setup():  # type: ignore[no-untyped-def]
+    clock = Clock()
+    pool = OriginPool(clock, max_per_origin=4, idle_timeout=10)
+    return pool, Endpoint(), clock
+
+
+def ask(pool, endpoint, method=b"GET", body=None):  # type: ignore[no-untyped-def]
+    headers = Headers({b"host": [b"origin.test"]})
+    return pool.request(endpoint, ADDRESS, method, b"/a?b", headers, body, Attempt())
+
+
+def result(d):  # type: ignore[no-untyped-def]
+    out = []
+    d.addBoth(out.append)
+    assert out, "not fired"
+    return out[0]
+
+
+GOOD = [
+    ("length", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello", 200, 5, b"hello", True),
+    ("chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 200,
+     UNKNOWN_LENGTH, b"hello", True),
+    ("interim", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", 201, 2, b"ok", True),
+    ("no-content", b"HTTP/1.1 204 No Content\r\n\r\n", 204, 0, b"", True),
+    ("close", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", 200, 2, b"ok", False),
+    ("http10", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, 2, b"ok", False),
+]
+
+
+@pytest.mark.parametrize("name,answer,code,length,body,reused", GOOD, ids=[g[0] for g in GOOD])
+def test_good_answers(name, answer, code, length, body, reused):  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    transport = endpoint.transports[0]
+    assert transport.value() == b"GET /a?b HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+    conn = transport.protocol
+    conn.dataReceived(answer)
+    response = result(d)
+    assert (response.code, response.length) == (code, length)
+    assert not response.headers.hasHeader(b"content-length")  # as Agent: the connection's own
+    reader = Reader()
+    response.deliverBody(reader)
+    assert reader.data == body and reader.reason.check(ResponseDone)
+    # A reusable connection serves the next request.
+    transport.clear()
+    ask(pool, endpoint)
+    assert len(endpoint.transports) == (1 if reused else 2)
+    assert not transport.disconnecting or not reused
+
+
+BAD = [
+    ("garbage", b"SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+    ("two-cl", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+    ("cl-list", b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!"),
+    ("cl-te", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+    ("te-gzip", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+    ("bare-lf", b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi"),
+    ("obs-fold", b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nhi"),
+    ("nul", b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nhi"),
+    ("huge-head", b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"h" * 1000) for i in range(80))
+     + b"Content-Length: 2\r\n\r\nhi"),
+    ("many-headers", b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(250)) + b"\r\n"),
+    ("version", b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nhi"),
+]
+
+
+@pytest.mark.parametrize("name,answer", BAD, ids=[b[0] for b in BAD])
+def test_bad_heads_fail_the_request_and_the_connection(name, answer):  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    transport = endpoint.transports[0]
+    transport.protocol.dataReceived(answer)
+    failure = result(d)
+    assert isinstance(failure, Failure) and failure.check(NoResponse)
+    assert "invalid response" in failure.value.detail
+    assert transport.disconnected  # aborted, never pooled
+    ask(pool, endpoint)
+    assert len(endpoint.transports) == 2
+
+
+def test_a_bad_chunk_after_the_head_fails_the_body():  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    conn = endpoint.transports[0].protocol
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n")
+    reader = Reader()
+    result(d).deliverBody(reader)
+    assert reader.data == b"hello" and not reader.reason.check(ResponseDone, PotentialDataLoss)
+    assert endpoint.transports[0].disconnected
+
+
+def test_bytes_after_a_response_drop_the_connection():  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    conn = endpoint.transports[0].protocol
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n")
+    reader = Reader()
+    result(d).deliverBody(reader)
+    assert reader.data == b"hello" and reader.reason.check(ResponseDone)
+    assert endpoint.transports[0].disconnected
+    # ... and so do bytes while the connection waits in the pool.
+    d = ask(pool, endpoint)
+    conn = endpoint.transports[1].protocol
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    result(d).deliverBody(Reader())
+    conn.dataReceived(b"X")
+    assert endpoint.transports[1].disconnected
+
+
+def test_a_body_until_close_and_a_cut_body():  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    conn = endpoint.transports[0].protocol
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nsome")
+    reader = Reader()
+    result(d).deliverBody(reader)
+    conn.connectionLost(Failure(ConnectionDone()))
+    assert reader.data == b"some" and reader.reason.check(PotentialDataLoss)
+    d = ask(pool, endpoint)
+    conn = endpoint.transports[1].protocol
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+    reader = Reader()
+    result(d).deliverBody(reader)
+    conn.connectionLost(Failure(ConnectionLost()))
+    assert reader.data == b"short" and not reader.reason.check(ResponseDone, PotentialDataLoss)
+
+
+def test_no_answer_and_cancel():  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    endpoint.transports[0].protocol.connectionLost(Failure(ConnectionDone()))
+    failure = result(d)
+    assert failure.check(NoResponse) and "before a response" in failure.value.detail
+    d = ask(pool, endpoint)
+    d.cancel()  # the first-byte timeout, or the client left
+    assert result(d).check(Exception) and endpoint.transports[1].disconnected
+
+
+def test_head_ends_at_its_head():  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint, method=b"HEAD")
+    endpoint.transports[0].protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n")
+    response = result(d)
+    reader = Reader()
+    response.deliverBody(reader)
+    assert response.length == 0 and reader.reason.check(ResponseDone)
+
+
+def test_a_body_is_sent_with_its_length_or_in_chunks():  # type: ignore[no-untyped-def]
+    from io import BytesIO
+
+    from twisted.internet.task import Cooperator
+    pool, endpoint, clock = setup()
+    coop = Cooperator(scheduler=lambda f: clock.callLater(0, f))
+    ask(pool, endpoint, method=b"PUT", body=FileBodyProducer(BytesIO(b"abc"), cooperator=coop))
+    clock.advance(0)
+    assert endpoint.transports[0].value().endswith(b"Content-Length: 3\r\n\r\nabc")
+
+    class Unknown:
+        length = UNKNOWN_LENGTH
+
+        def startProducing(self, consumer):  # type: ignore[no-untyped-def]
+            consumer.write(b"hello")
+            return succeed(None)
+
+        def stopProducing(self) -> None:
+            pass
+
+        pauseProducing = resumeProducing = stopProducing
+
+    ask(pool, endpoint, method=b"POST", body=Unknown())
+    value = endpoint.transports[1].value()
+    assert b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" in value
+    ask(pool, endpoint, method=b"POST")
+    assert endpoint.transports[2].value().endswith(b"Content-Length: 0\r\n\r\n")
+
+
+def test_idle_connections_expire():  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    endpoint.transports[0].protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    result(d).deliverBody(Reader())
+    clock.advance(10)
+    assert endpoint.transports[0].disconnecting
+    assert not clock.getDelayedCalls()
