@@ -1,11 +1,14 @@
 """
-Every use of Twisted's private names in cdnpull, in one place, each behind a
-public name of ours.
+Twisted's private names that cdnpull uses, in one place, each behind a
+public name of ours: the origin client's hooks, the listeners', and the
+client engine's (cdnpull/http/).  The one exception is HTTP/2
+(cdnpull/http2.py), which extends H2Connection's request hooks.
 
 Twisted does not promise these names across releases, so pyproject.toml
-bounds Twisted above, and tests/test_compat.py (with the in-memory framing
-tests of tests/test_framing.py) drives each hook without a network: a Twisted
-release that moves one fails the unit suite, not a node in production.
+bounds Twisted above, and tests/test_compat.py (with the in-memory tests of
+tests/test_framing.py and tests/test_http_server.py) drives each hook without
+a network: a Twisted release that moves one fails the unit suite, not a node
+in production.
 """
 
 from __future__ import annotations
