@@ -61,7 +61,7 @@ def test_every_config_field_is_documented_with_its_default(name):  # type: ignor
 
 
 def test_every_metric_is_documented():
-    metrics = Metrics(lambda: LiveTable([]), Clock(), cache=lambda: None)
+    metrics = Metrics(lambda: LiveTable([]), Clock())
     names = {m.name for m in metrics.registry.collect()}
     # The cache gauges only show with a cache; they are listed all the same.
     names |= {"cdnpull_cache_bytes", "cdnpull_cache_objects"}

@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from .support import Client, Origin, start_cdn, write_config
+from .support import Client, Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,7 +50,7 @@ async def test_damaged_objects_are_dropped_and_fetched_again_after_a_restart(tmp
         settings = Settings(cache_dir={cache_dir!r}, cache_disk="1GiB")
         domains = [Domain("disk.test.com", origin=IPOrigin(["{o.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(tmp_path))
+    cdn = await cdn_started(config, str(tmp_path))
     try:
         client = Client(cdn.url)
         for path, body in bodies.items():
@@ -77,7 +77,7 @@ async def test_damaged_objects_are_dropped_and_fetched_again_after_a_restart(tmp
         data[-5000] ^= 0x20
         open(large, "wb").write(bytes(data))
 
-        cdn = start_cdn(config, str(tmp_path))
+        cdn = await cdn_started(config, str(tmp_path))
         client = Client(cdn.url)
         r, b = await client.get("/good.txt", host="disk.test.com")
         assert (xcache(r), b) == ("HIT", bodies["/good.txt"])

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -66,7 +67,7 @@ class Unshared:
     mark expires after L{HIT_FOR_MISS} seconds.
     """
 
-    def __init__(self, clock: Any, limit: int = UNSHARED_KEYS, ttl: float = HIT_FOR_MISS) -> None:
+    def __init__(self, clock: IReactorTime, limit: int = UNSHARED_KEYS, ttl: float = HIT_FOR_MISS) -> None:
         self.clock = clock
         self.limit = limit
         self.ttl = ttl

@@ -13,7 +13,7 @@ import calendar
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import urljoin, urlsplit
 
 import http_sf
@@ -107,7 +107,7 @@ def targeted_cache_control(headers: dict, names: Sequence[bytes]) -> Optional[Ca
         if not values:
             continue
         try:
-            parsed = http_sf.parse(b", ".join(values), tltype="dictionary")
+            parsed: Any = http_sf.parse(b", ".join(values), tltype="dictionary")
         except (http_sf.StructuredFieldError, ValueError, TypeError):
             continue
         if not parsed:
