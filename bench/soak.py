@@ -52,7 +52,8 @@ import textwrap
 import time
 import urllib.request
 
-TWISTD = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import TWISTD, free_port, rss_kib   # noqa: E402
 BIG = 5 * 1024 * 1024
 SIZES = (512, 4096, 20000, 100000)
 VERSION_PERIOD = 20  # /v/ objects change every 20 s
@@ -433,14 +434,6 @@ async def resetter(port: int, t: Tally, seed: int, stop: float) -> None:
 # -- processes and chaos --------------------------------------------------------------------
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def shared_port(*ips: str) -> int:
     for _ in range(50):
         port = free_port(ips[0])
@@ -532,14 +525,7 @@ class World:
         self.restart_s.append(time.monotonic() - started)
 
     def node_rss(self) -> int:
-        try:
-            with open(f"/proc/{self.node.pid}/status") as f:  # type: ignore[union-attr]
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
+        return rss_kib(self.node.pid)  # type: ignore[union-attr]
 
     def api(self, method: str, path: str, body: dict | None = None) -> tuple[int, str]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.admin}{path}", method=method,

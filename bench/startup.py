@@ -33,17 +33,10 @@ import tempfile
 import textwrap
 import time
 
-TWISTD = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import TWISTD, free_port   # noqa: E402
 HOST = "bench.test.com"
 OBJECTS = 100_000
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def fill(directory: str, n: int, size: int) -> None:
