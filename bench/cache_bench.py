@@ -26,7 +26,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import TWISTD, free_port, nginx_conf, rss_kib, start_nginx, stop_all, wait_port  # noqa: E402
+from common import (cdn_argv, free_port, nginx_conf, rss_kib, start_nginx,  # noqa: E402
+                    stop_all, wait_port)
 
 
 def wrk(url: str, host: str, seconds: int, connections: int) -> tuple[float, str]:
@@ -81,9 +82,8 @@ def main() -> None:
             """))
     nginx = start_nginx(conf)
     log = open(os.path.join(work, "twistd.log"), "w")
-    cdn = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "cdnpull",
-                            "--config", site, "--listen", f"tcp:{cdn_port}:interface=127.0.0.1",
-                            "--admin", "none", "--state", os.path.join(work, "state.json")],
+    listen = f"tcp:{cdn_port}:interface=127.0.0.1"
+    cdn = subprocess.Popen(cdn_argv(work, site, listen, logfile="/dev/null"),
                            stdout=log, stderr=subprocess.STDOUT, cwd=work)
     try:
         wait_port(origin_port, "127.0.0.2")

@@ -31,7 +31,7 @@ import tempfile
 import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, TWISTD, free_port, stop, wait_port   # noqa: E402
+from common import ROOT, cdn_argv, free_port, stop, wait_port  # noqa: E402
 
 CONFIG = """
 from cdnpull.config import Domain, IPOrigin, Settings
@@ -127,9 +127,7 @@ def main() -> int:
                      npm_config_pidfile=os.path.join(work, "origin.pid"))))
         cdn_log = open(os.path.join(work, "twistd.log"), "w")
         procs.append(subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "cdnpull", "--config", config,
-             "--listen", f"tcp:{cdn_port}:interface=127.0.0.1", "--admin", "none",
-             "--state", os.path.join(work, "state.json")],
+            cdn_argv(work, config, f"tcp:{cdn_port}:interface=127.0.0.1"),
             cwd=work, stdout=cdn_log, stderr=subprocess.STDOUT, env=env))
         wait_port(origin_port)
         wait_port(cdn_port)

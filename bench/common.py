@@ -52,6 +52,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cdn_argv(work: str, config: str, listen: str, admin: str = "none",
+             logfile: str | None = None) -> list[str]:
+    """twistd running cdnpull in the foreground: the config module C{config},
+    one C{listen} endpoint, the C{admin} one, the state file in C{work};
+    its log to C{logfile}, else to stdout."""
+    return [TWISTD, "-n", "--pidfile=", *([f"--logfile={logfile}"] if logfile else []), "cdnpull",
+            "--config", config, "--listen", listen, "--admin", admin,
+            "--state", os.path.join(work, "state.json")]
+
+
 def pinned(core: str | None, argv: list[str]) -> list[str]:
     """C{argv} run on one CPU core (taskset), or as it is when C{core} is None."""
     return ["taskset", "-c", core, *argv] if core is not None else argv
@@ -69,7 +79,8 @@ def nginx_conf(work: str, servers: str, cache: bool = True) -> str:
             f"access_log off;\n"
             f"{zone}"
             f"client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;\n"
-            f"fastcgi_temp_path {work}/tmp; uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;\n"
+            f"fastcgi_temp_path {work}/tmp; uwsgi_temp_path {work}/tmp;\n"
+            f"scgi_temp_path {work}/tmp;\n"
             f"{textwrap.dedent(servers).strip()}\n"
             f"}}\n")
 

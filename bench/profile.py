@@ -22,7 +22,8 @@ import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import TWISTD, free_port, nginx_conf, pinned, start_nginx, stop, wait_port  # noqa: E402
+from common import (cdn_argv, free_port, nginx_conf, pinned, start_nginx, stop,  # noqa: E402
+                    wait_port)
 from speed import HOST, get  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,11 +62,9 @@ def main() -> None:
             """))
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
     nginx = start_nginx(os.path.join(work, "nginx.conf"), core="1")
-    cdn = subprocess.Popen(pinned("0", [TWISTD, "-n", "--pidfile=", "--logfile",
-                                        os.path.join(work, "twistd.log"), "cdnpull", "--config",
-                                        os.path.join(work, "site.py"), "--listen",
-                                        f"tcp:{cdn_port}:interface=127.0.0.1:backlog=1024",
-                                        "--admin", "none", "--state", os.path.join(work, "state.json")]),
+    cdn = subprocess.Popen(pinned("0", cdn_argv(work, os.path.join(work, "site.py"),
+                                                f"tcp:{cdn_port}:interface=127.0.0.1:backlog=1024",
+                                                logfile=os.path.join(work, "twistd.log"))),
                            env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     raw = os.path.join(work, "stacks.txt")
     try:

@@ -53,7 +53,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import TWISTD, free_port, rss_kib   # noqa: E402
+from common import cdn_argv, free_port, rss_kib  # noqa: E402
 BIG = 5 * 1024 * 1024
 SIZES = (512, 4096, 20000, 100000)
 VERSION_PERIOD = 20  # /v/ objects change every 20 s
@@ -511,10 +511,8 @@ class World:
                 """))
 
     def start_node(self) -> None:
-        cmd = [TWISTD, "-n", "--pidfile=", "cdnpull", "--config", self.config,
-               "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-               "--admin", f"tcp:{self.admin}:interface=127.0.0.1",
-               "--state", os.path.join(self.work, "state.json")]
+        cmd = cdn_argv(self.work, self.config, f"tcp:{self.port}:interface=127.0.0.1",
+                       admin=f"tcp:{self.admin}:interface=127.0.0.1")
         out = open(self.logfile, "a")
         started = time.monotonic()
         self.node = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.work)

@@ -34,7 +34,7 @@ import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import TWISTD, free_port, nginx_conf, pinned, stop, wait_port  # noqa: E402
+from common import cdn_argv, free_port, nginx_conf, pinned, stop, wait_port  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOST = "bench.test"
@@ -169,9 +169,8 @@ def main() -> None:
                     f"127.0.0.2:{origin_port}", str(ports["proxy"])])
         start("0", [py, os.path.join(HERE, "canned.py"), str(ports["canned"])])
         env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
-        start("0", [TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(work, "twistd.log"), "cdnpull",
-                    "--config", site, "--listen", f"tcp:{ports['cdn']}:interface=127.0.0.1:backlog=1024",
-                    "--admin", "none", "--state", os.path.join(work, "state.json")], env=env)
+        start("0", cdn_argv(work, site, f"tcp:{ports['cdn']}:interface=127.0.0.1:backlog=1024",
+                            logfile=os.path.join(work, "twistd.log")), env=env)
         wait_port(origin_port, "127.0.0.2")
         for p in ports.values():
             wait_port(p)

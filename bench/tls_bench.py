@@ -24,7 +24,7 @@ import textwrap
 import trustme
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import TWISTD, free_port, nginx_conf, start_nginx, stop_all, wait_port  # noqa: E402
+from common import cdn_argv, free_port, nginx_conf, start_nginx, stop_all, wait_port  # noqa: E402
 
 HOST = "bench.test"
 
@@ -96,9 +96,8 @@ def main() -> None:
             """))
     nginx = start_nginx(conf)
     log = open(os.path.join(work, "twistd.log"), "w")
-    cdn = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "cdnpull",
-                            "--config", site, "--listen", f"tls:{cdn_port}:interface=127.0.0.1",
-                            "--admin", "none", "--state", os.path.join(work, "state.json")],
+    listen = f"tls:{cdn_port}:interface=127.0.0.1"
+    cdn = subprocess.Popen(cdn_argv(work, site, listen, logfile="/dev/null"),
                            stdout=log, stderr=subprocess.STDOUT, cwd=work)
     try:
         wait_port(origin_port, "127.0.0.2")
