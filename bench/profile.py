@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--access-log", default="file", choices=("file", "event", "off"))
+    ap.add_argument("--keep", help="also copy py-spy's raw stacks (with line numbers) here")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="cdnpull-profile-")
     os.chmod(work, 0o755)
@@ -98,6 +99,8 @@ def main() -> None:
         cdn.wait(10)
         nginx.wait(10)
     try:
+        if args.keep:
+            shutil.copy(raw, args.keep)
         report(raw, args.top)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -2,7 +2,9 @@
 The one place that knows Twisted's private transport internals: writing an
 answer straight to the socket when nothing is waiting to be sent, as
 asyncio's transports do, instead of buffering it and asking epoll when the
-socket is writable (two epoll_ctl calls and one more loop turn per answer).
+socket is writable (two epoll_ctl calls and one more loop turn per answer);
+on both sides: client connections (C{tcp.Server}) and plain origin
+connections (C{tcp.Client}).
 
 Any other transport (TLS, tests' StringTransport), or anything pending,
 goes through C{transport.write} as usual.
@@ -37,7 +39,9 @@ def eager_write(transport: Any, data: bytes, body: bytes = b"") -> None:
     Write C{data} then C{body} (a large body is not copied into one buffer
     with its head: both go to the socket in one C{sendmsg}).
     """
-    if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
+    kind = type(transport)
+    if ((kind is tcp.Server or kind is tcp.Client) and transport.connected
+            and not transport.TLS and not transport.disconnecting
             and not transport._writeDisconnected and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)):
         try:
