@@ -218,7 +218,7 @@ class ClientConnection(Protocol):
                  "_active", "_backlog", "_backlog_size", "_feeding", "_pausers", "_producer",
                  "_write_paused", "_sweeper", "_send_timer", "_idle_since", "_head_since",
                  "_head_seen", "_body_seen", "_in_body", "_header_bytes", "_peer_host", "_secure",
-                 "_chunks", "_data", "_fresh", "_tail", "_pending")
+                 "_chunks", "_data", "_fresh", "_tail", "_pending", "_host")
 
     def __init__(self, limits: Optional[ClientLimits] = None, clock: Any = None,
                  sweeper: Optional["Sweeper"] = None) -> None:
@@ -262,6 +262,7 @@ class ClientConnection(Protocol):
         # A response head not sent yet: it goes out with the first body bytes
         # (one send), or when the answer ends or the connection closes.
         self._pending: Optional[bytes] = None
+        self._host: Any = None  # our address (getsockname), asked once
 
     @property
     def peer_host(self) -> str:
@@ -550,7 +551,11 @@ class ClientConnection(Protocol):
         return self.transport.getPeer()
 
     def getHost(self) -> Any:
-        return self.transport.getHost()
+        # Every twisted.web Request asks (a getsockname call each time).
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()
+        return host
 
     def isSecure(self) -> bool:
         if self._secure is None:
