@@ -36,6 +36,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from ..config import BucketOrigin
 from ..errors import OriginTimeout, OriginUnavailable
 from ..headers import HOP_BY_HOP, VIA, end_to_end
+from ..http.compat import fill_headers
 from ..stream import BodyRelay, Discard
 from ..pull import OriginRequest
 from ..routing import normalise_host
@@ -563,15 +564,20 @@ class Cache:
             self._answer_304(request, headers, "MISS", 0)
             return
         request.setResponseCode(response.code, response.phrase)
-        out = request.responseHeaders
-        for name, values in headers.items():
-            out.setRawHeaders(name, values)
-        self._common(out, "MISS", None)
+        # What _common does, on the map; then one fill of the response
+        # headers (the origin's fields were checked by its parser).
+        for name in self.targeted:
+            headers.pop(name, None)
+        if b"age" not in headers:
+            headers[b"age"] = [b"0"]
+        headers[b"via"] = [b", ".join(headers.get(b"via", []) + [VIA])]
+        headers[b"x-cache"] = [b"MISS"]
         length = response.length
         if response.code == 200 and length is not UNKNOWN_LENGTH:
-            out.setRawHeaders(b"accept-ranges", [b"bytes"])
+            headers[b"accept-ranges"] = [b"bytes"]
         if length is not UNKNOWN_LENGTH:
-            out.setRawHeaders(b"content-length", [b"%d" % length])
+            headers[b"content-length"] = [b"%d" % length]
+        fill_headers(request.responseHeaders, headers)
         relay = BodyRelay(request)
         ctx.relay = relay
         response.deliverBody(relay)
