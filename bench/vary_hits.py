@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from twisted.internet.defer import Deferred
 
-from cdnpull.pull import OriginRequest
+from cdnpull.failover import OriginRequest
 from tests.test_cache_handler import FakeRequest, World
 
 

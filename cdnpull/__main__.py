@@ -1,7 +1,7 @@
 """
 C{python -m cdnpull check CONFIG}: validate a config module and print what it
 declares, without starting anything.  C{python -m cdnpull ctl ...}: the admin
-API from a shell (L{cdnpull.ctl}).
+API from a shell (L{cdnpull.admin.ctl}).
 """
 
 from __future__ import annotations
@@ -10,22 +10,14 @@ import argparse
 import os
 import sys
 
-from . import ctl
-from .config import BucketOrigin, ConfigError, DomainOrigin, IPOrigin, is_tls_listen
+from .admin import ctl
+from .config import ConfigError, is_tls_listen
 from .loader import load_config
+from .origins.kinds import kind_of
 
 
 def describe_origin(origin: object) -> str:
-    if isinstance(origin, IPOrigin):
-        addrs = ", ".join(str(a) for a in origin.parsed_addresses())
-        return f"{origin.scheme} to IPs {addrs}"
-    if isinstance(origin, DomainOrigin):
-        port = f":{origin.port}" if origin.port else ""
-        return f"{origin.scheme} to hostname {origin.host}{port} (resolved by DNS)"
-    if isinstance(origin, BucketOrigin):
-        kind = "private (signed)" if origin.credentials else "public"
-        return f"{kind} bucket {origin.bucket} at {origin.endpoint} ({origin.style} style)"
-    return repr(origin)
+    return kind_of(origin).describe()
 
 
 _SOURCES = {"domain": "the domain", "certificates": "settings.certificates",
@@ -59,10 +51,7 @@ def check(path: str) -> int:
         print(f"  {d.name}")
         print(f"    primary: {describe_origin(d.origin)}")
         print(f"    standby: {describe_origin(d.standby) if d.standby else 'none'}")
-        if isinstance(d.origin, BucketOrigin):
-            print(f"    origin Host: {d.origin.host_header} (the bucket's own)")
-        else:
-            print(f"    origin Host: {d.origin_host or '(the requested host)'}")
+        print(f"    origin Host: {kind_of(d.origin).host_description(d)}")
         probe = (f"{d.probe.kind} {d.probe.path} every {d.probe.interval:g}s, "
                  f"timeout {d.probe.timeout:g}s" if d.probe else "off")
         print(f"    probe: {probe}; block failing addresses for {d.block_for:g}s")

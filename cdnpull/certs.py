@@ -130,7 +130,7 @@ def read_certificate(spec: Certificate, where: str, now: float) -> LoadedCertifi
     @param where: how problems name it (C{"www.test.com: certificate"}).
     @raise ConfigError: one line per problem.
     """
-    problems = []
+    problems: list[str] = []
     cert_data = key_data = None
     try:
         cert_data = _read(spec.cert_file, f"{where}.cert_file")
@@ -379,7 +379,7 @@ def days_left_collector(certificates: Any, clock: Any) -> Any:
     from prometheus_client.core import GaugeMetricFamily
 
     class Collector:
-        def collect(self):  # type: ignore[no-untyped-def]
+        def collect(self):
             gauge = GaugeMetricFamily(
                 "cdnpull_certificate_days_left", "Days until the edge certificate expires",
                 labels=["cert_file", "name"])

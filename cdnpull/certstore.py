@@ -25,8 +25,9 @@ from twisted.logger import Logger
 
 from .certs import CertificateSet, load_certificates, names_text, parse_certificate, read_certificate
 from .config import Certificate, Config, ConfigError
-from .control import UnknownDomain
-from .overrides import BadRequest
+from .admin.control import UnknownDomain
+from .live import Routes
+from .admin.state import BadRequest
 
 __all__ = ["CertificateStore", "EdgeCertificates"]
 
@@ -47,7 +48,7 @@ class CertificateStore:
 
     def stored(self, names: Any) -> dict:
         """Domain name -> Certificate, for the C{names} that have files."""
-        out = {}
+        out: dict = {}
         if self.directory is None or not os.path.isdir(self.directory):
             return out
         for name in names:
@@ -100,16 +101,16 @@ class EdgeCertificates:
 
     log = Logger()
 
-    def __init__(self, runtime: Any, store: CertificateStore,
+    def __init__(self, config: Config, routes: Routes, store: CertificateStore,
                  apply: Callable[[CertificateSet], None],
                  write: Callable[[Callable[[], None]], Deferred], clock: Any) -> None:
-        self.runtime = runtime
+        self.routes = routes
         self.store = store
         self._apply = apply
         self._write = write
         self.clock = clock
         self._lock = DeferredLock()
-        self._config: Config = runtime.config
+        self._config: Config = config
         self._module = CertificateSet()
 
     def effective(self, config: Config, module: CertificateSet) -> CertificateSet:
@@ -212,7 +213,7 @@ class EdgeCertificates:
         return Deferred.fromCoroutine(run())
 
     def _live(self, name: str) -> Any:
-        live = self.runtime.table.domains.get(name)
+        live = self.routes.current.domains.get(name)
         if live is None:
             raise UnknownDomain(name)
         return live

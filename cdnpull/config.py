@@ -1,6 +1,6 @@
 """
 The public configuration API of cdnpull: immutable value objects and their
-validation (SPEC.md section 2).
+validation (docs/configuration.md).
 
 A config module imports everything it needs from here::
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
-from typing import Iterable, Optional, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -78,7 +78,7 @@ def _tuple(value: object) -> tuple:
     if isinstance(value, (str, bytes)):
         return (value,)
     try:
-        return tuple(value)  # type: ignore[call-overload]
+        return tuple(value)  # type: ignore[arg-type]  # anything iterable
     except TypeError:
         return (value,)
 
@@ -165,8 +165,6 @@ class IPOrigin:
     scheme: str = "http"
     verify: bool = True
 
-    kind = "ips"
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "addresses", _tuple(self.addresses))
 
@@ -186,8 +184,6 @@ class DomainOrigin:
     port: int = 0
     scheme: str = "http"
     verify: bool = True
-
-    kind = "domain"
 
     def __post_init__(self) -> None:
         if isinstance(self.host, str):
@@ -244,8 +240,6 @@ class BucketOrigin:
     region: str = "us-east-1"
     credentials: Optional[S3Credentials] = None
     verify: bool = True
-
-    kind = "bucket"
 
     @property
     def scheme(self) -> str:
@@ -485,7 +479,7 @@ class Settings:
                 for k, v in self.credentials.items()})
         object.__setattr__(self, "targeted_cache_control", _tuple(self.targeted_cache_control))
 
-    def override(self, **changes: object) -> "Settings":
+    def override(self, **changes: Any) -> "Settings":
         """A copy with the given fields replaced (C{None} is a value: C{admin=None} disables)."""
         return replace(self, **changes)
 
@@ -642,8 +636,8 @@ def _origin_problems(origin: object, where: str, domain: Domain) -> list[str]:
         for i, a in enumerate(origin.addresses):
             try:
                 parsed = parse_address(a, origin.port if isinstance(origin.port, int) else 0)
-            except ValueError as e:
-                p.append(f"{where}.addresses[{i}]: {e}")
+            except ValueError as bad:
+                p.append(f"{where}.addresses[{i}]: {bad}")
                 continue
             if parsed in seen:
                 p.append(f"{where}.addresses[{i}]: {a!r} is listed twice")
@@ -674,8 +668,8 @@ def _origin_problems(origin: object, where: str, domain: Domain) -> list[str]:
         else:
             try:
                 parts.port
-            except ValueError as e:
-                p.append(f"{where}.endpoint: {e}")
+            except ValueError as bad_port:
+                p.append(f"{where}.endpoint: {bad_port}")
             if not _is_ip_literal(parts.hostname) and (e := _hostname_problem(parts.hostname)):
                 p.append(f"{where}.endpoint: {e}")
             elif not parts.hostname.isascii():
@@ -974,10 +968,11 @@ def validate(domains: Iterable[object], settings: object = None) -> Config:
                      for i, e in enumerate(settings.listen) if is_tls_listen(e)]
     if problems:
         raise ConfigError(problems)
-    declared = settings.credentials  # type: ignore[attr-defined]
-    if declared:
-        domains = tuple(_name_credentials(d, declared) for d in domains)
-    return Config(settings=settings, domains=domains)  # type: ignore[arg-type]
+    assert isinstance(settings, Settings)
+    checked = tuple(d for d in domains if isinstance(d, Domain))
+    if settings.credentials:
+        checked = tuple(_name_credentials(d, settings.credentials) for d in checked)
+    return Config(settings=settings, domains=checked)
 
 
 def _name_credentials(domain: Domain, declared: dict) -> Domain:
@@ -986,7 +981,7 @@ def _name_credentials(domain: Domain, declared: dict) -> Domain:
     C{Settings.credentials} carries their name, so that the admin API shows
     it and a GET answer can be PUT back as it is.
     """
-    changes = {}
+    changes: dict[str, Any] = {}
     for f in ("origin", "standby"):
         o = getattr(domain, f)
         if isinstance(o, BucketOrigin) and o.credentials is not None and o.credentials.name is None:
@@ -995,8 +990,3 @@ def _name_credentials(domain: Domain, declared: dict) -> Domain:
                     changes[f] = replace(o, credentials=creds)
                     break
     return replace(domain, **changes) if changes else domain
-
-
-def origin_fields(origin: Origin) -> dict:
-    """The fields of an origin as plain data (for display and the state file)."""
-    return {f.name: getattr(origin, f.name) for f in fields(origin)}

@@ -22,13 +22,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
-from .config import BucketOrigin
+from .cache import Cache
+from .compat import request_gone
 from .errors import EdgeError
 from .cache.hit import fresh_hit
 from .http import ClientConnection, ClientLimits, Sweeper
 from .upload import BodyPipe
 from .headers import VIA, end_to_end, origin_headers
-from .pull import OriginRequest, PullResult
+from .live import Routes
+from .metrics import Metrics
+from .failover import OriginRequest, PullResult, FailoverChain
 from .routing import is_dns_name, normalise_host, split_target
 from .stream import BodyRelay, Discard
 
@@ -54,22 +57,27 @@ class _Context:
 
 class Edge(Resource):
     """
-    @param runtime: an object with C{table} (the current
-        L{cdnpull.live.LiveTable}, swapped on change), C{puller} and C{cache}.
+    @param routes: the routing table holder (its C{current} table is read
+        once per request).
+    @param cache: the cache every GET and HEAD goes through (None: none).
+    @param failover: the failover chain that pulls from the origins.
+    @param metrics: counts every answer (None: not counted).
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, runtime: Any, clock: IReactorTime,
-                 access_log: Optional[AccessLog] = None) -> None:
+    def __init__(self, routes: Routes, cache: Optional[Cache], failover: FailoverChain,
+                 clock: IReactorTime, access_log: Optional[AccessLog] = None,
+                 metrics: Optional[Metrics] = None) -> None:
         super().__init__()
-        self.runtime = runtime
+        self.routes = routes
+        self.cache = cache
+        self.failover = failover
         self.clock = clock
         self.access_log = access_log or AccessLog()
-        # Counts every answer (cdnpull.metrics.Metrics), when set.
-        self.metrics: Optional[Any] = None
-        self._cooperator = Cooperator(scheduler=lambda f: clock.callLater(0, f))  # type: ignore[attr-defined]
+        self.metrics = metrics
+        self._cooperator = Cooperator(scheduler=lambda f: clock.callLater(0, f))
         self._hosts: dict = {}  # raw Host -> normalised (bounded)
 
     # -- the fast path: fresh memory hits, answered by the connection ------
@@ -84,7 +92,7 @@ class Edge(Resource):
         method = head.method
         if method != b"GET" and method != b"HEAD":
             return None
-        cache = self.runtime.cache
+        cache = self.cache
         target = head.target
         hosts = head.fields.get(b"host")
         if cache is None or not hosts or target[:1] != b"/":
@@ -98,7 +106,7 @@ class Edge(Resource):
             if len(self._hosts) > 4096:
                 self._hosts.clear()
             self._hosts[raw] = host
-        live = self.runtime.table.route(host)
+        live = self.routes.current.route(host)
         if live is None:
             return None
         config = live.config
@@ -147,10 +155,10 @@ class Edge(Resource):
             # cache in front of it read?
             raise EdgeError("more than one Host header", 400)
         # An absolute-form target is routed by its authority; Host is ignored.
-        host = normalise_host(authority if authority is not None else (hosts or [None])[0])
+        host = normalise_host(authority if authority is not None else (hosts[0] if hosts else None))
         if host is None:
             raise EdgeError("missing or invalid Host header", 400)
-        live = self.runtime.table.route(host)
+        live = self.routes.current.route(host)
         if live is None:
             raise EdgeError(f"unknown host {host}", 404)
         ctx.domain = live.name
@@ -165,9 +173,11 @@ class Edge(Resource):
             # 308 keeps the method and body of anything but GET and HEAD.
             request.setHeader(b"location", b"https://%s%s" % (host.encode("ascii"), target))
             raise EdgeError("moved to https", 301 if request.method in (b"GET", b"HEAD") else 308)
-        if isinstance(live.primary.origin, BucketOrigin) and request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"allow", b"GET, HEAD")
-            raise EdgeError("only GET and HEAD reach a bucket", 405)
+        methods = live.primary.kind.methods
+        if methods is not None and request.method not in methods:
+            request.setHeader(b"allow", b", ".join(methods))
+            raise EdgeError(f"only {' and '.join(m.decode() for m in methods)} reach "
+                            f"a {live.primary.kind.type} origin", 405)
 
         # Framing is ours to set (the body is re-framed for the origin);
         # headers that would steer the origin unkeyed are dropped unless the
@@ -196,10 +206,10 @@ class Edge(Resource):
             on_interim=partial(_send_interim, request),
         )
 
-        cache = self.runtime.cache
+        cache = self.cache
 
         async def passthrough() -> None:
-            ctx.pending = self.runtime.puller.pull(live, oreq)
+            ctx.pending = self.failover.pull(live, oreq)
             result: PullResult = await ctx.pending
             ctx.pending = None
             if cache is not None and request.method not in SAFE_METHODS and 200 <= result.response.code < 400:
@@ -214,10 +224,11 @@ class Edge(Resource):
         else:
             await passthrough()
 
-    def _body_producer(self, request: Request):  # type: ignore[no-untyped-def]
+    def _body_producer(self, request: Request):
         content = request.content
+        assert content is not None  # twisted.web gives every request one
 
-        def make():  # type: ignore[no-untyped-def]
+        def make():
             content.seek(0)
             return FileBodyProducer(content, cooperator=self._cooperator)
 
@@ -234,7 +245,7 @@ class Edge(Resource):
         # Like nginx, the origin's Server header is replaced by ours; its
         # Date stays (it dates the content, and caches compute Age from it).
         # Targeted cache-control fields (CDN-Cache-Control) are for this node only.
-        ours = getattr(self.runtime.cache, "targeted", ())
+        ours = self.cache.targeted if self.cache is not None else ()
         for name, values in end_to_end(response.headers, drop=(b"server",) + ours).getAllRawHeaders():
             out.setRawHeaders(name, list(values))
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
@@ -242,7 +253,7 @@ class Edge(Resource):
         out.setRawHeaders(b"via", [b", ".join(response.headers.getRawHeaders(b"via", []) + [VIA])])
         out.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
         if not out.hasHeader(b"age"):
-            out.setRawHeaders(b"age", [b"0"])  # SPEC §5: every answer says its Age
+            out.setRawHeaders(b"age", [b"0"])  # every answer says its Age (docs/cache.md)
         relay = BodyRelay(request)
         ctx.relay = relay
         response.deliverBody(relay)
@@ -257,7 +268,7 @@ class Edge(Resource):
             return
         if getattr(request.channel, "_refused", False):
             return  # the connection already answered (413 mid-upload) and is closing
-        if failure.check(EdgeError):
+        if isinstance(failure.value, EdgeError):
             error = failure.value
             status, message = error.status, error.message
         else:
@@ -343,10 +354,12 @@ def _send_interim(request: Request, status: int, reason: bytes, fields: list) ->
     HTTP/1.1 client, while its final answer has not started (RFC 9110 15.2).
     """
     if (request.startedWriting or request.finished or request.clientproto != b"HTTP/1.1"
-            or getattr(request, "_disconnected", False) or request.channel is None):
+            or request_gone(request) or request.channel is None):
         return
     lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [name + b": " + value for name, value in fields]
-    request.channel.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+    transport = request.channel.transport
+    if transport is not None:
+        transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
 
 
 def _has_body(request: Request) -> bool:
@@ -376,7 +389,7 @@ class EdgeRequest(Request):
             self.responseHeaders.setRawHeaders(b"server", [SERVER])
         super().write(data)
 
-    def processingFailed(self, reason: Any) -> None:  # type: ignore[override]
+    def processingFailed(self, reason: Any) -> None:
         # A bug: logged with its traceback, answered like every other 500.
         self._log.failure("unexpected error processing {uri}", failure=reason,
                           uri=self.uri.decode("ascii", "replace"))
@@ -416,10 +429,10 @@ class EdgeSite(Site):
         self.fast = getattr(resource, "fast", None)
         self.sweeper = Sweeper(reactor, self.limits)
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
+    def buildProtocol(self, addr: Any) -> ClientConnection:  # type: ignore[override]
         conn = ClientConnection(self.limits, self.clock, self.sweeper)
         conn.factory = self
         return conn
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass

@@ -87,3 +87,7 @@ class ClientBodyInterrupted(EdgeError):
 
     def __init__(self, message: str = "the request body was not complete") -> None:
         super().__init__(message, 400)
+
+
+class BadRequest(ValueError):
+    """A change the admin API refuses: the message is one line naming the field."""

@@ -117,7 +117,7 @@ def add_forwarding(headers: Headers, client_ip: Optional[str], proto: str,
         headers.setRawHeaders(b"x-forwarded-for", [previous + b", " + ip if previous else ip])
         if not (b"x-real-ip" in kept and headers.hasHeader(b"x-real-ip")):
             headers.setRawHeaders(b"x-real-ip", [ip])
-    via = headers.getRawHeaders(b"via", [])
+    via = list(headers.getRawHeaders(b"via", []))
     headers.setRawHeaders(b"via", [b", ".join(via + [VIA])])
     if not (b"x-forwarded-proto" in kept and headers.hasHeader(b"x-forwarded-proto")):
         headers.setRawHeaders(b"x-forwarded-proto", [proto.encode("ascii")])

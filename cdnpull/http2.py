@@ -66,7 +66,8 @@ class EdgeH2Connection(H2Connection):
         def flowControlBlocked() -> None:
             blocked()
             if sid not in self._stalls:
-                self._stalls[sid] = self.callLater(self.send_timeout, self._stalled, sid)
+                self._stalls[sid] = self.callLater(  # type: ignore[call-arg]
+                    self.send_timeout, self._stalled, sid)
 
         def windowUpdated() -> None:
             updated()
@@ -91,7 +92,7 @@ class EdgeH2Connection(H2Connection):
         self._unstall(streamID)
         super()._requestDone(streamID)
 
-    def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:
+    def connectionLost(self, reason: Any, _cancelTimeouts: bool = True) -> None:  # type: ignore[override]
         for sid in list(self._stalls):
             self._unstall(sid)
         super().connectionLost(reason, _cancelTimeouts=_cancelTimeouts)
@@ -124,7 +125,7 @@ class EdgeH2Connection(H2Connection):
 def _limited(base: type, limits: Any) -> type:
     """The site's request class with HTTP/2's request checks."""
 
-    class H2Request(base):  # type: ignore[misc, valid-type]
+    class H2Request(base):
         _h2_body_seen = 0
         _h2_too_big = False
 
@@ -174,7 +175,7 @@ def _limited(base: type, limits: Any) -> type:
     return H2Request
 
 
-def h2_connection_factory(site: Any, limits: Any, clock: Any):  # type: ignore[no-untyped-def]
+def h2_connection_factory(site: Any, limits: Any, clock: Any):
     """
     A function of the client address making an L{EdgeH2Connection} that
     serves C{site} (an L{cdnpull.edge.EdgeSite}) with C{limits}
@@ -186,10 +187,10 @@ def h2_connection_factory(site: Any, limits: Any, clock: Any):  # type: ignore[n
         conn = EdgeH2Connection(clock)
         conn.site = site
         conn.factory = site
-        conn.requestFactory = request_factory
+        conn.requestFactory = request_factory  # type: ignore[attr-defined]
         conn.timeOut = limits.idle_timeout
         conn.send_timeout = limits.send_timeout
-        conn.callLater = clock.callLater
+        conn.callLater = clock.callLater  # type: ignore[method-assign]
         # In force from the first frame (and sent in the first SETTINGS).
         conn.conn.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,

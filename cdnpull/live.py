@@ -9,51 +9,23 @@ objects they started with.
 from __future__ import annotations
 
 import random
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
-from .config import Address, BucketOrigin, Domain, DomainOrigin, IPOrigin, parse_address
+from .config import Domain
 from .origins.group import OriginGroup
+from .origins.kinds import kind_of
 from .routing import RoutingTable
 
-__all__ = ["LiveDomain", "LiveTable", "build_group", "build_table"]
-
-
-def static_addresses(origin: object) -> Optional[list[Address]]:
-    """
-    The addresses of an origin known without DNS, or None when they must be
-    resolved (a hostname origin, a bucket endpoint given by name).
-    """
-    if isinstance(origin, IPOrigin):
-        return list(origin.parsed_addresses())
-    if isinstance(origin, BucketOrigin):
-        try:
-            return [parse_address(origin.endpoint_host, origin.port)]
-        except ValueError:
-            return None
-    return None
-
-
-def resolve_name(origin: object) -> Optional[str]:
-    """The hostname to resolve for an origin, if any."""
-    if isinstance(origin, DomainOrigin):
-        return origin.host
-    if isinstance(origin, BucketOrigin) and static_addresses(origin) is None:
-        return origin.endpoint_host
-    return None
-
-
-def origin_port(origin: object) -> int:
-    return getattr(origin, "port", 0) or 0
+__all__ = ["LiveDomain", "LiveTable", "Routes", "build_group", "build_table"]
 
 
 def build_group(role: str, origin: object, domain: Domain, clock: IReactorTime,
                 rng: Optional[random.Random] = None) -> OriginGroup:
-    addresses = static_addresses(origin) or []
     return OriginGroup(
         role,
-        addresses,
+        kind_of(origin).static_addresses() or [],
         clock,
         block_for=domain.block_for,
         rng=rng,
@@ -92,10 +64,6 @@ class LiveDomain:
     def groups(self) -> list[OriginGroup]:
         return [g for g in (self.primary, self.standby) if g is not None]
 
-    def origin_host(self, requested_host: str) -> str:
-        """The Host sent to self-owned origins."""
-        return self.config.origin_host or requested_host
-
 
 class LiveTable:
     """Every live domain, and the routing table over them."""
@@ -113,6 +81,27 @@ class LiveTable:
         return [g for d in self.domains.values() for g in d.groups()]
 
 
+class Routes:
+    """
+    The routing table now: C{current} is read by every request (in one
+    attribute read) and replaced whole by L{swap}; whoever follows the table
+    (DNS watchers, probes) subscribes and is told of (old, new) after each
+    swap, in the order it subscribed.
+    """
+
+    def __init__(self, current: LiveTable) -> None:
+        self.current = current
+        self._subscribers: list[Callable[[LiveTable, LiveTable], None]] = []
+
+    def subscribe(self, callback: Callable[[LiveTable, LiveTable], None]) -> None:
+        self._subscribers.append(callback)
+
+    def swap(self, new: LiveTable) -> None:
+        old, self.current = self.current, new
+        for callback in list(self._subscribers):
+            callback(old, new)
+
+
 def build_table(domains: Iterable[Domain], clock: IReactorTime,
                 previous: Optional[LiveTable] = None,
                 bases: Optional[dict] = None,
@@ -125,15 +114,15 @@ def build_table(domains: Iterable[Domain], clock: IReactorTime,
     @param bases: domain name -> the config module's L{Domain}, when
         C{domains} includes runtime overrides.
     """
-    old_groups: dict = {}
+    old_groups: dict[tuple, OriginGroup] = {}
     if previous is not None:
-        for d in previous.domains.values():
-            for g in d.groups():
-                key = (d.name, g.origin, d.config.block_for, d.config.probe is not None)
+        for old in previous.domains.values():
+            for g in old.groups():
+                key = (old.name, g.origin, old.config.block_for, old.config.probe is not None)
                 old_groups[key] = g
     live = []
     for d in domains:
-        groups = []
+        groups: list[Optional[OriginGroup]] = []
         for role, origin in (("primary", d.origin), ("standby", d.standby)):
             if origin is None:
                 groups.append(None)
@@ -146,5 +135,7 @@ def build_table(domains: Iterable[Domain], clock: IReactorTime,
                 group = build_group(role, origin, d, clock, rng)
             group.role = role
             groups.append(group)
-        live.append(LiveDomain(d, groups[0], groups[1], (bases or {}).get(d.name)))
+        primary = groups[0]
+        assert primary is not None  # a validated domain has an origin
+        live.append(LiveDomain(d, primary, groups[1], (bases or {}).get(d.name)))
     return LiveTable(live)

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from .certs import CertificateSet, load_certificates
 from .config import Config, ConfigError, Settings, validate
-from .overrides import warn_http_signing
+from .admin.state import warn_http_signing
 
 log = Logger()
 

@@ -1,5 +1,5 @@
 """
-Prometheus metrics (SPEC.md section 6, C{GET /metrics} on the admin
+Prometheus metrics (docs/admin-api.md, C{GET /metrics} on the admin
 listener), with C{prometheus_client} and a registry of the node's own (not the
 process-global one, so that several nodes in one process never mix).
 
@@ -17,18 +17,24 @@ from typing import Any, Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet.interfaces import IReactorTime
+
+from .cache.store import Store
+from .live import LiveTable
+from .origins.group import AddressState, OriginGroup
+from .admin.stats import Stats
 
 __all__ = ["Metrics"]
 
 
 class _TableCollector:
-    def __init__(self, table: Callable[[], Any], clock: Any,
-                 cache: Optional[Callable[[], Any]] = None) -> None:
+    def __init__(self, table: Callable[[], LiveTable], clock: IReactorTime,
+                 store: Optional[Store] = None) -> None:
         self._table = table
         self._clock = clock
-        self._cache = cache
+        self._store = store
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self):
         now = self._clock.seconds()
         blocked = GaugeMetricFamily(
             "cdnpull_origin_blocked", "1 when the origin address is blocked, else 0",
@@ -53,17 +59,17 @@ class _TableCollector:
         yield blocked
         yield blocks
         yield usable
-        cache = self._cache() if self._cache is not None else None
-        if cache is not None:
+        store = self._store
+        if store is not None:
             size = GaugeMetricFamily("cdnpull_cache_bytes", "Bytes stored in the cache", labels=["store"])
             count = GaugeMetricFamily("cdnpull_cache_objects", "Objects stored in the cache",
                                       labels=["store"])
-            stores = [("memory", cache.store.memory)]
-            if cache.store.disk is not None:
-                stores.append(("disk", cache.store.disk))
-            for name, store in stores:
-                size.add_metric([name], float(store.size))
-                count.add_metric([name], float(len(store)))
+            stores: list[tuple[str, Any]] = [("memory", store.memory)]
+            if store.disk is not None:
+                stores.append(("disk", store.disk))
+            for name, part in stores:
+                size.add_metric([name], float(part.size))
+                count.add_metric([name], float(len(part)))
             yield size
             yield count
 
@@ -72,7 +78,7 @@ class _RequestCollector:
     def __init__(self, counts: dict) -> None:
         self._counts = counts
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self):
         family = CounterMetricFamily("cdnpull_requests", "Client requests answered",
                                      labels=["domain", "status_class", "cache"])
         for (domain, klass, cache), n in list(self._counts.items()):
@@ -81,9 +87,16 @@ class _RequestCollector:
 
 
 class Metrics:
-    def __init__(self, table: Callable[[], Any], clock: Any,
+    """
+    @param table: returns the current live table (read at scrape time).
+    @param store: the cache's stores, whose sizes are read at scrape time.
+    @param stats: the recent history (L{cdnpull.admin.stats.Stats}), told of the
+        same events.
+    """
+
+    def __init__(self, table: Callable[[], LiveTable], clock: IReactorTime,
                  registry: Optional[CollectorRegistry] = None,
-                 cache: Optional[Callable[[], Any]] = None) -> None:
+                 store: Optional[Store] = None, stats: Optional[Stats] = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.origin_requests = Counter(
@@ -98,15 +111,15 @@ class Metrics:
             "cdnpull_origin_seconds", "Time to an origin's response headers",
             ["domain", "group"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        r.register(_TableCollector(table, clock, cache))
+        r.register(_TableCollector(table, clock, store))
         # Client requests are counted in a plain dict (no lock, no label
         # lookup per request) and exposed at scrape time; label sets are
         # bounded (domains x 5 classes x cache statuses).
         self._requests: dict = {}
         r.register(_RequestCollector(self._requests))
         self._origin_children: dict = {}
-        # The recent history (cdnpull.stats.Stats), told of the same events.
-        self.stats: Any = None
+        # The recent history, told of the same events.
+        self.stats = stats
 
     # -- hooks the other parts call --------------------------------------
 
@@ -138,6 +151,6 @@ class Metrics:
         if self.stats is not None:
             self.stats.failover(domain)
 
-    def probe(self, group: Any, state: Any, ok: bool) -> None:
+    def probe(self, group: OriginGroup, state: AddressState, ok: bool) -> None:
         self.probes.labels(group.domain, group.role, str(state.address),
                            "ok" if ok else "fail").inc()

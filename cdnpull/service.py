@@ -18,27 +18,35 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
-from .admin import MAX_BODY as ADMIN_MAX_BODY, AdminResource, read_token
+from .admin.api import MAX_BODY as ADMIN_MAX_BODY, AdminResource, read_token
 from .cache import Cache, DiskStore, MemoryStore, Store
 from .certs import CertificateSet, days_left_collector
 from .certstore import CertificateStore, EdgeCertificates
+from .compat import raise_listen_errors
 from .config import Config, ConfigError, Domain, is_tls_listen, parse_size
-from .control import Control
+from .admin.control import Control
 from .edge import Edge, EdgeSite
 from .http import ClientLimits
-from .fetch import OriginClient
-from .live import LiveTable, build_table
+from .origins.client import OriginClient
+from .live import LiveTable, Routes, build_table
 from .loader import LoadedConfig, load_config
 from .metrics import Metrics
-from .overrides import StateFile
+from .admin.state import StateFile
 from .origins.dns import DNSManager, make_resolver
 from .origins.tls import TLSPolicy
-from .probing import HTTPChecker, ProbeManager
-from .pull import Puller
-from .stats import Stats
+from .origins.probe import HTTPChecker, ProbeManager
+from .failover import FailoverChain
+from .admin.stats import Stats
 from .http2 import h2_connection_factory
 from .tlsserver import H2, HTTP11, ByALPN, SNIServer, server_endpoint
 
@@ -50,39 +58,45 @@ RELOADED_SETTINGS = ("certificates", "default_certificate")
 
 class Runtime:
     """
-    The live state every part reads: the current table (swapped whole on
-    change), the origin client and the failover chain.
+    The node's long-lived parts, each made once by L{build_service} and
+    passed in here (and to the constructors that need them): the routing
+    table holder, the origin client and failover chain, DNS, probes, the
+    cache, metrics, stats, the access log and the edge certificates.
+    L{apply} swaps in a new table.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, config: Config, rng: Optional[random.Random] = None) -> None:
+    def __init__(self, reactor: IReactorTime, config: Config, routes: Routes,
+                 client: OriginClient, puller: FailoverChain, dns: DNSManager, probes: ProbeManager,
+                 cache: Cache, metrics: Metrics, access_log: AccessLog, stats: Stats,
+                 edge_certificates: EdgeCertificates, certificates: CertificateSet,
+                 rng: Optional[random.Random] = None) -> None:
         self.reactor = reactor
         self.config = config
+        self.routes = routes
+        self.client = client
+        self.puller = puller
+        self.dns = dns
+        self.probes = probes
+        self.cache = cache
+        self.metrics = metrics
+        self.access_log = access_log
         self.rng = rng or random.Random()
-        settings = config.settings
-        self.client = OriginClient(
-            reactor,
-            TLSPolicy(settings.origin_ca_file),
-            max_per_origin=settings.max_connections_per_origin,
-        )
-        self.puller = Puller(self.client, reactor)
-        self.table: LiveTable = build_table(config.domains, reactor, rng=self.rng)
-        self.dns = DNSManager(reactor, make_resolver(reactor, settings.nameservers))
-        self.probes = ProbeManager(reactor, HTTPChecker(reactor, self.client), rng=self.rng)
-        # Called with (old_table, new_table) after every swap: resolvers and
-        # probes follow the table (resolvers first: they fill the addresses
-        # that probes watch).
-        self.watchers: list = [self.dns.table_changed, self.probes.table_changed]
-        self.metrics: Any = None
-        self.stats: Optional[Stats] = None
-        self.cache: Any = None
-        self.access_log: Any = None
+        self.stats = stats
+        self.edge_certificates = edge_certificates
         # The edge certificates served (cdnpull.certs), replaced whole on
         # SIGHUP: the config module's, with the ones replaced through the
         # admin API on top (cdnpull.certstore).
-        self.certificates = CertificateSet()
-        self.edge_certificates: Any = None
+        self.certificates = certificates
+        # Resolvers and probes follow the table (resolvers first: they fill
+        # the addresses that probes watch).
+        routes.subscribe(dns.table_changed)
+        routes.subscribe(probes.table_changed)
+
+    @property
+    def table(self) -> LiveTable:
+        return self.routes.current
 
     def start(self) -> None:
         self.dns.start(self.table)
@@ -99,12 +113,9 @@ class Runtime:
 
     def apply(self, domains: Iterable[Domain], bases: Optional[dict] = None) -> LiveTable:
         """Swap in a new table built from C{domains} (already validated)."""
-        old = self.table
-        new = build_table(domains, self.reactor, previous=old, bases=bases, rng=self.rng)
+        new = build_table(domains, self.reactor, previous=self.table, bases=bases, rng=self.rng)
         self._label_certificates(new)
-        self.table = new
-        for watcher in list(self.watchers):
-            watcher(old, new)
+        self.routes.swap(new)
         return new
 
     def set_certificates(self, certificates: CertificateSet) -> None:
@@ -122,11 +133,11 @@ class Listener(StreamServerEndpointService):
     the process with status 1 (no traceback for a port already in use).
     """
 
-    def __init__(self, description: str, reactor: Any, factory: Any,
+    def __init__(self, description: str, reactor: IReactorCore, factory: IProtocolFactory,
                  tls: Optional[SNIServer] = None) -> None:
         super().__init__(server_endpoint(reactor, description, tls), factory)
         self.description = description
-        self._raiseSynchronously = True
+        raise_listen_errors(self)
 
     def privilegedStartService(self) -> None:
         try:
@@ -146,12 +157,13 @@ class CdnService(MultiService):
     log = Logger()
 
     def __init__(self, runtime: Runtime, loaded: Optional[LoadedConfig] = None,
-                 control: Optional[Control] = None) -> None:
+                 control: Optional[Control] = None, disk: Optional[DiskStore] = None) -> None:
         super().__init__()
         self.runtime = runtime
         self.loaded = loaded
         self.control = control
-        self.disk: Optional[DiskStore] = None
+        # Checked and indexed once the node listens.
+        self.disk = disk
         self._old_sighup: Any = None
         # The certificates of tls: listeners, when there are any.
         self.tls: Optional[SNIServer] = None
@@ -164,7 +176,7 @@ class CdnService(MultiService):
             # in the background (a key not indexed yet is looked up directly).
             self.disk.load()
         if self.loaded is not None and hasattr(signal, "SIGHUP"):
-            reactor = self.runtime.reactor
+            reactor = IReactorFromThreads(self.runtime.reactor)
             self._old_sighup = signal.signal(
                 signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))
 
@@ -174,8 +186,12 @@ class CdnService(MultiService):
             self._old_sighup = None
         d = maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.runtime.stop())
-        if self.runtime.access_log is not None:
-            d.addBoth(lambda r: (self.runtime.access_log.close(), r)[1])
+
+        def close_log(result: object) -> object:
+            self.runtime.access_log.close()
+            return result
+
+        d.addBoth(close_log)
         return d
 
     def reload(self) -> Deferred:
@@ -187,12 +203,11 @@ class CdnService(MultiService):
         path = self.loaded.path
         self.log.info("SIGHUP: reloading {path}", path=path)
         access_log = self.runtime.access_log
-        if access_log is not None:
-            try:
-                access_log.reopen()
-            except OSError as e:
-                self.log.error("could not reopen the access log {path}: {why}",
-                               path=access_log.path, why=str(e))
+        try:
+            access_log.reopen()
+        except OSError as e:
+            self.log.error("could not reopen the access log {path}: {why}",
+                           path=access_log.path, why=str(e))
         try:
             new = load_config(path, **(self.loaded.overrides or {}))
         except ConfigError as e:
@@ -221,7 +236,7 @@ class CdnService(MultiService):
         return d.addCallbacks(done, failed)
 
 
-def build_service(loaded: LoadedConfig, reactor: Any,
+def build_service(loaded: LoadedConfig, reactor: IReactorTime,
                   rng: Optional[random.Random] = None) -> CdnService:
     """
     Everything C{twistd cdnpull} runs, built from a validated config and an
@@ -231,19 +246,26 @@ def build_service(loaded: LoadedConfig, reactor: Any,
     """
     config = loaded.config
     settings = config.settings
-    runtime = Runtime(reactor, config, rng)
-    run_in_thread = lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)  # noqa: E731
+    rng = rng or random.Random()
+    threads = IReactorThreads(reactor)
+    run_in_thread = lambda f, *a: deferToThreadPool(threads, threads.getThreadPool(), f, *a)  # noqa: E731
+    routes = Routes(build_table(config.domains, reactor, rng=rng))
+    # Certificates and stats are told of things only once the node runs, when
+    # the runtime and the service below exist.
+    runtime: Optional[Runtime] = None
     service: Optional[CdnService] = None
 
     def serve_certificates(certificates: CertificateSet) -> None:
+        assert runtime is not None
         runtime.set_certificates(certificates)
         if service is not None and service.tls is not None:
             service.tls.update(certificates)
 
-    runtime.edge_certificates = EdgeCertificates(
-        runtime, CertificateStore(f"{settings.state_file}.certs" if settings.state_file else None),
+    edge_certificates = EdgeCertificates(
+        config, routes,
+        CertificateStore(f"{settings.state_file}.certs" if settings.state_file else None),
         serve_certificates, run_in_thread, reactor)
-    runtime.certificates = runtime.edge_certificates.start(config, loaded.certificates)
+    certificates = edge_certificates.start(config, loaded.certificates)
     disk = None
     if settings.cache_dir:
         try:
@@ -254,26 +276,29 @@ def build_service(loaded: LoadedConfig, reactor: Any,
             raise ConfigError(f"settings.cache_dir: cannot use {settings.cache_dir}: "
                               f"{e.strerror or e}") from None
         disk = DiskStore(settings.cache_dir, parse_size(settings.cache_disk), run_in_thread)
-    runtime.cache = Cache(Store(MemoryStore(parse_size(settings.cache_memory)), disk,
-                                max_variants=settings.max_variants),
-                          runtime.puller, reactor, parse_size(settings.cache_max_object),
-                          float(settings.stale_if_error),
-                          tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))
-    metrics = Metrics(lambda: runtime.table, reactor, cache=lambda: runtime.cache)
-    runtime.metrics = metrics
-    runtime.stats = metrics.stats = Stats(reactor, lambda: runtime.table, lambda: runtime.cache)
-    metrics.registry.register(days_left_collector(lambda: runtime.certificates, reactor))
-    runtime.puller.observer = metrics
-    runtime.probes.on_result = metrics.probe
+    store = Store(MemoryStore(parse_size(settings.cache_memory)), disk,
+                  max_variants=settings.max_variants)
+    stats = Stats(reactor, lambda: routes.current, lambda: cache)
+    metrics = Metrics(lambda: routes.current, reactor, store=store, stats=stats)
+    metrics.registry.register(days_left_collector(
+        lambda: runtime.certificates if runtime is not None else certificates, reactor))
+    client = OriginClient(reactor, TLSPolicy(settings.origin_ca_file),
+                          max_per_origin=settings.max_connections_per_origin)
+    puller = FailoverChain(client, reactor, observer=metrics)
+    cache = Cache(store, puller, reactor, parse_size(settings.cache_max_object),
+                  float(settings.stale_if_error),
+                  tuple(n.lower().encode("ascii") for n in settings.targeted_cache_control))
+    dns = DNSManager(reactor, make_resolver(reactor, settings.nameservers))
+    probes = ProbeManager(reactor, HTTPChecker(reactor, client), rng=rng, on_result=metrics.probe)
+    access_log = AccessLog(settings.access_log, reactor)
+    runtime = Runtime(
+        reactor, config, routes, client, puller, dns, probes, cache, metrics, access_log,
+        stats, edge_certificates, certificates, rng)
     control = Control(runtime, StateFile(settings.state_file),
                       write=run_in_thread)
     control.restore()
-    service = CdnService(runtime, loaded, control)
-    service.disk = disk
-    access_log = AccessLog(settings.access_log, reactor)
-    runtime.access_log = access_log
-    edge = Edge(runtime, reactor, access_log)
-    edge.metrics = metrics
+    service = CdnService(runtime, loaded, control, disk)
+    edge = Edge(routes, cache, puller, reactor, access_log, metrics)
     limits = ClientLimits(
         max_request_line=settings.client_max_request_line,
         max_header_line=settings.client_max_header_line,
@@ -291,8 +316,10 @@ def build_service(loaded: LoadedConfig, reactor: Any,
         tls_site = ByALPN(site, reactor, limits.header_timeout,
                           h2=h2_connection_factory(site, limits, reactor))
     for description in settings.listen:
-        factory = tls_site if is_tls_listen(description) else site
-        Listener(description, reactor, factory, service.tls).setServiceParent(service)
+        factory: IProtocolFactory = site
+        if is_tls_listen(description) and tls_site is not None:
+            factory = tls_site
+        Listener(description, IReactorCore(reactor), factory, service.tls).setServiceParent(service)
     if settings.admin:
         try:
             token = read_token(settings.admin_token_file)
@@ -305,7 +332,7 @@ def build_service(loaded: LoadedConfig, reactor: Any,
         admin_site = EdgeSite(admin, limits=replace(limits, max_body=ADMIN_MAX_BODY),
                               reactor=reactor)
         admin_site.noisy = False
-        Listener(settings.admin, reactor, admin_site).setServiceParent(service)
+        Listener(settings.admin, IReactorCore(reactor), admin_site).setServiceParent(service)
     if loaded.services is not None:
         extra = loaded.services(reactor)
         for s in _as_list(extra):

@@ -7,12 +7,12 @@ origin aborts the client connection, so the client can tell it is short.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
@@ -73,7 +73,7 @@ class Discard(Protocol):
     def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass
 
 
@@ -135,9 +135,9 @@ class BodyRelay(Protocol):
         """The client disconnected: stop reading from the origin."""
         self._client_gone = True
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._registered:
             self._registered = False
             if getattr(self.request, "channel", None) is not None:  # else the client is gone

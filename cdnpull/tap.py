@@ -55,7 +55,7 @@ def overrides(options: Options) -> dict:
     return out
 
 
-def makeService(options: Options):  # type: ignore[no-untyped-def]
+def makeService(options: Options):
     from twisted.internet import reactor
 
     from .service import build_service

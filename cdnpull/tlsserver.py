@@ -18,13 +18,15 @@ with.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 from OpenSSL import SSL
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (IHandshakeListener, IOpenSSLServerConnectionCreator,
                                          IStreamServerEndpoint)
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
@@ -46,7 +48,7 @@ HTTP11 = b"http/1.1"
 H2 = b"h2"
 
 
-def _alpn_choice(protocols: Sequence[bytes]):  # type: ignore[no-untyped-def]
+def _alpn_choice(protocols: Sequence[bytes]):
     def select(connection: SSL.Connection, offered: list[bytes]) -> Any:
         for proto in protocols:  # our preference
             if proto in offered:
@@ -164,7 +166,7 @@ class _Negotiating(Protocol):
 
     def _too_slow(self) -> None:
         self._timer = None
-        self.transport.abortConnection()
+        cast(ITCPTransport, self.transport).abortConnection()
 
     def handshakeCompleted(self) -> None:
         if self._timer is not None:
@@ -180,7 +182,7 @@ class _Negotiating(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.inner.dataReceived(data)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

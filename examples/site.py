@@ -2,7 +2,7 @@
 A production-shaped config: copy it to /etc/cdnpull/site.py and edit.
 Check it with `python -m cdnpull check examples/site.py`.
 
-Every name below is importable from cdnpull.config (SPEC.md section 2).
+Every name below is importable from cdnpull.config (docs/configuration.md).
 """
 
 from cdnpull.config import (BucketOrigin, CacheRule, Domain, DomainOrigin, IPOrigin, Probe,  # noqa: F401

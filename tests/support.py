@@ -16,9 +16,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import greenlet
+import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -224,11 +227,8 @@ def write_config(directory: str, body: str, name: str = "site.py") -> str:
     return path
 
 
-def start_cdn(config: str, directory: str, *extra: str, admin: bool = False,
-              ready_timeout: float = 15.0) -> Cdn:
-    """
-    Start C{twistd -n cdnpull} (the twistd next to this Python) and wait until its client port accepts connections.
-    """
+def launch_cdn(config: str, directory: str, *extra: str, admin: bool = False) -> Cdn:
+    """Start C{twistd -n cdnpull} (the twistd next to this Python); do not wait."""
     port = free_port()
     args = list(extra)
     admin_port = None
@@ -244,18 +244,65 @@ def start_cdn(config: str, directory: str, *extra: str, admin: bool = False,
            "--listen", f"tcp:{port}:interface=127.0.0.1", *args]
     with open(logfile, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=directory)
-    cdn = Cdn(proc, port, logfile, config, admin_port)
+    return Cdn(proc, port, logfile, config, admin_port)
+
+
+async def cdn_started(config: str, directory: str, *extra: str, admin: bool = False,
+                      ready_timeout: float = 15.0) -> Cdn:
+    """
+    Start C{twistd -n cdnpull} and wait, with the test's reactor running,
+    until its ports accept connections (the origins in this process answer
+    its first probes and DNS questions meanwhile).
+    """
+    cdn = launch_cdn(config, directory, *extra, admin=admin)
+    await _ready(cdn, ready_timeout)
+    return cdn
+
+
+def start_cdn(config: str, directory: str, *extra: str, admin: bool = False,
+              ready_timeout: float = 15.0) -> Cdn:
+    """
+    Like L{cdn_started}, for code that cannot await.  From a test (or a
+    fixture before its first C{await}) the reactor keeps running while it
+    waits; from the reactor's own greenlet it cannot, and polls: await
+    L{cdn_started} there instead.
+    """
+    cdn = launch_cdn(config, directory, *extra, admin=admin)
+    if _reactor_can_run():
+        pytest_twisted.blockon(Deferred.fromCoroutine(_ready(cdn, ready_timeout)))
+    else:
+        deadline = time.monotonic() + ready_timeout
+        while not _is_ready(cdn, deadline, ready_timeout):
+            time.sleep(0.05)
+    return cdn
+
+
+def _reactor_can_run() -> bool:
+    """
+    Whether this code runs outside the reactor's greenlet, so that waiting
+    with C{blockon} lets the reactor run (pytest-twisted runs tests, and
+    fixtures up to their first C{await}, in a greenlet of their own).
+    """
+    twisted_greenlet = getattr(pytest_twisted._instances, "gr_twisted", None)
+    return twisted_greenlet is not None and greenlet.getcurrent() is not twisted_greenlet
+
+
+def _is_ready(cdn: "Cdn", deadline: float, ready_timeout: float) -> bool:
+    ports = [cdn.port] + ([cdn.admin_port] if cdn.admin_port else [])
+    if cdn.proc.poll() is not None:
+        raise AssertionError(f"twistd exited with {cdn.proc.returncode}:\n{cdn.log()}")
+    if all(_accepts(p) for p in ports):
+        return True
+    if time.monotonic() > deadline:
+        cdn.stop()
+        raise AssertionError(f"twistd did not listen within {ready_timeout}s:\n{cdn.log()}")
+    return False
+
+
+async def _ready(cdn: "Cdn", ready_timeout: float) -> None:
     deadline = time.monotonic() + ready_timeout
-    ports = [port] + ([admin_port] if admin_port else [])
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"twistd exited with {proc.returncode}:\n{cdn.log()}")
-        if all(_accepts(p) for p in ports):
-            return cdn
-        if time.monotonic() > deadline:
-            cdn.stop()
-            raise AssertionError(f"twistd did not listen within {ready_timeout}s:\n{cdn.log()}")
-        time.sleep(0.05)
+    while not _is_ready(cdn, deadline, ready_timeout):
+        await deferLater(reactor, 0.05, lambda: None)
 
 
 def _accepts(port: int) -> bool:
@@ -422,7 +469,8 @@ class RawOrigin:
     An origin that answers each request with canned bytes chosen by its path:
     C{script[path]} is a list of (bytes, then) where then is None (keep going),
     "close", "abort" or a float (sleep before the next piece, in the reactor).
-    Counts connections and requests, so tests can tell a reused connection.
+    Counts connections and requests, so tests can tell a reused connection,
+    and keeps the numbers of the connections that ended (C{closed}).
     """
 
     def __init__(self, ip: str) -> None:
@@ -430,6 +478,7 @@ class RawOrigin:
         self.script: dict = {}
         self.requests: list = []
         self.connections = 0
+        self.closed: set = set()
         self.bytes_received = 0
 
         class P(Protocol):
@@ -437,6 +486,9 @@ class RawOrigin:
                 outer.connections += 1
                 self.buf = b""
                 self.conn = outer.connections
+
+            def connectionLost(self, reason):  # type: ignore[no-untyped-def]
+                outer.closed.add(self.conn)
 
             def dataReceived(self, data):  # type: ignore[no-untyped-def]
                 outer.bytes_received += len(data)

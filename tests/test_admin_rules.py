@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from twisted.logger import globalLogPublisher
 
-from cdnpull.admin import _HTTPError, console_policy, parse_json_body
+from cdnpull.admin.api import _HTTPError, console_policy, parse_json_body
 from cdnpull.config import (BucketOrigin, ConfigError, Domain, IPOrigin, S3Credentials, Settings,
                             admin_is_loopback, validate)
 from cdnpull.loader import load_config
-from cdnpull.overrides import BadRequest, StateFile, origin_from_json, origin_to_json
+from cdnpull.admin.state import BadRequest, StateFile, origin_from_json, origin_to_json
 
 from .support import write_config
 
@@ -194,7 +194,7 @@ def test_signing_over_plain_http_is_a_warning_at_load(tmp_path):  # type: ignore
      "origin.region"),
 ])
 def test_odd_admin_bodies_are_refused_naming_the_field(body, field):  # type: ignore[no-untyped-def]
-    from cdnpull.overrides import Override, apply_override, check_domain
+    from cdnpull.admin.state import Override, apply_override, check_domain
 
     base = Domain("www.test.com", origin=IPOrigin(["127.0.0.2"]))
     with pytest.raises(BadRequest) as e:

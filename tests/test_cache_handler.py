@@ -1,8 +1,11 @@
 """
 The cache's decisions in memory, on a fake clock, with a scripted failover
-chain: who may share an origin answer (SPEC.md 8.1), one revalidation per
+chain: who may share an origin answer (docs/security.md), one revalidation per
 stale object, a body that vanished before it was read, waiters of a failed
-pull, Vary variants per URL and what an entry costs (8.7).
+pull, Vary variants per URL and what an entry costs (8.7); and the rules
+that take time: Age on a hit, stale-while-revalidate, stale-if-error (and
+their windows), 304s, Ranges and HEAD from a stored GET.  The end-to-end
+tests keep one case of each, without waiting for anything to go stale.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from cdnpull.cache import Cache, DiskStore, MemoryStore, Store
 from cdnpull.cache.store import Entry
 from cdnpull.config import ConfigError, Settings, validate, Domain, IPOrigin
 from cdnpull.errors import OriginUnavailable
-from cdnpull.pull import OriginRequest, PullResult
+from cdnpull.failover import OriginRequest, PullResult
 
 HOST = "www.test.com"
 
@@ -120,7 +123,7 @@ class World:
         self.origin = Origin()
         self.store = store or Store(MemoryStore(16 * 1024 * 1024))
         self.cache = Cache(self.store, self.origin, self.clock, max_object, 0.0)
-        self.live = SimpleNamespace(config=SimpleNamespace(cache=()), name=HOST)
+        self.live = SimpleNamespace(config=SimpleNamespace(cache=()), name=HOST, groups=lambda: [])
 
     def get(self, path: str, headers: Optional[dict] = None, method: bytes = b"GET",
             scheme: str = "http") -> tuple[FakeRequest, SimpleNamespace, Deferred]:
@@ -533,3 +536,102 @@ def test_a_disk_cache_is_trimmed_to_max_variants_at_start(tmp_path) -> None:  # 
     assert len(disk) == 5
     store = Store(MemoryStore(1 << 20), disk, max_variants=2)
     assert len(disk) == 2 and len(store.variants("http://www.test.com/v")) == 2
+
+
+# -- freshness, staleness and what a stored GET answers (moved from the e2e tests) -------------
+
+
+def stored(w: World, path: str, body: bytes, headers: dict) -> None:
+    """Store C{path}: one miss answered by the origin."""
+    request, _, _ = w.get(path)
+    w.origin.answer(len(w.origin.pulls) - 1, 200, body, headers)
+    assert (request.body, request.header("x-cache")) == (body, "MISS")
+
+
+def test_a_hit_says_its_age_on_the_clock_and_asks_the_origin_nothing() -> None:
+    w = World()
+    stored(w, "/c.jpg", b"image", {b"cache-control": b"max-age=600", b"etag": b'"v1"'})
+    w.clock.advance(42)
+    request, _, _ = w.get("/c.jpg")
+    assert (request.code, request.body, request.header("x-cache")) == (200, b"image", "HIT")
+    assert request.header("age") == "42"
+    assert request.header("etag") == '"v1"'
+    assert len(w.origin.pulls) == 1
+
+
+def test_no_store_is_never_a_hit() -> None:
+    w = World()
+    for i in range(3):
+        request, _, _ = w.get("/n")
+        w.origin.answer(i, 200, b"never", {b"cache-control": b"no-store"})
+        assert request.header("x-cache") == "MISS"
+    assert len(w.origin.pulls) == 3
+
+
+def test_a_stale_object_with_stale_while_revalidate_is_served_at_once_and_refreshed_behind() -> None:
+    w = World()
+    stored(w, "/swr", b"v1", {b"cache-control": b"max-age=10, stale-while-revalidate=60"})
+    w.clock.advance(11)
+    request, _, _ = w.get("/swr")
+    assert (request.body, request.header("x-cache")) == (b"v1", "STALE")
+    assert len(w.origin.pulls) == 2  # one refresh, behind the client's back
+    w.get("/swr")  # while it runs: no second refresh
+    assert len(w.origin.pulls) == 2
+    w.origin.answer(1, 200, b"v2", {b"cache-control": b"max-age=600"})
+    request, _, _ = w.get("/swr")
+    assert (request.body, request.header("x-cache")) == (b"v2", "HIT")
+    # Past the window the client waits for the origin.
+    w2 = World()
+    stored(w2, "/swr", b"v1", {b"cache-control": b"max-age=10, stale-while-revalidate=60"})
+    w2.clock.advance(71)
+    request, _, _ = w2.get("/swr")
+    assert not request.finished and len(w2.origin.pulls) == 2
+
+
+def test_stale_if_error_serves_the_stale_copy_when_every_origin_fails() -> None:
+    w = World()
+    w.cache.stale_if_error = 300.0
+    stored(w, "/s", b"old but gold", {b"cache-control": b"max-age=1", b"etag": b'"s1"'})
+    w.clock.advance(2)
+    request, _, _ = w.get("/s")
+    assert w.origin.header(1, b"if-none-match") == b'"s1"'
+    w.origin.fail(1, OriginUnavailable("no origin could be reached"))
+    assert (request.code, request.body, request.header("x-cache")) == (200, b"old but gold", "STALE")
+    # Beyond the window the error is the client's.
+    w.clock.advance(400)
+    request, _, d = w.get("/s")
+    w.origin.fail(2, OriginUnavailable("no origin could be reached"))
+    errors: list = []
+    d.addErrback(errors.append)
+    assert request.header("x-cache") != "STALE" and errors and errors[0].check(OriginUnavailable)
+
+
+def test_a_client_if_none_match_is_a_304_from_the_cache() -> None:
+    w = World()
+    stored(w, "/c", b"body", {b"cache-control": b"max-age=600", b"etag": b'"v1"'})
+    request, _, _ = w.get("/c", {b"If-None-Match": b'"v1"'})
+    assert (request.code, request.body, request.header("x-cache")) == (304, b"", "HIT")
+    assert len(w.origin.pulls) == 1
+
+
+def test_ranges_of_a_stored_object() -> None:
+    w = World()
+    full = bytes(range(256)) * 40
+    stored(w, "/range.bin", full, {b"cache-control": b"max-age=600"})
+    request, _, _ = w.get("/range.bin", {b"Range": b"bytes=1000-1099"})
+    assert (request.code, request.body, request.header("x-cache")) == (206, full[1000:1100], "HIT")
+    assert request.header("content-range") == f"bytes 1000-1099/{len(full)}"
+    request, _, _ = w.get("/range.bin", {b"Range": b"bytes=-5"})
+    assert (request.code, request.body) == (206, full[-5:])
+    request, _, _ = w.get("/range.bin", {b"Range": b"bytes=999999-"})
+    assert request.code == 416 and request.header("content-range") == f"bytes */{len(full)}"
+    assert len(w.origin.pulls) == 1
+
+
+def test_head_is_answered_from_a_stored_get() -> None:
+    w = World()
+    stored(w, "/h", b"for HEAD", {b"cache-control": b"max-age=600"})
+    request, _, _ = w.get("/h", method=b"HEAD")
+    assert (request.code, request.body, request.header("x-cache")) == (200, b"", "HIT")
+    assert request.header("content-length") == "8"
+    assert len(w.origin.pulls) == 1

@@ -1,4 +1,4 @@
-"""Config objects and validation (SPEC.md section 2)."""
+"""Config objects and validation (docs/configuration.md)."""
 
 from __future__ import annotations
 

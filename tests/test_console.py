@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from .programs import require_program
-from .support import Client, Origin, start_cdn, write_config
+from .support import Client, Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,7 +82,7 @@ async def test_console_switch_swaps_roles_and_the_api_agrees(tmp_path):  # type:
         domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}"]),
                           standby=IPOrigin(["{sb.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
         seen = await deferToThread(drive, cdn.admin_url + "/")
         assert seen["primary_before"] == p.addr and seen["standby_before"] == sb.addr
@@ -131,7 +131,7 @@ async def test_console_asks_for_the_token_once(tmp_path):  # type: ignore[no-unt
         settings = Settings(admin_token_file={str(token_file)!r})
         domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
         seen = await deferToThread(drive_with_token, cdn.admin_url + "/", "console-secret")
         assert seen["domains_before"] == 0  # nothing shown without the token
@@ -141,7 +141,7 @@ async def test_console_asks_for_the_token_once(tmp_path):  # type: ignore[no-unt
         await p.stop()
 
 
-# Series colours of cdnpull/console/charts.js (one per measure).
+# Series colours of cdnpull/admin/console/charts.js (one per measure).
 COLOURS = {"requests": (47, 111, 191), "hit_ratio": (46, 158, 91), "origin_errors": (210, 60, 60),
            "failovers": (224, 138, 30), "origin_latency_ms": (123, 79, 201)}
 
@@ -243,7 +243,7 @@ async def test_console_draws_live_charts_from_the_node_only(tmp_path):  # type: 
         domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}", "{dead}"]),
                           standby=IPOrigin(["{sb.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
         await deferToThread(traffic, cdn.url)
         api = Client(cdn.admin_url)

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from cdnpull.ctl import admin_url, print_status, sparkline, squeeze
+from cdnpull.admin.ctl import admin_url, print_status, sparkline, squeeze
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -10,7 +10,7 @@ import os
 import pytest
 import pytest_twisted
 
-from .support import ROOT, Client, start_cdn
+from .support import ROOT, Client, cdn_started
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -19,7 +19,7 @@ DEMO = os.path.join(ROOT, "examples", "demo.py")
 
 @pytest_twisted.ensureDeferred
 async def test_demo_serves_standby_image(tmp_path):  # type: ignore[no-untyped-def]
-    cdn = start_cdn(DEMO, str(tmp_path))
+    cdn = await cdn_started(DEMO, str(tmp_path))
     try:
         client = Client(cdn.url)
         response, body = await client.get("/1.jpg", host="www.test.com")

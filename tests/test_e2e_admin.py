@@ -1,6 +1,6 @@
 """
 The admin API, state file, token, metrics and SIGHUP reload against a real
-C{twistd cdnpull} (SPEC.md sections 6 and 7).
+C{twistd cdnpull} (docs/admin-api.md and docs/operations.md).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import deferLater
 
-from .support import Client, Origin, start_cdn, write_config
+from .support import Client, Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -57,7 +57,7 @@ async def who(cdn, host="www.test.com"):  # type: ignore[no-untyped-def]
 @pytest_twisted.async_yield_fixture(scope="module")
 async def node(tmp_path_factory, origins):  # type: ignore[no-untyped-def]
     d = tmp_path_factory.mktemp("admin")
-    cdn = start_cdn(site(d, origins), str(d), admin=True)
+    cdn = await cdn_started(site(d, origins), str(d), admin=True)
     yield cdn, Client(cdn.admin_url)
     cdn.stop()
 
@@ -221,13 +221,13 @@ async def test_metrics_parse_and_move_with_traffic(node):  # type: ignore[no-unt
 @pytest_twisted.ensureDeferred
 async def test_a_switch_survives_a_restart(tmp_path, origins):  # type: ignore[no-untyped-def]
     config = site(tmp_path, origins)
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
         status, _ = await Client(cdn.admin_url).api("POST", "/api/domains/www.test.com/switch")
         assert status == 200
     finally:
         cdn.stop()
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
         assert (await who(cdn)) == (200, b"standby")
         status, d = await Client(cdn.admin_url).api("GET", "/api/domains/www.test.com")
@@ -241,7 +241,7 @@ async def test_a_switch_survives_a_restart(tmp_path, origins):  # type: ignore[n
 async def test_a_corrupt_state_file_is_moved_aside_and_the_node_starts(tmp_path, origins):  # type: ignore[no-untyped-def]
     state = tmp_path / "state.json"
     state.write_text('{"domains": {"www.test.com": {"origin": ')
-    cdn = start_cdn(site(tmp_path, origins), str(tmp_path), admin=True)
+    cdn = await cdn_started(site(tmp_path, origins), str(tmp_path), admin=True)
     try:
         assert (await who(cdn)) == (200, b"primary")
         aside = glob.glob(str(tmp_path / "state.json.corrupt-*"))
@@ -256,7 +256,7 @@ async def test_state_of_a_domain_no_longer_in_the_module_is_dropped(tmp_path, or
     import json
     (tmp_path / "state.json").write_text(json.dumps({"version": 1, "domains": {
         "gone.test.com": {"origin": {"type": "ips", "addresses": ["127.0.0.9"]}, "standby": None}}}))
-    cdn = start_cdn(site(tmp_path, origins), str(tmp_path), admin=True)
+    cdn = await cdn_started(site(tmp_path, origins), str(tmp_path), admin=True)
     try:
         assert (await who(cdn)) == (200, b"primary")
         assert "dropping the runtime change of gone.test.com" in cdn.log()
@@ -269,7 +269,7 @@ async def test_token_is_required_when_set(tmp_path, origins):  # type: ignore[no
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
     body = SITE.replace("domains = [", f"settings = Settings(admin_token_file={str(token_file)!r})\ndomains = [")
-    cdn = start_cdn(site(tmp_path, origins, body), str(tmp_path), admin=True)
+    cdn = await cdn_started(site(tmp_path, origins, body), str(tmp_path), admin=True)
     try:
         admin = Client(cdn.admin_url)
         for token in (None, "wrong", "s3cret-toke", "s3cret-token-and-more"):
@@ -292,7 +292,7 @@ async def test_token_is_required_when_set(tmp_path, origins):  # type: ignore[no
 @pytest_twisted.ensureDeferred
 async def test_sighup_adds_a_domain_and_an_invalid_module_keeps_the_old_config(tmp_path, origins):  # type: ignore[no-untyped-def]
     config = site(tmp_path, origins)
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
         response, _ = await Client(cdn.url).get("/who", host="new.test.com")
         assert response.code == 404
@@ -334,7 +334,7 @@ async def test_requests_in_flight_finish_on_the_origins_they_started_with(tmp_pa
 
     p.routes["/slow"] = slow
     sb.text("/slow", b"standby-slow")
-    cdn = start_cdn(site(tmp_path, origins), str(tmp_path), admin=True)
+    cdn = await cdn_started(site(tmp_path, origins), str(tmp_path), admin=True)
     try:
         in_flight = Deferred.fromCoroutine(Client(cdn.url).get("/slow", host="www.test.com"))
         while not held:
@@ -357,7 +357,7 @@ async def test_requests_in_flight_finish_on_the_origins_they_started_with(tmp_pa
 async def test_access_log_file_and_reopen_on_sighup(tmp_path, origins):  # type: ignore[no-untyped-def]
     log_path = tmp_path / "access.log"
     body = SITE.replace("domains = [", f"settings = Settings(access_log={str(log_path)!r})\ndomains = [")
-    cdn = start_cdn(site(tmp_path, origins, body), str(tmp_path))
+    cdn = await cdn_started(site(tmp_path, origins, body), str(tmp_path))
     try:
         assert (await who(cdn)) == (200, b"primary")
         for _ in range(50):

@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThread
 
-from .support import TWISTD, Client, Origin, raw_exchange, start_cdn, write_config
+from .support import TWISTD, Client, Origin, raw_exchange, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,7 +39,7 @@ async def node(tmp_path_factory):  # type: ignore[no-untyped-def]
     for o in (p, sb):
         o.text("/who", o.name.encode())
     d = tmp_path_factory.mktemp("adminsec")
-    cdn = start_cdn(write_config(str(d), SITE.format(p=p.addr, sb=sb.addr)), str(d), admin=True)
+    cdn = await cdn_started(write_config(str(d), SITE.format(p=p.addr, sb=sb.addr)), str(d), admin=True)
     yield cdn, Client(cdn.admin_url)
     cdn.stop()
     await DeferredList([p.stop(), sb.stop()])
@@ -236,7 +236,7 @@ def test_a_non_loopback_admin_without_a_token_is_a_config_error(tmp_path):  # ty
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-# -- credentials by name (SPEC §8.9) ---------------------------------------------------
+# -- credentials by name (docs/security.md) ---------------------------------------------------
 
 BUCKET_SITE = """
 from cdnpull.config import Domain, IPOrigin, Settings, S3Credentials
@@ -255,7 +255,7 @@ async def test_a_bucket_set_at_runtime_signs_only_with_named_credentials(tmp_pat
     p = Origin("127.0.0.2", "primary").start()
     store = Origin("127.0.0.7", "store").start()
     store.text("/bucket1/who", b"bucket")
-    cdn = start_cdn(write_config(str(tmp_path), BUCKET_SITE.format(p=p.addr)), str(tmp_path),
+    cdn = await cdn_started(write_config(str(tmp_path), BUCKET_SITE.format(p=p.addr)), str(tmp_path),
                     admin=True)
     try:
         admin = Client(cdn.admin_url)
@@ -302,7 +302,7 @@ async def test_a_bucket_set_at_runtime_signs_only_with_named_credentials(tmp_pat
         await store.stop()
 
 
-# -- the state file (SPEC §8.10) ----------------------------------------------------
+# -- the state file (docs/security.md) ----------------------------------------------------
 
 
 @pytest_twisted.ensureDeferred
@@ -312,7 +312,7 @@ async def test_the_state_file_is_0600_in_a_0700_directory(tmp_path):  # type: ig
     old = os.umask(0o022)
     state = tmp_path / "var" / "cdnpull" / "state.json"
     try:
-        cdn = start_cdn(write_config(str(tmp_path), SITE.format(p=p.addr, sb=sb.addr)),
+        cdn = await cdn_started(write_config(str(tmp_path), SITE.format(p=p.addr, sb=sb.addr)),
                         str(tmp_path), "--state", str(state), admin=True)
     finally:
         os.umask(old)
@@ -330,7 +330,7 @@ async def test_the_state_file_is_0600_in_a_0700_directory(tmp_path):  # type: ig
 
 
 def test_state_file_writes_never_follow_a_planted_temporary_name(tmp_path):  # type: ignore[no-untyped-def]
-    from cdnpull.overrides import StateFile
+    from cdnpull.admin.state import StateFile
 
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")

@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 
 from .seaweed import ACCESS_KEY, DOMAIN, SECRET_KEY, start_weed
-from .support import TWISTD, Client, DNSServer, start_cdn, write_config
+from .support import TWISTD, Client, DNSServer, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,7 +59,7 @@ async def node(tmp_path_factory, weed):  # type: ignore[no-untyped-def]
         ]
         """)
     try:
-        cdn = start_cdn(config, str(d))
+        cdn = await cdn_started(config, str(d))
     finally:
         del os.environ["PRIV_ACCESS_KEY_ID"], os.environ["PRIV_SECRET_ACCESS_KEY"]
     yield cdn, Client(cdn.url)

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThread
 
-from .support import Client, Origin, start_cdn, write_config
+from .support import Client, Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +45,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
                    Domain("fwd.test.com", origin=IPOrigin(["{o.addr}"]), probe=None,
                           forward_headers=["X-Forwarded-Host"])]
         """)
-    cdn = start_cdn(config, str(d))
+    cdn = await cdn_started(config, str(d))
     yield dict(cdn=cdn, client=Client(cdn.url), o=o)
     cdn.stop()
     await DeferredList([o.stop()])

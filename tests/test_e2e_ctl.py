@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from .support import Client, Origin, Silent, closed_port, start_cdn, write_config
+from .support import Client, Origin, Silent, closed_port, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,7 +53,7 @@ async def test_every_subcommand_against_a_running_node(tmp_path):  # type: ignor
                           standby=IPOrigin(["{sb.addr}"]), probe=None),
                    Domain("solo.test.com", origin=IPOrigin(["{p.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     admin = cdn.admin_url
     tf = str(token_file)
     try:
@@ -181,7 +181,7 @@ async def test_api_stats_over_the_wire(tmp_path):  # type: ignore[no-untyped-def
         domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}"]), probe=None),
                    Domain("solo.test.com", origin=IPOrigin(["{p.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(tmp_path), admin=True)
+    cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
         api = Client(cdn.admin_url)
         status, data = await api.api("GET", "/api/stats")

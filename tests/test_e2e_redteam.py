@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 
-from .support import Client, Origin, RawOrigin, raw_exchange, start_cdn, write_config
+from .support import Client, Origin, RawOrigin, raw_exchange, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,7 +111,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
                    first_byte_timeout=3.0),
         ]
         """)
-    cdn = start_cdn(config, str(d))
+    cdn = await cdn_started(config, str(d))
     yield dict(cdn=cdn, o=o, raw=raw, client=Client(cdn.url))
     cdn.stop()
     log = cdn.log()

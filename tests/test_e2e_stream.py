@@ -16,7 +16,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 from twisted.internet.interfaces import IPullProducer
 
-from .support import Origin, start_cdn, write_config
+from .support import Origin, cdn_started, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -118,7 +118,7 @@ async def world(tmp_path_factory):  # type: ignore[no-untyped-def]
         from cdnpull.config import Domain, IPOrigin
         domains = [Domain("s.test", origin=IPOrigin(["{origin.addr}"]), probe=None)]
         """)
-    cdn = start_cdn(config, d)
+    cdn = await cdn_started(config, d)
     yield dict(origin=origin, stats=stats, cdn=cdn)
     cdn.stop()
     await origin.stop()
@@ -166,7 +166,7 @@ async def test_an_origin_that_stops_reading_pauses_the_uploading_client(tmp_path
     from twisted.internet.protocol import Factory, Protocol
     from twisted.internet.threads import deferToThread
 
-    from .support import start_cdn, write_config
+    from .support import cdn_started, write_config
 
     class Deaf(Protocol):
         """Reads the request head, then stops reading (an origin that stalls)."""
@@ -184,7 +184,7 @@ async def test_an_origin_that_stops_reading_pauses_the_uploading_client(tmp_path
         domains = [Domain("up.test.com", origin=IPOrigin(["127.0.0.7:{port}"]), probe=None,
                           first_byte_timeout=30.0)]
         """)
-    cdn = start_cdn(config, str(tmp_path))
+    cdn = await cdn_started(config, str(tmp_path))
     try:
         idle = rss_kib(cdn.proc.pid)
 

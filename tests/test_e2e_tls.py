@@ -22,7 +22,7 @@ import trustme
 from cryptography import x509
 from twisted.internet.threads import deferToThread
 
-from .support import Client, Origin, ROOT, TWISTD, free_port, start_cdn, write_config
+from .support import Client, Origin, ROOT, TWISTD, free_port, cdn_started, start_cdn, write_config
 from .test_certs import issue
 
 pytestmark = pytest.mark.timeout(90)
@@ -310,7 +310,7 @@ async def test_without_a_default_certificate_unknown_names_fail_the_handshake(tm
                           certificate=Certificate({www.cert_file!r}, {www.key_file!r}))]
         """)
     port = free_port()
-    cdn = start_cdn(config, d, "--listen", f"tls:{port}:interface=127.0.0.1")
+    cdn = await cdn_started(config, d, "--listen", f"tls:{port}:interface=127.0.0.1")
     try:
         assert await deferToThread(handshake, port, "www.test.com") == leaf_der(www.cert_file)
         for name in (None, "other.test"):
@@ -427,7 +427,7 @@ async def test_sighup_swaps_certificates_for_new_handshakes_and_keeps_open_conne
                           certificate=Certificate({cert_file!r}, {key_file!r}))]
         """)
     port = free_port()
-    cdn = start_cdn(config, d, "--listen", f"tls:{port}:interface=127.0.0.1")
+    cdn = await cdn_started(config, d, "--listen", f"tls:{port}:interface=127.0.0.1")
     try:
         kept = await deferToThread(TLSClient, port, "www.test.com", ca_file)
         try:
@@ -560,7 +560,7 @@ async def test_a_client_that_never_finishes_its_handshake_is_dropped(tmp_path) -
                           certificate=Certificate({www.cert_file!r}, {www.key_file!r}))]
         """)
     port = free_port()
-    cdn = start_cdn(config, d, "--listen", f"tls:{port}:interface=127.0.0.1")
+    cdn = await cdn_started(config, d, "--listen", f"tls:{port}:interface=127.0.0.1")
 
     def silent() -> tuple[float, bool]:
         started = time.monotonic()

@@ -1,4 +1,4 @@
-"""Rotation and the block list on a fake clock (SPEC.md section 3)."""
+"""Rotation and the block list on a fake clock (docs/origins.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """
-The node's recent history (cdnpull.stats) on a fake clock: sampling every
+The node's recent history (cdnpull.admin.stats) on a fake clock: sampling every
 interval, ring buffers bounded to their window, per-domain and per-address
 series, block timelines, the cache's size; and GET /api/stats's shape.
 """
@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from cdnpull.config import Domain, IPOrigin
 from cdnpull.live import build_table
-from cdnpull.stats import Stats
+from cdnpull.admin.stats import Stats
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -1,5 +1,5 @@
 """
-The edge cache (SPEC.md section 5): RFC 9111 rules (L{policy}), memory and
+The edge cache (docs/cache.md): RFC 9111 rules (L{policy}), memory and
 disk stores (L{store}), shared streaming of origin answers (L{fill}) and the
 request flow (L{handler}).
 """

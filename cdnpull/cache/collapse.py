@@ -1,6 +1,6 @@
 """
 Request collapsing: one origin pull per key, and who may be given its answer
-(SPEC.md sections 5 and 8.1).
+(docs/cache.md and docs/security.md).
 
 A L{Flight} is one origin pull (a miss, or the conditional request of a
 revalidation) that requests for the same key wait on instead of asking the
@@ -31,6 +31,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -66,7 +67,7 @@ class Unshared:
     mark expires after L{HIT_FOR_MISS} seconds.
     """
 
-    def __init__(self, clock: Any, limit: int = UNSHARED_KEYS, ttl: float = HIT_FOR_MISS) -> None:
+    def __init__(self, clock: IReactorTime, limit: int = UNSHARED_KEYS, ttl: float = HIT_FOR_MISS) -> None:
         self.clock = clock
         self.limit = limit
         self.ttl = ttl

@@ -20,16 +20,17 @@ A L{StaticSource} serves a stored body through the same L{Reader}.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from zope.interface import implementer
 
+from ..compat import request_gone
 from ..stream import body_loss, end_truncated
 
 __all__ = ["Fill", "FillBudget", "Reader", "StaticSource", "HIGH_WATER", "LOW_WATER", "WRITE_SIZE"]
@@ -141,7 +142,7 @@ class Reader:
             pass
         if abort:
             end_truncated(self.request)
-        elif ok and self.finish and not getattr(self.request, "_disconnected", False):
+        elif ok and self.finish and not request_gone(self.request):
             self.request.finish()
         if not self.done.called:
             self.done.callback(ok)
@@ -154,12 +155,12 @@ class _FillProtocol(Protocol):
     def connectionMade(self) -> None:
         self.fill.origin_transport = self.transport
         if getattr(self.fill, "cancelled", False) and self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self.fill.feed(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.fill.finish(reason)
 
 

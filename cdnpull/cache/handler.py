@@ -1,5 +1,5 @@
 """
-The edge cache (SPEC.md sections 5 and 8): what the edge does with a GET or
+The edge cache (docs/cache.md and docs/security.md): what the edge does with a GET or
 HEAD of a domain, between routing and the failover chain.
 
     lookup ─► fresh ─────────────────────────────► HIT (full, range, 304, HEAD)
@@ -26,22 +26,21 @@ damaged on disk) is fetched again, never a 5xx.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from ..config import BucketOrigin
 from ..errors import OriginTimeout, OriginUnavailable
+from ..compat import fill_headers
 from ..headers import HOP_BY_HOP, VIA, end_to_end
-from ..http.compat import fill_headers
+from ..failover import OriginRequest, PullResult
 from ..stream import BodyRelay, Discard
-from ..pull import OriginRequest
 from ..routing import normalise_host
-from .collapse import Flight, Unshared, authorized
-from .collapse import header_map as _map
+from .collapse import Flight, Unshared, authorized, header_map
 from .fill import Fill, FillBudget, Reader, StaticSource
 from .policy import (
     byte_ranges,
@@ -68,7 +67,7 @@ CLIENT_ONLY = (b"range", b"if-range", b"if-none-match", b"if-modified-since", b"
                b"if-unmodified-since")
 # A Range miss whose first byte is further in than this is passed on to the
 # origin: fetching the whole object up to it would cost the origin more than
-# the range plus this much (SPEC.md 8.5).
+# the range plus this much (docs/security.md).
 RANGE_READ_AHEAD = 1024 * 1024
 
 
@@ -80,6 +79,13 @@ def _validators(headers: dict) -> dict:
     if headers.get(b"last-modified"):
         extra[b"if-modified-since"] = headers[b"last-modified"][0]
     return extra
+
+
+
+class Failover(Protocol):
+    """What the cache asks of the failover chain (L{cdnpull.failover.FailoverChain})."""
+
+    def pull(self, live: Any, req: OriginRequest) -> "Deferred[PullResult]": ...
 
 
 class _Vanished(Exception):
@@ -122,7 +128,7 @@ def _range_spec(first: Optional[int], last: Optional[int]) -> bytes:
     return b"%d-" % first if last is None else b"%d-%d" % (first, last)
 
 
-def _range_for_origin(value: bytes, bucket: bool) -> bytes:
+def _range_for_origin(value: bytes, one_range: bool) -> bytes:
     """
     The C{Range} sent to the origin for a client's (passed-on) C{Range}:
     one range as one clean range (C{bytes=0-0,} is C{bytes=0-0}: SeaweedFS
@@ -138,12 +144,13 @@ def _range_for_origin(value: bytes, bucket: bool) -> bytes:
         return value  # the origin decides what it makes of it
     if len(ranges) == 1:
         return b"bytes=" + _range_spec(*ranges[0])
-    if not bucket:
+    if not one_range:
         return value
-    if all(first is not None and last is not None for first, last in ranges):
-        low = min(first for first, _ in ranges)  # type: ignore[type-var]
-        high = max(last for _, last in ranges)  # type: ignore[type-var]
-        wanted = sum(last - first + 1 for first, last in ranges)  # type: ignore[operator]
+    closed = [(first, last) for first, last in ranges if first is not None and last is not None]
+    if len(closed) == len(ranges):
+        low = min(first for first, _ in closed)
+        high = max(last for _, last in closed)
+        wanted = sum(last - first + 1 for first, last in closed)
         if high - low + 1 <= wanted + RANGE_READ_AHEAD:
             return b"bytes=%d-%d" % (low, high)
     return b"bytes=" + _range_spec(*ranges[0])
@@ -163,13 +170,13 @@ def _range_total(headers: Headers) -> Optional[int]:
 
 class Cache:
     """
-    @param puller: the failover chain (L{cdnpull.pull.Puller}).
+    @param puller: the failover chain (L{cdnpull.failover.FailoverChain}).
     @param clock: the injected clock.
     """
 
     log = Logger()
 
-    def __init__(self, store: Store, puller: Any, clock: Any, max_object: int,
+    def __init__(self, store: Store, puller: Failover, clock: IReactorTime, max_object: int,
                  stale_if_error: float, targeted: tuple = (b"cdn-cache-control",)) -> None:
         self.store = store
         # Targeted cache-control fields this node obeys (RFC 9213), lower
@@ -257,7 +264,7 @@ class Cache:
         # key_extra: the values of headers the domain forwards (forward_headers).
         key = self.key_of(oreq.client_scheme, oreq.host, oreq.target,
                           bool(rule and rule.ignore_query)) + oreq.key_extra
-        ask = _Ask(request, live, oreq, ctx, key, rule, _map(request.requestHeaders), passthrough)
+        ask = _Ask(request, live, oreq, ctx, key, rule, header_map(request.requestHeaders), passthrough)
         await self._lookup(ask, alone=False)
 
     def _find(self, ask: _Ask) -> Optional[Entry]:
@@ -328,7 +335,7 @@ class Cache:
         for name, values in headers.items():
             if name not in (b"age", b"content-length"):
                 out.setRawHeaders(name, values)
-        self._common(out, status, age)
+        self._answer_headers(out, status, age)
         first, last, size = 0, None, full.length
         if entry.status == 200:
             chosen = self._apply_range(request, reqh, headers, size)
@@ -408,12 +415,12 @@ class Cache:
         for name in NOT_MODIFIED_HEADERS:
             if name in headers:
                 out.setRawHeaders(name, headers[name])
-        self._common(out, status, age)
+        self._answer_headers(out, status, age)
         request.finish()
 
-    def _common(self, out: Headers, status: str, age: Optional[float]) -> None:
+    def _answer_headers(self, out: Headers, status: str, age: Optional[float]) -> None:
         """
-        Age (None: keep the origin's, else 0; SPEC §5 wants it on every
+        Age (None: keep the origin's, else 0; docs/cache.md: it is on every
         answer), Via, X-Cache; targeted cache-control fields are ours only.
         """
         for name in self.targeted:
@@ -422,7 +429,7 @@ class Cache:
             out.setRawHeaders(b"age", [b"%d" % int(age)])
         elif not out.hasHeader(b"age"):
             out.setRawHeaders(b"age", [b"0"])
-        out.setRawHeaders(b"via", [b", ".join(out.getRawHeaders(b"via", []) + [VIA])])
+        out.setRawHeaders(b"via", [b", ".join([*out.getRawHeaders(b"via", []), VIA])])
         out.setRawHeaders(b"x-cache", [status.encode("ascii")])
 
     # -- misses and revalidation ------------------------------------------------------
@@ -527,7 +534,7 @@ class Cache:
         finally:
             ctx.pending = None
         response = result.response
-        headers = _map(response.headers)
+        headers = header_map(response.headers)
         now = self.clock.seconds()
         verdict = storable(b"GET", ask.reqh, response.code, headers, ask.rule, now, self.targeted)
         if verdict.ok:
@@ -587,7 +594,7 @@ class Cache:
     def _passes_range(self, ask: _Ask, why: Optional[str]) -> bool:
         """
         Whether a Range miss is passed on to the origin as it is, rather
-        than answered from a whole-object fill (SPEC.md 8.5: a range of an
+        than answered from a whole-object fill (docs/security.md: a range of an
         object that is not stored costs the origin at most the range plus
         L{RANGE_READ_AHEAD} bytes).  Only a request with a range open to the
         end near the start (C{bytes=0-}, what players send first, also in a
@@ -621,11 +628,10 @@ class Cache:
         waiter = flight.join()
         oreq = ask.oreq
         value = _client_range(ask.reqh)
-        config = ask.live.config
-        bucket = any(isinstance(getattr(config, role, None), BucketOrigin)
-                     for role in ("origin", "standby"))
-        sent = _range_for_origin(value, bucket) if value is not None else None
-        if sent != ask.reqh.get(b"range", [None])[0] or len(ask.reqh.get(b"range", ())) > 1:
+        one_range = any(not group.kind.several_ranges for group in ask.live.groups())
+        sent = _range_for_origin(value, one_range) if value is not None else None
+        if sent is not None and (sent != ask.reqh.get(b"range", [None])[0]
+                                 or len(ask.reqh.get(b"range", ())) > 1):
             headers = oreq.headers.copy()
             headers.setRawHeaders(b"range", [sent])
             oreq = replace(oreq, headers=headers)
@@ -653,7 +659,7 @@ class Cache:
         if total > self.max_object:
             self.unshared.mark(ask.key, "large")
             return
-        headers = _map(response.headers)
+        headers = header_map(response.headers)
         if not storable(b"GET", ask.reqh, 200, headers, ask.rule, self.clock.seconds(),
                         self.targeted).ok:
             return
@@ -671,7 +677,7 @@ class Cache:
         ctx.origin = str(result.address)
         ctx.origin_ms = result.elapsed * 1000
         out = request.responseHeaders
-        headers = _map(end_to_end(response.headers, drop=(b"server",)))
+        headers = header_map(end_to_end(response.headers, drop=(b"server",)))
         if strip_cookies:
             headers.pop(b"set-cookie", None)
         if response.code == 200 and not_modified(reqh, headers):
@@ -680,7 +686,7 @@ class Cache:
         request.setResponseCode(response.code, response.phrase)
         for name, values in headers.items():
             out.setRawHeaders(name, values)
-        self._common(out, status, None)  # fresh from the origin: its own Age, or 0
+        self._answer_headers(out, status, None)  # fresh from the origin: its own Age, or 0
         first, last, length = 0, None, response.length
         if response.code == 200 and length is not UNKNOWN_LENGTH:
             chosen = self._apply_range(request, reqh, headers, length)
@@ -700,7 +706,7 @@ class Cache:
     def _refreshed(self, entry: Entry, result: Any, request_time: float, rule: Any,
                    reqh: dict) -> Entry:
         """The stored entry with the 304's headers and new times (RFC 9111 4.3.4)."""
-        update = _map(end_to_end(result.response.headers, drop=(b"server",)))
+        update = header_map(end_to_end(result.response.headers, drop=(b"server",)))
         for name in (b"content-length", b"content-encoding", b"transfer-encoding", b"content-range"):
             update.pop(name, None)
         merged = entry.header_map()

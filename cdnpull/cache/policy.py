@@ -4,7 +4,7 @@ times (no I/O, no clock of their own: every function takes C{now}).
 
 What is stored, for how long, how old a stored answer is, whether it may be
 served stale, and how a client's conditional or range request is answered
-from it.  C{CacheRule}s of the domain come first (SPEC.md section 5).
+from it.  C{CacheRule}s of the domain come first (docs/cache.md).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import calendar
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import urljoin, urlsplit
 
 import http_sf
@@ -107,7 +107,7 @@ def targeted_cache_control(headers: dict, names: Sequence[bytes]) -> Optional[Ca
         if not values:
             continue
         try:
-            parsed = http_sf.parse(b", ".join(values), tltype="dictionary")
+            parsed: Any = http_sf.parse(b", ".join(values), tltype="dictionary")
         except (http_sf.StructuredFieldError, ValueError, TypeError):
             continue
         if not parsed:

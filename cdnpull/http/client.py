@@ -40,7 +40,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from ..errors import ClientBodyInterrupted, NoResponse
 from ..headers import HOP_BY_HOP
 from ..upload import BodyInterrupted
-from .compat import eager_write, fill_headers
+from ..compat import eager_write, fill_headers
 
 __all__ = ["OriginPool", "OriginResponse", "MAX_HEAD", "MAX_HEADERS"]
 
@@ -101,6 +101,10 @@ class _BodyTransport:
 class OriginConnection(Protocol):
     """One connection to an origin address; one request at a time."""
 
+    # A TCP transport (or a test's fake): typed loosely, as Twisted's own
+    # Protocol.transport is only ITransport.
+    transport: Any
+
     log = Logger()
 
     def __init__(self, pool: "OriginPool", key: Any, address: Any) -> None:
@@ -141,7 +145,8 @@ class OriginConnection(Protocol):
         self._framed = True
         self._reusable = True
         self._parser = httptools.HttpResponseParser(self)
-        self._d = d = Deferred(self._cancel)
+        d: Deferred[Any] = Deferred(self._cancel)
+        self._d = d
         lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
         for name, values in headers.getAllRawHeaders():
             for value in values:
@@ -153,7 +158,7 @@ class OriginConnection(Protocol):
         elif length is UNKNOWN_LENGTH:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         else:
-            lines.append(b"Content-Length: %d\r\n" % length)
+            lines.append(b"Content-Length: %d\r\n" % length)  # type: ignore[str-format]
         lines.append(b"\r\n")
         eager_write(self.transport, b"".join(lines))
         if body is not None:

@@ -49,7 +49,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from ..upload import BodyPipe
-from .compat import eager_write, fill_headers
+from ..compat import eager_write, fill_headers
 
 __all__ = ["ClientLimits", "ClientConnection", "Head", "Sweeper"]
 
@@ -78,6 +78,9 @@ class Head:
 
     __slots__ = ("method", "target", "version", "fields", "keep_alive", "request", "pipe",
                  "expect", "started", "count")
+    method: bytes
+    version: bytes
+    keep_alive: bool
 
     def __init__(self) -> None:
         self.target = b""
@@ -234,7 +237,9 @@ class ClientConnection(Protocol):
         self._refusal: Optional[tuple] = None
         self._stopped = False  # nothing more is read (after an Upgrade, or a refusal)
         self._parser: Any = None
-        self._head: Optional[Head] = None
+        # The head being read (None between requests).  Typed loosely: the
+        # parser's callbacks only run while there is one.
+        self._head: Any = None
         self._queue: Optional[deque] = None
         self._active: Any = None  # the request being answered through twisted.web
         self._backlog: Optional[list] = None

@@ -79,8 +79,8 @@ def prepare_bucket(origin: BucketOrigin, method: bytes, target: bytes, client_he
         added = sign(method=method.decode("ascii"), path=path.decode("ascii"), headers={"host": host},
                      access_key=creds.access_key, secret_key=creds.secret_key,
                      region=origin.region, now=now, session_token=creds.session_token)
-        for name, value in added.items():
-            headers.setRawHeaders(name.encode("ascii"), [value.encode("ascii")])
+        for field, text in added.items():
+            headers.setRawHeaders(field.encode("ascii"), [text.encode("ascii")])
     return path, host, headers
 
 

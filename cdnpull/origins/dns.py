@@ -15,7 +15,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -23,8 +23,12 @@ from twisted.logger import Logger
 from twisted.names import client, dns, hosts, resolve
 from twisted.python.failure import Failure
 
+from ..compat import stop_rereading_resolv_conf
 from ..config import Address, parse_address
 from .group import OriginGroup
+
+if TYPE_CHECKING:
+    from ..live import LiveTable
 
 __all__ = ["make_resolver", "NameWatcher", "DNSManager", "MIN_TTL", "MAX_TTL", "RETRY", "KEEP_STALE"]
 
@@ -52,9 +56,7 @@ class SystemResolver:
 
     def close(self) -> None:
         # client.Resolver re-reads resolv.conf on a timer of its own.
-        call = getattr(self._client, "_parseCall", None)
-        if call is not None and call.active():
-            call.cancel()
+        stop_rereading_resolv_conf(self._client)
 
 
 class ServersResolver:
@@ -271,22 +273,20 @@ class DNSManager:
         self.watchers: dict = {}  # id(group) -> NameWatcher
         self.running = False
 
-    def start(self, table: Any) -> None:
+    def start(self, table: LiveTable) -> None:
         self.running = True
         self.reconcile(table)
 
-    def table_changed(self, old: Any, new: Any) -> None:
+    def table_changed(self, old: LiveTable, new: LiveTable) -> None:
         if self.running:
             self.reconcile(new)
 
-    def reconcile(self, table: Any) -> None:
-        from ..live import origin_port, resolve_name
-
+    def reconcile(self, table: LiveTable) -> None:
         wanted = {}
         for group in table.groups():
-            name = resolve_name(group.origin)
+            name = group.kind.resolve_name()
             if name is not None:
-                wanted[id(group)] = (group, name, origin_port(group.origin))
+                wanted[id(group)] = (group, name, group.kind.port)
         for gid in list(self.watchers):
             if gid not in wanted:
                 self.watchers.pop(gid).stop()

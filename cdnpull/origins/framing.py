@@ -33,13 +33,14 @@ response on a pooled connection.
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.http_headers import Headers
 
+from ..compat import HookedClientProtocol
 from ..headers import CONTROL_CHAR, FIELD_NAME, HOP_BY_HOP
 
 __all__ = ["InvalidOriginResponse", "StrictClientProtocol", "check_head", "connection_named",
@@ -135,14 +136,19 @@ def interim_answer(head: bytes) -> tuple[int, bytes, list]:
     return int(status), reason, fields
 
 
-def _drop_named(response, names: frozenset):  # type: ignore[no-untyped-def]
+def _drop_named(response, names: frozenset):
     for name in names:
         response.headers.removeHeader(name)
     return response
 
 
-class StrictClientProtocol(HTTP11ClientProtocol):
-    """L{HTTP11ClientProtocol} that refuses invalid response heads."""
+def _abort(transport: Optional[object]) -> None:
+    if transport is not None:
+        cast(ITCPTransport, transport).abortConnection()
+
+
+class StrictClientProtocol(HookedClientProtocol):
+    """Twisted's HTTP/1.1 client protocol, refusing invalid response heads."""
 
     log = Logger()
     max_head = MAX_HEAD
@@ -153,7 +159,7 @@ class StrictClientProtocol(HTTP11ClientProtocol):
     _connection_named: frozenset = frozenset()
     _on_interim: Optional[Callable[[int, bytes, list], None]] = None
 
-    def request(self, request):  # type: ignore[no-untyped-def]
+    def request(self, request):
         self._head = bytearray()
         self._reading_head = True
         self._between = False
@@ -165,11 +171,11 @@ class StrictClientProtocol(HTTP11ClientProtocol):
         return d
 
     def dataReceived(self, data: bytes) -> None:
-        if self._parser is None or self._between:
+        if not self.awaiting_response or self._between:
             # Bytes while no request is outstanding: never reuse this connection.
             self.log.warn("origin sent {n} bytes between responses; connection dropped",
                           n=len(data))
-            self.transport.abortConnection()
+            _abort(self.transport)
             return
         if not self._reading_head:
             super().dataReceived(data)
@@ -214,15 +220,16 @@ class StrictClientProtocol(HTTP11ClientProtocol):
         self.log.warn("refused an origin response: {why}", why=why)
         self._reading_head = False
         transport = self.transport
-        self._giveUp(Failure(InvalidOriginResponse(why)))
-        transport.abortConnection()
+        self.give_up(Failure(InvalidOriginResponse(why)))
+        _abort(transport)
 
-    def _finishResponse_WAITING(self, rest: bytes) -> None:
+    def response_finishing(self) -> None:
         self._between = True
-        super()._finishResponse_WAITING(rest)
+
+    def response_finished(self, rest: bytes) -> None:
         if rest and self.transport is not None:
             # More bytes than the response framing said: the connection is
             # not trusted with another request.
             self.log.warn("origin sent {n} bytes after a complete response; connection dropped",
                           n=len(rest))
-            self.transport.abortConnection()
+            _abort(self.transport)

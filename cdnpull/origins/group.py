@@ -1,6 +1,6 @@
 """
 An origin group (a domain's primary or its standby): its addresses, their live
-state, round-robin rotation and the block list (SPEC.md section 3).
+state, round-robin rotation and the block list (docs/origins.md).
 
 Time is read from the injected clock only, so that every rule here can be
 driven by L{twisted.internet.task.Clock} in tests.
@@ -16,7 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..config import Address
+from ..config import Address, IPOrigin
+from .kinds import OriginKind, kind_of
 
 __all__ = ["ProbeResult", "AddressState", "OriginGroup"]
 
@@ -84,9 +85,10 @@ class OriginGroup:
     ) -> None:
         self.role = role
         self.domain = domain
-        # The config object (IPOrigin, DomainOrigin, BucketOrigin) this group
-        # was built from.
+        # The config object this group was built from, and its adapter (the
+        # only thing anyone asks about the origin's kind).
         self.origin = origin
+        self.kind: OriginKind = kind_of(origin if origin is not None else IPOrigin())
         self.clock = clock
         self.block_for = block_for
         self.probing = probing
@@ -120,7 +122,8 @@ class OriginGroup:
         old = {s.address: s for s in self._states}
         new = []
         for a in addresses:
-            new.append(old.pop(a, None) or AddressState(a))
+            kept = old.pop(a, None)
+            new.append(kept if kept is not None else AddressState(a))
         self._states = new
         for gone in old.values():
             self._notify("removed", gone)

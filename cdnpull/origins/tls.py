@@ -22,7 +22,7 @@ _PEM = re.compile(
 )
 
 
-def load_trust_root(ca_file: Optional[str]):  # type: ignore[no-untyped-def]
+def load_trust_root(ca_file: Optional[str]):
     """
     The trust root for origin certificates: every certificate of a PEM
     bundle, or the platform's trust store when C{ca_file} is None.  Read once
@@ -46,7 +46,7 @@ class _UnverifiedSNI:
         self._name = server_name.encode("idna")
         self._ctx = ssl.CertificateOptions(verify=False).getContext()
 
-    def clientConnectionForTLS(self, tlsProtocol):  # type: ignore[no-untyped-def]
+    def clientConnectionForTLS(self, tlsProtocol):
         conn = SSL.Connection(self._ctx, None)
         conn.set_app_data(tlsProtocol)
         conn.set_tlsext_host_name(self._name)
@@ -67,7 +67,7 @@ class TLSPolicy:
         self._client_creators: OrderedDict = OrderedDict()
         self.max_client_names = max_client_names
 
-    def creator_for(self, server_name: str, verify: bool = True,  # type: ignore[no-untyped-def]
+    def creator_for(self, server_name: str, verify: bool = True,
                     client_name: bool = False):
         key = (server_name, verify)
         cache = self._client_creators if client_name else self._creators

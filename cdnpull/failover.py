@@ -1,5 +1,5 @@
 """
-The failover chain of SPEC.md section 4: try the primary group's addresses,
+The failover chain (docs/origins.md): try the primary group's addresses,
 then the standby, under one time budget per request, and hand back the answer
 the client gets.
 
@@ -21,20 +21,16 @@ Decisions, in order:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
 
 from twisted.internet.defer import Deferred, CancelledError
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse, UNKNOWN_LENGTH
-from zope.interface import implementer
+from twisted.web.iweb import IBodyProducer, IResponse
 
-from .config import DEFAULT_PORTS, Address, BucketOrigin
+from .config import DEFAULT_PORTS, Address
 from .errors import (
     ConnectFailed,
     FirstByteTimeout,
@@ -44,29 +40,26 @@ from .errors import (
     OriginUnavailable,
     TLSFailed,
 )
-from .fetch import OriginClient
+from .origins.client import OriginClient
 from .live import LiveDomain
-from .origins.bucket import prepare_bucket, strip_store_headers
+from .origins.buffered import read_whole
 from .origins.group import AddressState, OriginGroup
 
-__all__ = ["OriginRequest", "PullResult", "Puller", "BufferedResponse"]
+__all__ = ["OriginRequest", "PullResult", "FailoverChain"]
 
 SAFE_METHODS = (b"GET", b"HEAD")
-# S3 error codes that mean "your credentials or signature are wrong".
-SIGNATURE_ERRORS = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AuthorizationHeaderMalformed",
-                    "InvalidToken", "ExpiredToken", "RequestTimeTooSkewed"}
-
-
-def _s3_error_code(body: bytes) -> str:
-    start = body.find(b"<Code>")
-    end = body.find(b"</Code>", start)
-    if start < 0 or end < 0:
-        return ""
-    return body[start + 6:end].decode("utf-8", "replace")[:64]
-
 # How much of a primary's error answer is kept while the standby is asked
 # (it is what the client gets if the standby cannot be reached).
 KEEP_PRIMARY_ANSWER = 1024 * 1024
+
+
+class FailoverObserver(Protocol):
+    """Told of every try at an origin address and of every failover."""
+
+    def origin_try(self, domain: str, group: str, address: str, outcome: str,
+                   seconds: Optional[float]) -> None: ...
+
+    def failover(self, domain: str) -> None: ...
 
 
 @dataclass
@@ -99,106 +92,24 @@ class PullResult:
     group: str
     address: Address
     elapsed: float
-    tries: list = field(default_factory=list)
 
 
-@implementer(IResponse)
-class BufferedResponse:
-    """A small origin answer read whole, replayable through C{deliverBody}."""
-
-    def __init__(self, response: IResponse, body: bytes) -> None:
-        self.version = response.version
-        self.code = response.code
-        self.phrase = response.phrase
-        self.headers = response.headers
-        self.length = len(body) if response.length is not UNKNOWN_LENGTH else UNKNOWN_LENGTH
-        self.request = response.request
-        self.previousResponse = None
-        self.body = body
-
-    def deliverBody(self, protocol) -> None:  # type: ignore[no-untyped-def]
-        protocol.makeConnection(None)
-        if self.body:
-            protocol.dataReceived(self.body)
-        protocol.connectionLost(Failure(ResponseDone()))
-
-    def setPreviousResponse(self, response) -> None:  # type: ignore[no-untyped-def]
-        self.previousResponse = response
-
-
-class _Collector(Protocol):
-    """Reads a body up to a cap; beyond it, drops the connection."""
-
-    def __init__(self, cap: int, done: Deferred) -> None:
-        self.cap = cap
-        self.done = done
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.cap:
-            self.parts = []
-            self.transport.stopProducing()
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.done.called:
-            return
-        if reason.check(ResponseDone) and self.size <= self.cap:
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.callback(None)
-
-
-def _buffer(response: IResponse, cap: int) -> "Deferred[Optional[BufferedResponse]]":
-    def cancel(d: Deferred) -> None:
-        if collector.transport is not None:
-            collector.transport.stopProducing()
-
-    done: Deferred = Deferred(cancel)
-    collector = _Collector(cap, done)
-    response.deliverBody(collector)
-
-    def wrap(body: Optional[bytes]) -> Optional[BufferedResponse]:
-        return None if body is None else BufferedResponse(response, body)
-
-    return done.addCallback(wrap)
-
-
-class Puller:
+class FailoverChain:
     """Runs the failover chain for one request at a time."""
 
     log = Logger()
 
     def __init__(self, client: OriginClient, clock: IReactorTime,
-                 prepare: Optional[Callable] = None) -> None:
+                 observer: Optional[FailoverObserver] = None) -> None:
         self.client = client
         self.clock = clock
-        # prepare(group, request, scheme, attempt_address) -> (target, host,
-        # server_name, headers); buckets substitute their own.
-        self._prepare = prepare or self.prepare_plain
-        # Told of every try and failover (the metrics): an object with
-        # origin_try(domain, group, address, outcome, seconds) and
-        # failover(domain).
-        self.observer: Optional[object] = None
+        # Told of every try and failover (the metrics).
+        self.observer = observer
 
     def _observe(self, live: LiveDomain, group: OriginGroup, address: Address,
                  outcome: str, seconds: Optional[float]) -> None:
         if self.observer is not None:
-            self.observer.origin_try(live.name, group.role, str(address), outcome, seconds)  # type: ignore[attr-defined]
-
-    @staticmethod
-    def prepare_plain(live: LiveDomain, group: OriginGroup, req: OriginRequest,
-                      now: float) -> tuple[bytes, str, Headers]:
-        """(target, Host, headers) for one try: self-owned origin or bucket."""
-        if isinstance(group.origin, BucketOrigin):
-            return prepare_bucket(group.origin, req.method, req.target, req.headers, now)
-        host = live.origin_host(req.host)
-        headers = req.headers.copy()
-        headers.setRawHeaders(b"host", [host.encode("idna")])
-        return req.target, host, headers
+            self.observer.origin_try(live.name, group.role, str(address), outcome, seconds)
 
     def pull(self, live: LiveDomain, req: OriginRequest) -> "Deferred[PullResult]":
         return Deferred.fromCoroutine(self._pull(live, req))
@@ -226,7 +137,7 @@ class Puller:
             response = outcome.response
             if standby is None or response.code not in domain.failover_on:
                 return outcome
-            primary_answer: Optional[Deferred] = _buffer(response, KEEP_PRIMARY_ANSWER)
+            primary_answer: Optional[Deferred] = read_whole(response, KEEP_PRIMARY_ANSWER)
             primary_result = outcome
             tries.append(f"primary {outcome.address}: HTTP {response.code}")
         else:
@@ -245,7 +156,7 @@ class Puller:
             why=tries[-1] if tries else "primary failed",
         )
         if self.observer is not None:
-            self.observer.failover(live.name)  # type: ignore[attr-defined]
+            self.observer.failover(live.name)
         order = standby.order(include_blocked=primary_answer is None)
         outcome = await self._try_group(live, standby, order, req, deadline, tries, safe)
         if isinstance(outcome, PullResult):
@@ -258,7 +169,6 @@ class Puller:
             buffered = await primary_answer
             if buffered is not None:
                 primary_result.response = buffered
-                primary_result.tries = tries
                 return primary_result
         # Last resort: a primary that was skipped because it was down.
         if primary_down and primary_answer is None:
@@ -267,29 +177,6 @@ class Puller:
             if isinstance(outcome, PullResult):
                 return outcome
         raise self._give_up(live, req, tries, timed_out)
-
-    async def _bucket_answer(self, live: LiveDomain, origin: BucketOrigin, address: Address,
-                             response: IResponse) -> IResponse:
-        """
-        Strip the store's own headers; when a signed request is refused, say
-        why in the log (the S3 error code is in the small XML body).
-        """
-        strip_store_headers(response.headers)
-        if response.code != 403:
-            return response
-        buffered = await _buffer(response, 64 * 1024)
-        if buffered is None:
-            return response
-        code = _s3_error_code(buffered.body)
-        if origin.credentials is not None and code in SIGNATURE_ERRORS:
-            self.log.error(
-                "{domain}: bucket {bucket} at {address} refused our signature ({code}): check "
-                "the domain's S3Credentials", domain=live.name, bucket=origin.bucket,
-                address=str(address), code=code)
-        else:
-            self.log.warn("{domain}: bucket {bucket} answered 403 ({code})", domain=live.name,
-                          bucket=origin.bucket, code=code or "no error code")
-        return buffered
 
     def _give_up(self, live: LiveDomain, req: OriginRequest, tries: list,
                  timed_out: bool) -> Exception:
@@ -315,22 +202,19 @@ class Puller:
 
     async def _try_group(self, live: LiveDomain, group: OriginGroup,
                          order: list[AddressState], req: OriginRequest,
-                         deadline: float, tries: list, safe: bool):  # type: ignore[no-untyped-def]
+                         deadline: float, tries: list, safe: bool):
         """
         Try each address of C{order} at most once.
 
         @return: a L{PullResult}, or C{"timeout"} / C{"unreachable"}.
         """
         domain = live.config
-        origin = group.origin
-        scheme = getattr(origin, "scheme", "http")
-        if scheme == "follow":
-            scheme = req.client_scheme
-        verify = getattr(origin, "verify", True)
+        kind = group.kind
+        scheme = kind.scheme(req.client_scheme)
+        verify = kind.verify
         # A wildcard domain sends the client's own name as Host and TLS name:
         # what that name breaks is the request's problem, not the address's.
-        client_name = (domain.is_wildcard and domain.origin_host is None
-                       and not isinstance(origin, BucketOrigin))
+        client_name = kind.sends_client_name(domain)
         for state in order:
             remaining = deadline - self.clock.seconds()
             if remaining <= 0:
@@ -338,7 +222,8 @@ class Puller:
                 return "timeout"
             address = state.address.with_port(DEFAULT_PORTS[scheme])
             now = self.clock.seconds()
-            target, server_name, headers = self._prepare(live, group, req, now)
+            target, server_name, headers = kind.prepare(domain, req.method, req.target,
+                                                        req.headers, req.host, now)
             state.requests += 1
             started = now
             try:
@@ -390,7 +275,6 @@ class Puller:
                 continue
             elapsed = self.clock.seconds() - started
             self._observe(live, group, address, f"{response.code // 100}xx", elapsed)
-            if isinstance(origin, BucketOrigin):
-                response = await self._bucket_answer(live, origin, address, response)
-            return PullResult(response, group.role, address, elapsed, tries)
+            response = await kind.finish(response, live.name, address)
+            return PullResult(response, group.role, address, elapsed)
         return "unreachable"

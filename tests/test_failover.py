@@ -1,5 +1,5 @@
 """
-The failover decisions of SPEC.md section 4, one case each, on a fake clock.
+The failover decisions (docs/origins.md), one case each, on a fake clock.
 The origin client is scripted per address; the chain under test is real.
 """
 
@@ -26,7 +26,7 @@ from cdnpull.errors import (
     OriginUnavailable,
 )
 from cdnpull.live import build_table
-from cdnpull.pull import OriginRequest, Puller
+from cdnpull.failover import OriginRequest, FailoverChain
 
 P1, P2, SB = "127.0.0.2:80", "127.0.0.3:80", "127.0.0.4:80"
 
@@ -76,7 +76,7 @@ def setup(script: dict, standby: bool = True, **domain_kw):  # type: ignore[no-u
                     standby=IPOrigin([SB]) if standby else None, probe=None, **domain_kw)
     table = build_table([domain], clock, rng=random.Random(0))
     client = ScriptedClient(clock, script)
-    return clock, table.route("t.test"), client, Puller(client, clock)
+    return clock, table.route("t.test"), client, FailoverChain(client, clock)
 
 
 def request(method: bytes = b"GET") -> OriginRequest:

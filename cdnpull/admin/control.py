@@ -14,14 +14,18 @@ their writes.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
-from .config import Config, Domain
-from .overrides import (BadRequest, Override, StateFile, apply_override, check_domain,
+from ..config import Config, Domain
+from ..live import LiveDomain
+from .state import (BadRequest, Override, StateFile, apply_override, check_domain,
                         effective_domains, origin_from_json, warn_http_signing)
+
+if TYPE_CHECKING:
+    from ..service import Runtime
 
 __all__ = ["Control", "UnknownDomain"]
 
@@ -39,7 +43,7 @@ class Control:
 
     log = Logger()
 
-    def __init__(self, runtime: Any, state_file: StateFile,
+    def __init__(self, runtime: Runtime, state_file: StateFile,
                  write: Callable[[Callable[[], None]], Deferred]) -> None:
         self.runtime = runtime
         self.state_file = state_file
@@ -71,7 +75,7 @@ class Control:
 
     # -- changes -----------------------------------------------------------
 
-    def live(self, name: str) -> Any:
+    def live(self, name: str) -> LiveDomain:
         live = self.runtime.table.domains.get(name)
         if live is None:
             raise UnknownDomain(name)

@@ -31,14 +31,14 @@ from typing import Any, Callable, Iterable, Optional
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .config import DEFAULT_PORTS
+from ..config import DEFAULT_PORTS
 
 __all__ = ["Stats", "INTERVAL", "SAMPLES", "ORIGIN_ERRORS"]
 
 INTERVAL = 5.0
 SAMPLES = 180
 HITS = frozenset({"HIT", "STALE"})
-# Origin outcomes (cdnpull.pull) that count as an origin error.
+# Origin outcomes (cdnpull.failover) that count as an origin error.
 ORIGIN_ERRORS = frozenset({"connect_error", "tls_error", "no_response", "timeout", "5xx"})
 
 DOMAIN_SERIES = ("requests", "hit_ratio", "origin_errors", "failovers", "origin_latency_ms")

@@ -7,7 +7,7 @@ as the L{cdnpull.errors} types that the failover chain decides on.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -18,10 +18,8 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
-from twisted.web import client as _webclient
 from twisted.web.client import (
     Agent,
-    HTTPConnectionPool,
     RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseFailed,
@@ -30,12 +28,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from .config import Address
-from .http.client import OriginPool
-from .errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse, TLSFailed
-from .upload import BodyInterrupted
-from .origins.framing import InterimHeaders, InvalidOriginResponse, StrictClientProtocol
-from .origins.tls import TLSPolicy
+from ..compat import HookedConnectionPool
+from ..config import Address
+from ..errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse, TLSFailed
+from ..http.client import OriginPool
+from ..upload import BodyInterrupted
+from .framing import InterimHeaders, InvalidOriginResponse, StrictClientProtocol
+from .tls import TLSPolicy
 
 __all__ = ["OriginClient", "describe_connect_failure", "tcp_endpoint"]
 
@@ -103,10 +102,10 @@ class _TrackingEndpoint:
         self._inner = inner
         self._attempt = attempt
 
-    def connect(self, factory):  # type: ignore[no-untyped-def]
+    def connect(self, factory):
         self._attempt.connecting = True
 
-        def connected(proto):  # type: ignore[no-untyped-def]
+        def connected(proto):
             self._attempt.connected = True
             return proto
 
@@ -129,7 +128,7 @@ class _AddressEndpoints:
         self._verify = verify
         self._connect_timeout = connect_timeout
 
-    def endpointForURI(self, uri):  # type: ignore[no-untyped-def]
+    def endpointForURI(self, uri):
         endpoint = tcp_endpoint(self._client.reactor, self._address, self._connect_timeout)
         if self._scheme == "https":
             creator = self._client.tls.creator_for(self._server_name, self._verify,
@@ -138,34 +137,28 @@ class _AddressEndpoints:
         return _TrackingEndpoint(endpoint, self._attempt)
 
 
-class _QuietPool(HTTPConnectionPool):
+class _QuietPool(HookedConnectionPool):
     """
-    A pool whose connections read responses strictly and whose connection
-    factory does not log "Starting factory" for every new origin connection.  (C{_factory} is a documented-by-use hook of the
-    pool; if a Twisted release drops it we only get the noise back.)
+    A pool whose connections read responses strictly (framing.py) and whose
+    connection factory does not log "Starting factory" for every new origin
+    connection.
     """
 
-    # Private in Twisted, but used by the pool since 11.1; if it ever goes,
-    # this fails at import instead of silently losing strict parsing.
-    _factory = type("_StrictHTTP11ClientFactory", (_webclient._HTTP11ClientFactory,), {
-        "noisy": False,
-        # Every origin connection reads responses strictly (framing.py).
-        "buildProtocol": lambda self, addr: StrictClientProtocol(self._quiescentCallback),
-    })
+    protocol = StrictClientProtocol
 
     # Set when the pool is dropped from the client (a client-chosen name
     # that aged out): connections still in use are closed when they finish
     # instead of being kept.
     retired = False
 
-    def _putConnection(self, key, connection):  # type: ignore[no-untyped-def]
+    def keep(self, connection: Any) -> bool:
         if self.retired:
             connection.transport.loseConnection()
-            return
-        super()._putConnection(key, connection)
+            return False
+        return True
 
     def idle(self) -> bool:
-        return not any(self._connections.values())
+        return not self.idle_connections()
 
 
 class OriginClient:
@@ -183,7 +176,7 @@ class OriginClient:
     with its pool.
     """
 
-    def __init__(self, reactor, tls: Optional[TLSPolicy] = None,  # type: ignore[no-untyped-def]
+    def __init__(self, reactor, tls: Optional[TLSPolicy] = None,
                  max_per_origin: int = 64, idle_timeout: float = 60.0,
                  max_client_names: int = 64, client_name_idle: float = 15.0) -> None:
         self.reactor = reactor
@@ -200,11 +193,11 @@ class OriginClient:
     def _new_pool(self, idle: float) -> "_QuietPool":
         pool = _QuietPool(self.reactor, persistent=True)
         pool.maxPersistentPerHost = self._max
-        pool.cachedConnectionTimeout = idle
+        pool.cachedConnectionTimeout = idle  # type: ignore[assignment]  # seconds, any float
         return pool
 
     def _pool(self, scheme: str, server_name: str, verify: bool,
-              client_name: bool = False) -> HTTPConnectionPool:
+              client_name: bool = False) -> _QuietPool:
         if scheme == "https" and client_name:
             return self._client_pool((server_name, verify))
         key = None if scheme == "http" else (server_name, verify)
@@ -213,7 +206,7 @@ class OriginClient:
             pool = self._pools[key] = self._new_pool(self._idle)
         return pool
 
-    def _client_pool(self, key: tuple) -> HTTPConnectionPool:
+    def _client_pool(self, key: tuple) -> _QuietPool:
         now = self.reactor.seconds()
         pools = self._client_pools
         found = pools.pop(key, None)
@@ -296,7 +289,7 @@ class OriginClient:
 
         timer = self.reactor.callLater(first_byte_timeout, on_timeout)
 
-        def classify(result):  # type: ignore[no-untyped-def]
+        def classify(result):
             if timer.active():
                 timer.cancel()
             if not isinstance(result, Failure):
@@ -307,18 +300,18 @@ class OriginClient:
                 raise FirstByteTimeout(address, f"no response within {first_byte_timeout:g} s")
             if result.check(ierror.ConnectError):
                 raise ConnectFailed(address, describe_connect_failure(result, connect_timeout))
+            reasons = getattr(result.value, "reasons", None) or []
             if result.check(RequestGenerationFailed) and any(
-                    isinstance(r, Failure) and r.check(BodyInterrupted)
-                    for r in result.value.reasons):
+                    isinstance(r, Failure) and r.check(BodyInterrupted) for r in reasons):
                 raise ClientBodyInterrupted()
             if result.check(ResponseFailed, RequestTransmissionFailed):
-                for r in result.value.reasons:
+                for r in reasons:
                     if isinstance(r, Failure) and r.check(InvalidOriginResponse):
                         raise NoResponse(address, f"invalid response: {r.getErrorMessage()}")
                 tls = _tls_failure(result, server_name)
                 if tls:
                     raise TLSFailed(address, tls)
-                inner = [r.getErrorMessage() for r in result.value.reasons if isinstance(r, Failure)]
+                inner = [r.getErrorMessage() for r in reasons if isinstance(r, Failure)]
                 raise NoResponse(address, "connection lost before a response" +
                                  (f" ({'; '.join(inner)})" if inner else ""))
             return result
@@ -337,7 +330,7 @@ class OriginClient:
         self._client_pools.clear()
         if not pools:
             return succeed(None)
-        protocols = [proto for p in pools for protos in p._connections.values() for proto in protos]
+        protocols = [proto for p in pools for proto in p.idle_connections()]
         d = DeferredList([p.closeCachedConnections() for p in pools])
         timer = self.reactor.callLater(grace, _abort_all, protocols)
         d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])

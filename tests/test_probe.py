@@ -1,4 +1,4 @@
-"""Active probes on a fake clock (SPEC.md section 3)."""
+"""Active probes on a fake clock (docs/origins.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from cdnpull.config import Domain, IPOrigin, Probe
 from cdnpull.live import build_table
-from cdnpull.probing import JITTER, ProbeFailed, ProbeManager
+from cdnpull.origins.probe import JITTER, ProbeFailed, ProbeManager
 
 PROBE = Probe(path="/health", interval=5.0, timeout=2.0, block_for=60.0)
 

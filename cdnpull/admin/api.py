@@ -1,5 +1,5 @@
 """
-The admin listener (SPEC.md section 6): the JSON API, C{/metrics} and the
+The admin listener (docs/admin-api.md): the JSON API, C{/metrics} and the
 console page.  Never mounted on a client listener.
 
 With C{Settings.admin_token_file} set, every API call and C{/metrics} needs
@@ -36,21 +36,27 @@ import ipaddress
 import json
 import os
 import re
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 from urllib.parse import unquote, urlsplit
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ..compat import request_gone
+from ..metrics import Metrics
 from .control import Control, UnknownDomain
-from .overrides import BadRequest
+from .state import BadRequest
 from .status import domain_json, table_json
-from .upload import BodyInterrupted
+from ..upload import BodyInterrupted
+
+if TYPE_CHECKING:
+    from ..service import Runtime
 
 __all__ = ["AdminResource", "read_token", "MAX_BODY", "MAX_DEPTH", "parse_json_body",
            "console_policy"]
@@ -203,7 +209,7 @@ class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, runtime: Any, control: Control, metrics: Any, clock: Any,
+    def __init__(self, runtime: Runtime, control: Control, metrics: Metrics, clock: IReactorTime,
                  token: Optional[bytes] = None, hosts: Iterable[str] = ()) -> None:
         super().__init__()
         self.runtime = runtime
@@ -314,7 +320,7 @@ class AdminResource(Resource):
         return (json.dumps(body, indent=1) + "\n").encode("utf-8")
 
     def _send(self, request: Request, status: int, body: Any) -> None:
-        if request._disconnected or request.finished:  # type: ignore[attr-defined]
+        if request_gone(request) or request.finished:
             return
         if getattr(request.channel, "_refused", False):
             return  # the connection already answered for itself (413, 408)
@@ -326,12 +332,13 @@ class AdminResource(Resource):
     def _error(self, request: Request, failure: Failure) -> None:
         if failure.check(BodyInterrupted):
             return  # the body never arrived whole: the connection is gone or refused
+        error: Any = failure.value
         if failure.check(_HTTPError):
-            status, message = failure.value.status, failure.value.message
+            status, message = error.status, error.message
         elif failure.check(BadRequest):
-            status, message = 400, str(failure.value)
+            status, message = 400, str(error)
         elif failure.check(UnknownDomain):
-            status, message = 404, f"unknown domain {failure.value.args[0]}"
+            status, message = 404, f"unknown domain {error.args[0]}"
         elif failure.check(OSError):
             status, message = 500, f"state file could not be written: {failure.getErrorMessage()}"
             self.log.error("admin change failed: {why}", why=message)
@@ -353,6 +360,7 @@ class AdminResource(Resource):
             raw = b"".join(collect.chunks)
         else:
             content = request.content
+            assert content is not None  # twisted.web gives every request one
             content.seek(0)
             raw = content.read(MAX_BODY + 1)
         if len(raw) > MAX_BODY:
@@ -413,7 +421,7 @@ class AdminResource(Resource):
             raise _HTTPError(405, f"method not allowed; use {' or '.join(a.decode() for a in allowed)}")
 
     def _stats(self, request: Request) -> Any:
-        """C{GET /api/stats[?domain=NAME]}: the recent history (cdnpull.stats)."""
+        """C{GET /api/stats[?domain=NAME]}: the recent history (cdnpull.admin.stats)."""
         args = request.args.get(b"domain")
         name = None
         if args:

@@ -1,5 +1,5 @@
 """
-Active health probes (SPEC.md section 3): one C{LoopingCall} per origin
+Active health probes (docs/origins.md): one C{LoopingCall} per origin
 address, on the injected clock.
 
 Rules, all driven by the clock so that L{twisted.internet.task.Clock} tests
@@ -36,12 +36,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from .config import DEFAULT_PORTS, Address, BucketOrigin, Probe
-from .errors import ConnectFailed, FirstByteTimeout, NoResponse
-from .fetch import tcp_endpoint
-from .live import LiveDomain, LiveTable
-from .origins.group import AddressState, OriginGroup, ProbeResult
-from .stream import Discard
+from ..config import DEFAULT_PORTS, Address, Probe
+from ..errors import ConnectFailed, FirstByteTimeout, NoResponse
+from .client import OriginClient, tcp_endpoint
+from ..live import LiveDomain, LiveTable
+from .group import AddressState, OriginGroup, ProbeResult
+from ..stream import Discard
 
 __all__ = ["ProbeTarget", "ProbeManager", "HTTPChecker", "JITTER"]
 
@@ -70,17 +70,10 @@ def probe_targets(live: LiveDomain, group: OriginGroup) -> list[tuple[AddressSta
     probe = live.config.probe
     if probe is None:
         return []
-    origin = group.origin
-    scheme = getattr(origin, "scheme", "http")
-    if scheme == "follow":
-        scheme = "http"
-    if isinstance(origin, BucketOrigin):
-        host = origin.host_header
-    else:
-        # A wildcard domain's bare name is not one of its names (and often
-        # not in its origin's certificate): Probe(host=...) names one.
-        host = probe.host or live.origin_host(live.name.removeprefix("*."))
-    verify = getattr(origin, "verify", True)
+    kind = group.kind
+    scheme = kind.scheme("http")
+    host = kind.probe_host(live.config)
+    verify = kind.verify
     return [
         (s, ProbeTarget(s.address.with_port(DEFAULT_PORTS[scheme]), scheme, host, verify, probe))
         for s in group.states
@@ -94,7 +87,7 @@ class HTTPChecker:
     with L{ProbeFailed} (or anything else) when not.
     """
 
-    def __init__(self, reactor: Any, client: Any) -> None:
+    def __init__(self, reactor: IReactorTime, client: OriginClient) -> None:
         self.reactor = reactor
         self.client = client
 
@@ -116,15 +109,15 @@ class HTTPChecker:
             verify=target.verify,
         )
 
-        def answered(response):  # type: ignore[no-untyped-def]
+        def answered(response):
             # HEAD has no body; make sure the connection goes back to the pool.
             response.deliverBody(Discard())
             if response.code >= 500:
                 raise ProbeFailed(f"HTTP {response.code}")
             return f"HTTP {response.code}"
 
-        def failed(f: Failure):  # type: ignore[no-untyped-def]
-            if f.check(ConnectFailed, NoResponse):
+        def failed(f: Failure):
+            if isinstance(f.value, (ConnectFailed, NoResponse)):
                 raise ProbeFailed(f.value.detail)
             if f.check(FirstByteTimeout):
                 raise ProbeFailed(f"timeout after {probe.timeout:g} s")
@@ -136,11 +129,11 @@ class HTTPChecker:
         endpoint = tcp_endpoint(self.reactor, target.address, target.probe.timeout)
         d = endpoint.connect(Factory.forProtocol(Protocol))
 
-        def connected(proto):  # type: ignore[no-untyped-def]
+        def connected(proto):
             proto.transport.loseConnection()
             return "connected"
 
-        def failed(f: Failure):  # type: ignore[no-untyped-def]
+        def failed(f: Failure):
             if f.check(ierror.ConnectionRefusedError):
                 raise ProbeFailed("connect refused")
             if f.check(ierror.TimeoutError):

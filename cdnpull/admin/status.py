@@ -1,18 +1,19 @@
 """
-The node's live state as plain data: the shapes of SPEC.md section 6, read
+The node's live state as plain data: the shapes of docs/admin-api.md, read
 straight from the live table (the only copy of the state), for the admin API,
 the console and anyone else who wants to look.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
-from .certs import https_json
-from .config import DEFAULT_PORTS
-from .live import LiveDomain, LiveTable
-from .origins.group import AddressState, OriginGroup
-from .overrides import origin_to_json
+from ..certs import https_json
+from ..config import DEFAULT_PORTS
+from ..live import LiveDomain, LiveTable
+from ..origins.dns import DNSManager
+from ..origins.group import AddressState, OriginGroup
+from .state import origin_to_json
 
 __all__ = ["address_json", "group_json", "domain_json", "table_json"]
 
@@ -35,14 +36,11 @@ def address_json(state: AddressState, now: float, default_port: int) -> dict:
     }
 
 
-def group_json(group: Optional[OriginGroup], now: float, dns: Any = None) -> Optional[dict]:
+def group_json(group: Optional[OriginGroup], now: float, dns: Optional[DNSManager] = None) -> Optional[dict]:
     if group is None:
         return None
-    out = origin_to_json(group.origin) or {}
-    scheme = out.get("scheme", "http")
-    default_port = DEFAULT_PORTS.get(scheme, 80)
-    if out.get("type") == "ips":
-        out["configured_addresses"] = out.pop("addresses")
+    out = group.kind.status_json()
+    default_port = DEFAULT_PORTS.get(out.get("scheme", "http"), 80)
     out["role"] = group.role
     out["down"] = group.is_down()
     out["addresses"] = [address_json(s, now, default_port) for s in group.states]
@@ -53,7 +51,7 @@ def group_json(group: Optional[OriginGroup], now: float, dns: Any = None) -> Opt
     return out
 
 
-def domain_json(live: LiveDomain, now: float, dns: Any = None) -> dict:
+def domain_json(live: LiveDomain, now: float, dns: Optional[DNSManager] = None) -> dict:
     out = {
         "name": live.name,
         "origin": group_json(live.primary, now, dns),
@@ -73,6 +71,6 @@ def domain_json(live: LiveDomain, now: float, dns: Any = None) -> dict:
     return out
 
 
-def table_json(table: LiveTable, now: float, dns: Any = None) -> dict:
+def table_json(table: LiveTable, now: float, dns: Optional[DNSManager] = None) -> dict:
     return {"domains": [domain_json(d, now, dns) for d in
                         sorted(table.domains.values(), key=lambda d: d.name)]}

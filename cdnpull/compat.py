@@ -1,0 +1,160 @@
+"""
+Twisted's private names that cdnpull uses, in one place, each behind a
+public name of ours: the origin client's hooks, the listeners', and the
+client engine's (cdnpull/http/).  The one exception is HTTP/2
+(cdnpull/http2.py), which extends H2Connection's request hooks.
+
+Twisted does not promise these names across releases, so pyproject.toml
+bounds Twisted above, and tests/test_compat.py (with the in-memory tests of
+tests/test_framing.py and tests/test_http_server.py) drives each hook without
+a network: a Twisted release that moves one fails the unit suite, not a node
+in production.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet import tcp
+from twisted.python.failure import Failure
+from twisted.web import client as _client
+from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web.http_headers import Headers, _nameEncoder
+
+__all__ = [
+    "HookedClientProtocol", "HookedConnectionPool", "request_gone", "raise_listen_errors",
+    "stop_rereading_resolv_conf", "eager_write", "fill_headers",
+]
+
+
+class HookedClientProtocol(HTTP11ClientProtocol):
+    """
+    Twisted's HTTP/1.1 client protocol (C{twisted.web._newclient}) with the
+    private parts the strict origin framing needs, under public names.
+    """
+
+    @property
+    def awaiting_response(self) -> bool:
+        """A request was sent and its response is not complete yet."""
+        return self._parser is not None
+
+    def give_up(self, reason: Failure) -> None:
+        """Fail the outstanding request with C{reason} (the connection stays as it is)."""
+        self._giveUp(reason)
+
+    def response_finishing(self) -> None:
+        """A response is complete; called before the connection may go back to the pool."""
+
+    def response_finished(self, rest: bytes) -> None:
+        """Called after L{response_finishing}, with the bytes that followed the response."""
+
+    def _finishResponse_WAITING(self, rest: bytes) -> None:
+        self.response_finishing()
+        super()._finishResponse_WAITING(rest)
+        self.response_finished(rest)
+
+
+class HookedConnectionPool(_client.HTTPConnectionPool):
+    """
+    Twisted's connection pool, whose connections are made by C{protocol}
+    (called with the pool's quiescent callback) through a factory that does
+    not log every new connection, with public names for what the pool keeps
+    private.
+    """
+
+    protocol: Callable[[Callable[[Any], None]], HTTP11ClientProtocol] = HTTP11ClientProtocol
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        make = cls.protocol
+
+        class Factory(_client._HTTP11ClientFactory):
+            noisy = False
+
+            def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+                return make(self._quiescentCallback)
+
+        cls._factory = Factory
+
+    def keep(self, connection: HTTP11ClientProtocol) -> bool:
+        """Whether a connection whose response is done goes back to the pool."""
+        return True
+
+    def _putConnection(self, key: Any, connection: HTTP11ClientProtocol) -> None:
+        if self.keep(connection):
+            super()._putConnection(key, connection)
+
+    def idle_connections(self) -> list[HTTP11ClientProtocol]:
+        """The connections waiting in the pool for a request."""
+        return [p for protos in self._connections.values() for p in protos]
+
+
+def request_gone(request: object) -> bool:
+    """Whether a twisted.web request's client connection is gone."""
+    return bool(getattr(request, "_disconnected", False))
+
+
+def raise_listen_errors(service: Any) -> None:
+    """
+    Make a C{StreamServerEndpointService} raise a listening failure from
+    C{privilegedStartService} instead of logging it later.
+    """
+    service._raiseSynchronously = True
+
+
+def stop_rereading_resolv_conf(resolver: object) -> None:
+    """Cancel the timer on which C{twisted.names.client.Resolver} re-reads resolv.conf."""
+    call: Optional[Any] = getattr(resolver, "_parseCall", None)
+    if call is not None and call.active():
+        call.cancel()
+
+
+# -- the client connection (cdnpull/http/) ------------------------------------
+# Writing an answer straight to the socket when nothing is waiting to be
+# sent, as asyncio's transports do, instead of buffering it and asking epoll
+# when the socket is writable (two epoll_ctl calls and one more loop turn per
+# answer); any other transport (TLS, tests' StringTransport), or anything
+# pending, goes through transport.write as usual.  And filling a twisted.web
+# Headers from parsed request headers without re-checking what llhttp has
+# checked already.
+
+
+def fill_headers(headers: Headers, fields: dict) -> None:
+    """
+    Put C{fields} (lower-case name -> [values], as llhttp parsed them: names
+    are tokens, values hold no CR, LF or NUL) into an empty C{headers}.
+    """
+    raw = headers._rawHeaders
+    encode = _nameEncoder.encode
+    for name, values in fields.items():
+        raw[encode(name)] = values
+
+
+def eager_write(transport: Any, data: bytes, body: bytes = b"") -> None:
+    """
+    Write C{data} then C{body} (a large body is not copied into one buffer
+    with its head: both go to the socket in one C{sendmsg}).
+    """
+    kind = type(transport)
+    if ((kind is tcp.Server or kind is tcp.Client) and transport.connected
+            and not transport.TLS and not transport.disconnecting
+            and not transport._writeDisconnected and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)):
+        try:
+            if body:
+                sent = transport.socket.sendmsg([data, body])
+            else:
+                sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # Twisted's own write finds the error and closes
+        if sent == len(data) + len(body):
+            return
+        if sent >= len(data):
+            transport.write(memoryview(body)[sent - len(data):].tobytes())
+            return
+        data = data[sent:]
+    transport.write(data)
+    if body:
+        transport.write(body)
