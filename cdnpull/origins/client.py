@@ -85,7 +85,7 @@ class _LazyTCP:
         self.address = address
         self.timeout = timeout
 
-    def connect(self, factory):  # type: ignore[no-untyped-def]
+    def connect(self, factory):
         return tcp_endpoint(self.reactor, self.address, self.timeout).connect(factory)
 
 
