@@ -18,9 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,35 +25,9 @@ import textwrap
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port}")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (cdn_argv, free_port, nginx_conf, rss_kib, start_nginx,  # noqa: E402
+                    stop_all, wait_port)
 
 
 def wrk(url: str, host: str, seconds: int, connections: int) -> tuple[float, str]:
@@ -65,15 +36,6 @@ def wrk(url: str, host: str, seconds: int, connections: int) -> tuple[float, str
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
     return rps, p50.group(1) if p50 else "?"
-
-
-def stop_all(cdn: subprocess.Popen, nginx: subprocess.Popen, work: str) -> None:
-    """Stop the twistd and nginx of a benchmark and remove its directory."""
-    cdn.send_signal(signal.SIGTERM)
-    nginx.send_signal(signal.SIGQUIT)
-    cdn.wait(10)
-    nginx.wait(10)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -92,18 +54,9 @@ def main() -> None:
     with open(os.path.join(www, "big.bin"), "wb") as f:
         f.truncate(args.size_mib * 1024 * 1024)  # sparse: the disk is not the bottleneck
     origin_port, nginx_cache_port, cdn_port = free_port("127.0.0.2"), free_port(), free_port()
-    nginx_conf = os.path.join(work, "nginx.conf")
-    with open(nginx_conf, "w") as f:
-        f.write(textwrap.dedent(f"""
-            worker_processes 1;
-            error_log {work}/nginx-error.log;
-            pid {work}/nginx.pid;
-            events {{ worker_connections 4096; }}
-            http {{
-                access_log off;
-                proxy_cache_path {work}/nginx-cache keys_zone=c:10m max_size=1g;
-                client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
-                fastcgi_temp_path {work}/tmp; uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(nginx_conf(work, f"""
                 server {{
                     listen 127.0.0.2:{origin_port};
                     root {www};
@@ -119,7 +72,6 @@ def main() -> None:
                         add_header X-Cache $upstream_cache_status;
                     }}
                 }}
-            }}
             """))
     site = os.path.join(work, "site.py")
     with open(site, "w") as f:
@@ -128,12 +80,10 @@ def main() -> None:
             settings = Settings(access_log=None)
             domains = [Domain("bench.test", origin=IPOrigin(["127.0.0.2:{origin_port}"]), probe=None)]
             """))
-    nginx = subprocess.Popen(["nginx", "-c", nginx_conf, "-g", "daemon off;"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = start_nginx(conf)
     log = open(os.path.join(work, "twistd.log"), "w")
-    cdn = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "cdnpull",
-                            "--config", site, "--listen", f"tcp:{cdn_port}:interface=127.0.0.1",
-                            "--admin", "none", "--state", os.path.join(work, "state.json")],
+    listen = f"tcp:{cdn_port}:interface=127.0.0.1"
+    cdn = subprocess.Popen(cdn_argv(work, site, listen, logfile="/dev/null"),
                            stdout=log, stderr=subprocess.STDOUT, cwd=work)
     try:
         wait_port(origin_port, "127.0.0.2")

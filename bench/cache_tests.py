@@ -25,16 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, cdn_argv, free_port, stop, wait_port  # noqa: E402
 
 CONFIG = """
 from cdnpull.config import Domain, IPOrigin, Settings
@@ -63,25 +60,6 @@ for (const suite of tests) for (const t of suite.tests) {
 }
 console.log(JSON.stringify(out))
 """
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
 
 
 PASS = ("pass", "yes")
@@ -149,9 +127,7 @@ def main() -> int:
                      npm_config_pidfile=os.path.join(work, "origin.pid"))))
         cdn_log = open(os.path.join(work, "twistd.log"), "w")
         procs.append(subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "cdnpull", "--config", config,
-             "--listen", f"tcp:{cdn_port}:interface=127.0.0.1", "--admin", "none",
-             "--state", os.path.join(work, "state.json")],
+            cdn_argv(work, config, f"tcp:{cdn_port}:interface=127.0.0.1"),
             cwd=work, stdout=cdn_log, stderr=subprocess.STDOUT, env=env))
         wait_port(origin_port)
         wait_port(cdn_port)
@@ -167,13 +143,7 @@ def main() -> int:
             raise SystemExit("the suite's client failed")
         results = json.loads(run.stdout)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

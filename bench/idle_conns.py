@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_bench import TWISTD, free_port, rss_kib, stop_all, wait_port  # noqa: E402
+from common import cdn_argv, free_port, rss_kib, start_nginx, stop_all, wait_port  # noqa: E402
 
 
 def open_idle(port: int, n: int) -> list:
@@ -82,12 +83,11 @@ def main() -> None:
             settings = Settings(client_idle_timeout=300)
             domains = [Domain("bench.test", origin=IPOrigin(["127.0.0.2:{origin_port}"]), probe=None)]
             """))
-    nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = start_nginx(conf)
     cdn = subprocess.Popen(
-        ["bash", "-c", f"ulimit -n {args.connections * 2 + 1000}; exec {TWISTD} -n --pidfile= "
-         f"--logfile=/dev/null cdnpull --config {site} --listen tcp:{cdn_port}:interface=127.0.0.1 "
-         f"--admin none --state {work}/state.json"], cwd=work)
+        ["bash", "-c", f"ulimit -n {args.connections * 2 + 1000}; exec " + shlex.join(
+            cdn_argv(work, site, f"tcp:{cdn_port}:interface=127.0.0.1", logfile="/dev/null"))],
+        cwd=work)
     try:
         for port, host in ((origin_port, "127.0.0.2"), (nginx_port, "127.0.0.1"), (cdn_port, "127.0.0.1")):
             wait_port(port, host)

@@ -22,7 +22,8 @@ import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_bench import TWISTD, free_port, wait_port  # noqa: E402
+from common import (cdn_argv, free_port, nginx_conf, pinned, start_nginx, stop,  # noqa: E402
+                    wait_port)
 from speed import HOST, get  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,23 +49,14 @@ def main() -> None:
             f.write(os.urandom(size))
     origin_port, cdn_port = free_port("127.0.0.2"), free_port()
     with open(os.path.join(work, "nginx.conf"), "w") as f:
-        f.write(textwrap.dedent(f"""
-            worker_processes 1;
-            error_log {work}/nginx-error.log;
-            pid {work}/nginx.pid;
-            events {{ worker_connections 4096; }}
-            http {{
-                access_log off;
-                client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
-                fastcgi_temp_path {work}/tmp; uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+        f.write(nginx_conf(work, f"""
                 server {{
                     listen 127.0.0.2:{origin_port} backlog=1024;
                     root {www};
                     location / {{ add_header Cache-Control "max-age=3600"; }}
                     location /nostore/ {{ add_header Cache-Control "no-store"; }}
                 }}
-            }}
-            """))
+            """, cache=False))
     access_log = {"file": repr(os.path.join(work, "access.log")), "event": "None", "off": '"off"'}[args.access_log]
     with open(os.path.join(work, "site.py"), "w") as f:
         f.write(textwrap.dedent(f"""
@@ -73,13 +65,10 @@ def main() -> None:
             domains = [Domain("{HOST}", origin=IPOrigin(["127.0.0.2:{origin_port}"]), probe=None)]
             """))
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
-    nginx = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", os.path.join(work, "nginx.conf"),
-                              "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cdn = subprocess.Popen(["taskset", "-c", "0", TWISTD, "-n", "--pidfile=", "--logfile",
-                            os.path.join(work, "twistd.log"), "cdnpull", "--config",
-                            os.path.join(work, "site.py"), "--listen",
-                            f"tcp:{cdn_port}:interface=127.0.0.1:backlog=1024", "--admin", "none",
-                            "--state", os.path.join(work, "state.json")],
+    nginx = start_nginx(os.path.join(work, "nginx.conf"), core="1")
+    cdn = subprocess.Popen(pinned("0", cdn_argv(work, os.path.join(work, "site.py"),
+                                                f"tcp:{cdn_port}:interface=127.0.0.1:backlog=1024",
+                                                logfile=os.path.join(work, "twistd.log"))),
                            env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     raw = os.path.join(work, "stacks.txt")
     try:
@@ -90,8 +79,8 @@ def main() -> None:
         if args.cpu:
             print(cpu_per_request(cdn.pid, cdn_port, args.path, args.seconds))
             return
-        load = subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{args.seconds + 2}s",
-                                 "-H", f"Host: {HOST}", f"http://127.0.0.1:{cdn_port}{args.path}"],
+        load = subprocess.Popen(pinned("1", ["wrk", "-t1", "-c50", f"-d{args.seconds + 2}s", "-H",
+                                             f"Host: {HOST}", f"http://127.0.0.1:{cdn_port}{args.path}"]),
                                 stdout=subprocess.PIPE, text=True)
         time.sleep(1)
         subprocess.run(["py-spy", "record", "--format", "raw", "-o", raw, "-d", str(args.seconds),
@@ -100,10 +89,7 @@ def main() -> None:
         rps = [line for line in out.splitlines() if "Requests/sec" in line]
         print(f"{args.path}: {rps[0].strip() if rps else '?'} while sampled (py-spy adds overhead)")
     finally:
-        cdn.terminate()
-        nginx.terminate()
-        cdn.wait(10)
-        nginx.wait(10)
+        stop([cdn, nginx])
     try:
         if args.keep:
             shutil.copy(raw, args.keep)
@@ -120,8 +106,8 @@ def _cpu_ticks(pid: int) -> int:
 
 def cpu_per_request(pid: int, port: int, path: str, seconds: int) -> str:
     before = _cpu_ticks(pid)
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{seconds}s",
-                          "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}{path}"],
+    out = subprocess.run(pinned("1", ["wrk", "-t1", "-c50", f"-d{seconds}s",
+                                      "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}{path}"]),
                          capture_output=True, text=True).stdout
     used = (_cpu_ticks(pid) - before) / os.sysconf("SC_CLK_TCK")
     done = [line for line in out.splitlines() if "requests in" in line]

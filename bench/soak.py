@@ -52,7 +52,8 @@ import textwrap
 import time
 import urllib.request
 
-TWISTD = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cdn_argv, free_port, rss_kib  # noqa: E402
 BIG = 5 * 1024 * 1024
 SIZES = (512, 4096, 20000, 100000)
 VERSION_PERIOD = 20  # /v/ objects change every 20 s
@@ -433,14 +434,6 @@ async def resetter(port: int, t: Tally, seed: int, stop: float) -> None:
 # -- processes and chaos --------------------------------------------------------------------
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def shared_port(*ips: str) -> int:
     for _ in range(50):
         port = free_port(ips[0])
@@ -518,10 +511,8 @@ class World:
                 """))
 
     def start_node(self) -> None:
-        cmd = [TWISTD, "-n", "--pidfile=", "cdnpull", "--config", self.config,
-               "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-               "--admin", f"tcp:{self.admin}:interface=127.0.0.1",
-               "--state", os.path.join(self.work, "state.json")]
+        cmd = cdn_argv(self.work, self.config, f"tcp:{self.port}:interface=127.0.0.1",
+                       admin=f"tcp:{self.admin}:interface=127.0.0.1")
         out = open(self.logfile, "a")
         started = time.monotonic()
         self.node = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.work)
@@ -532,14 +523,7 @@ class World:
         self.restart_s.append(time.monotonic() - started)
 
     def node_rss(self) -> int:
-        try:
-            with open(f"/proc/{self.node.pid}/status") as f:  # type: ignore[union-attr]
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
+        return rss_kib(self.node.pid)  # type: ignore[union-attr]
 
     def api(self, method: str, path: str, body: dict | None = None) -> tuple[int, str]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.admin}{path}", method=method,

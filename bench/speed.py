@@ -34,7 +34,7 @@ import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_bench import TWISTD, free_port, wait_port  # noqa: E402
+from common import cdn_argv, free_port, nginx_conf, pinned, stop, wait_port  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOST = "bench.test"
@@ -66,8 +66,8 @@ def wait_quiet(limit: float, most: float = 0.2) -> list[float]:
 
 
 def wrk(port: int, path: str, seconds: int, connections: int) -> float:
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-                          "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}{path}"],
+    out = subprocess.run(pinned("1", ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+                                      "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}{path}"]),
                          capture_output=True, text=True).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
@@ -111,16 +111,7 @@ def main() -> None:
     ports = {name: free_port() for name in ("cdn", "static", "proxy", "nginx", "canned")}
     origin_port = free_port("127.0.0.2")
     with open(os.path.join(work, "nginx.conf"), "w") as f:
-        f.write(textwrap.dedent(f"""
-            worker_processes 1;
-            error_log {work}/nginx-error.log;
-            pid {work}/nginx.pid;
-            events {{ worker_connections 4096; }}
-            http {{
-                access_log off;
-                proxy_cache_path {work}/nginx-cache keys_zone=c:10m max_size=1g;
-                client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
-                fastcgi_temp_path {work}/tmp; uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+        f.write(nginx_conf(work, f"""
                 upstream origin {{ server 127.0.0.2:{origin_port}; keepalive 64; }}
                 server {{
                     listen 127.0.0.2:{origin_port} backlog=1024;
@@ -138,7 +129,6 @@ def main() -> None:
                         add_header X-Cache $upstream_cache_status;
                     }}
                 }}
-            }}
             """))
     # The origin and nginx's cache are two nginx processes: the origin (and
     # wrk) on core 1, the measured nginx on core 0 with the other servers.
@@ -165,7 +155,7 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
 
     def start(core: str, argv: list[str], **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
-        p = subprocess.Popen(["taskset", "-c", core] + argv, stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(pinned(core, argv), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, cwd=work, **kw)
         procs.append(p)
         return p
@@ -179,9 +169,8 @@ def main() -> None:
                     f"127.0.0.2:{origin_port}", str(ports["proxy"])])
         start("0", [py, os.path.join(HERE, "canned.py"), str(ports["canned"])])
         env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
-        start("0", [TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(work, "twistd.log"), "cdnpull",
-                    "--config", site, "--listen", f"tcp:{ports['cdn']}:interface=127.0.0.1:backlog=1024",
-                    "--admin", "none", "--state", os.path.join(work, "state.json")], env=env)
+        start("0", cdn_argv(work, site, f"tcp:{ports['cdn']}:interface=127.0.0.1:backlog=1024",
+                            logfile=os.path.join(work, "twistd.log")), env=env)
         wait_port(origin_port, "127.0.0.2")
         for p in ports.values():
             wait_port(p)
@@ -231,13 +220,7 @@ def main() -> None:
                 print(f"{row:18s} {label:22s} {med:9.0f} ({min(v):.0f}-{max(v):.0f}) {ratio:>14s}")
             print()
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
     if args.memory:

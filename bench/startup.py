@@ -33,17 +33,10 @@ import tempfile
 import textwrap
 import time
 
-TWISTD = shutil.which("twistd", path=os.path.dirname(sys.executable)) or "twistd"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cdn_argv, free_port  # noqa: E402
 HOST = "bench.test.com"
 OBJECTS = 100_000
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def fill(directory: str, n: int, size: int) -> None:
@@ -124,8 +117,7 @@ def start(work: str, cache_dir: str | None, want_hit: bool) -> dict:
             domains = [Domain({HOST!r}, origin=IPOrigin([{origin!r}]), probe=None)]
             """))
     log = os.path.join(work, f"twistd-{port}.log")
-    cmd = [TWISTD, "-n", "--pidfile=", "cdnpull", "--config", config, "--admin", "none",
-           "--state", os.path.join(work, "state.json"), "--listen", f"tcp:{port}:interface=127.0.0.1"]
+    cmd = cdn_argv(work, config, f"tcp:{port}:interface=127.0.0.1")
     out = open(log, "w")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=work)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +24,7 @@ import textwrap
 import trustme
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_bench import TWISTD, free_port, wait_port  # noqa: E402
+from common import cdn_argv, free_port, nginx_conf, start_nginx, stop_all, wait_port  # noqa: E402
 
 HOST = "bench.test"
 
@@ -67,18 +65,9 @@ def main() -> None:
     leaf.private_key_pem.write_to_path(key_file)
     os.chmod(key_file, 0o644)  # read by nginx's worker user (a throwaway key)
     origin_port, nginx_port, cdn_port = free_port("127.0.0.2"), free_port(), free_port()
-    nginx_conf = os.path.join(work, "nginx.conf")
-    with open(nginx_conf, "w") as f:
-        f.write(textwrap.dedent(f"""
-            worker_processes 1;
-            error_log {work}/nginx-error.log;
-            pid {work}/nginx.pid;
-            events {{ worker_connections 4096; }}
-            http {{
-                access_log off;
-                proxy_cache_path {work}/nginx-cache keys_zone=c:10m max_size=1g;
-                client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
-                fastcgi_temp_path {work}/tmp; uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(nginx_conf(work, f"""
                 server {{
                     listen 127.0.0.2:{origin_port};
                     root {www};
@@ -97,7 +86,6 @@ def main() -> None:
                         add_header X-Cache $upstream_cache_status;
                     }}
                 }}
-            }}
             """))
     site = os.path.join(work, "site.py")
     with open(site, "w") as f:
@@ -106,12 +94,10 @@ def main() -> None:
             domains = [Domain("{HOST}", origin=IPOrigin(["127.0.0.2:{origin_port}"]), probe=None,
                               certificate=Certificate({cert_file!r}, {key_file!r}))]
             """))
-    nginx = subprocess.Popen(["nginx", "-c", nginx_conf, "-g", "daemon off;"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = start_nginx(conf)
     log = open(os.path.join(work, "twistd.log"), "w")
-    cdn = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile=/dev/null", "cdnpull",
-                            "--config", site, "--listen", f"tls:{cdn_port}:interface=127.0.0.1",
-                            "--admin", "none", "--state", os.path.join(work, "state.json")],
+    listen = f"tls:{cdn_port}:interface=127.0.0.1"
+    cdn = subprocess.Popen(cdn_argv(work, site, listen, logfile="/dev/null"),
                            stdout=log, stderr=subprocess.STDOUT, cwd=work)
     try:
         wait_port(origin_port, "127.0.0.2")
@@ -136,11 +122,7 @@ def main() -> None:
             print(f"   {label:18s} cdnpull {ours:9.0f} req/s   nginx {theirs:9.0f} req/s   "
                   f"ratio {ours / theirs:.2f}   (failed: {our_failed} / {their_failed})")
     finally:
-        cdn.send_signal(signal.SIGTERM)
-        nginx.send_signal(signal.SIGQUIT)
-        cdn.wait(10)
-        nginx.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(cdn, nginx, work)
 
 
 if __name__ == "__main__":

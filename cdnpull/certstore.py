@@ -16,7 +16,6 @@ domain gone) is ignored with an error in the log.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
@@ -25,6 +24,7 @@ from twisted.logger import Logger
 
 from .certs import CertificateSet, load_certificates, names_text, parse_certificate, read_certificate
 from .config import Certificate, Config, ConfigError
+from .files import write_private_atomically
 from .admin.control import UnknownDomain
 from .live import Routes
 from .admin.state import BadRequest
@@ -62,18 +62,7 @@ class CertificateStore:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         os.chmod(self.directory, 0o700)
         for path, data in zip(self.paths(name), (cert_pem, key_pem)):
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")  # 0600, O_EXCL
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-        self._sync_directory()
+            write_private_atomically(path, data, prefix=".tmp-")
 
     def remove(self, name: str) -> None:
         for path in self.paths(name):

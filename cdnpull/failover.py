@@ -192,12 +192,18 @@ class FailoverChain:
             return OriginTimeout(f"origin timed out: {detail}")
         return OriginUnavailable(f"no origin could be reached: {detail}")
 
-    def _connect_failed(self, live: LiveDomain, group: OriginGroup, state: AddressState,
-                        address: Address, detail: str, tries: list) -> None:
-        self._observe(live, group, address, "connect_error", None)
+    def _failed(self, live: LiveDomain, group: OriginGroup, state: AddressState,
+                address: Address, outcome: str, detail: str, tries: list) -> None:
+        """An attempt on C{address} failed: the metric, its count and last
+        error, and the line for the client's 502/504 log."""
+        self._observe(live, group, address, outcome, None)
         state.failures += 1
         state.last_error = (self.clock.seconds(), detail)
         tries.append(f"{group.role} {address}: {detail}")
+
+    def _connect_failed(self, live: LiveDomain, group: OriginGroup, state: AddressState,
+                        address: Address, detail: str, tries: list) -> None:
+        self._failed(live, group, state, address, "connect_error", detail, tries)
         group.block(state, detail)
 
     async def _try_group(self, live: LiveDomain, group: OriginGroup,
@@ -254,18 +260,12 @@ class FailoverChain:
                 self._connect_failed(live, group, state, address, e.detail, tries)
                 continue
             except NoResponse as e:
-                self._observe(live, group, address, "no_response", None)
-                state.failures += 1
-                state.last_error = (self.clock.seconds(), e.detail)
-                tries.append(f"{group.role} {address}: {e.detail}")
+                self._failed(live, group, state, address, "no_response", e.detail, tries)
                 if not safe:
                     return "unreachable"
                 continue
             except FirstByteTimeout as e:
-                self._observe(live, group, address, "timeout", None)
-                state.failures += 1
-                state.last_error = (self.clock.seconds(), e.detail)
-                tries.append(f"{group.role} {address}: {e.detail}")
+                self._failed(live, group, state, address, "timeout", e.detail, tries)
                 return "timeout"
             except CancelledError:
                 raise

@@ -61,6 +61,8 @@ def drive(url: str) -> dict:
         seen["primary_after"] = primary.first.get_attribute("data-address")
         seen["standby_after"] = standby.first.get_attribute("data-address")
         seen["badge"] = domain.locator(".badge").inner_text()
+        seen["https_plain"] = domain.locator(".https").get_attribute("data-https")
+        seen["https_secure"] = page.locator('[data-domain="secure.test.com"] .https').inner_text()
         # An invalid edit: the API's error is shown, nothing changes.
         domain.locator('button[data-action="edit-primary"]').click()
         domain.locator('form.editor input[name="addresses"]').fill("300.1.1.1")
@@ -77,10 +79,17 @@ async def test_console_switch_swaps_roles_and_the_api_agrees(tmp_path):  # type:
     sb = Origin("127.0.0.4", "standby").start()
     for o in (p, sb):
         o.text("/who", o.name.encode())
+    import trustme
+
+    from .test_certs import issue
+    cert = issue(trustme.CA(), str(tmp_path), "secure", "secure.test.com")
     config = write_config(str(tmp_path), f"""
-        from cdnpull.config import Domain, IPOrigin
+        from cdnpull.config import Certificate, Domain, IPOrigin
         domains = [Domain("www.test.com", origin=IPOrigin(["{p.addr}"]),
-                          standby=IPOrigin(["{sb.addr}"]), probe=None)]
+                          standby=IPOrigin(["{sb.addr}"]), probe=None),
+                   Domain("secure.test.com", origin=IPOrigin(["{p.addr}"]), probe=None,
+                          https_only=True, hsts="max-age=600",
+                          certificate=Certificate({cert.cert_file!r}, {cert.key_file!r}))]
         """)
     cdn = await cdn_started(config, str(tmp_path), admin=True)
     try:
@@ -89,6 +98,11 @@ async def test_console_switch_swaps_roles_and_the_api_agrees(tmp_path):  # type:
         assert seen["state_before"] == "up"
         assert seen["primary_after"] == sb.addr and seen["standby_after"] == p.addr
         assert seen["badge"] == "changed at runtime"
+        # Each domain's HTTPS policy and certificate are shown.
+        assert seen["https_plain"] == "none"
+        text = seen["https_secure"]
+        assert "HTTPS only" in text and "HSTS max-age=600" in text, text
+        assert "secure.test.com" in text and "days left (domain)" in text, text
         assert "origin.addresses[0]" in seen["error"] and "300.1.1.1" in seen["error"]
         status, d = await Client(cdn.admin_url).api("GET", "/api/domains/www.test.com")
         assert d["overridden"] is True

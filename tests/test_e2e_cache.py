@@ -215,6 +215,13 @@ async def test_head_is_answered_from_a_cached_get(world):  # type: ignore[no-unt
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_head_miss_passes_on_the_origins_content_length(world):  # type: ignore[no-untyped-def]
+    r, b = await get(world, "/nostore", method="HEAD")
+    assert (r.code, b) == (200, b"")
+    assert r.headers.getRawHeaders("content-length") == ["5"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_vary_keeps_a_variant_per_value(world):  # type: ignore[no-untyped-def]
     for lang, status in (("en", "MISS"), ("fr", "MISS"), ("en", "HIT"), ("fr", "HIT")):
         r, b = await get(world, "/vary", headers={"Accept-Language": lang})

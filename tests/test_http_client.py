@@ -207,6 +207,8 @@ def test_head_ends_at_its_head():  # type: ignore[no-untyped-def]
     reader = Reader()
     response.deliverBody(reader)
     assert response.length == 0 and reader.reason.check(ResponseDone)
+    # What the GET's body would be is passed on, as Agent does.
+    assert response.headers.getRawHeaders(b"content-length") == [b"500"]
 
 
 def test_a_body_is_sent_with_its_length_or_in_chunks():  # type: ignore[no-untyped-def]

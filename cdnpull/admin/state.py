@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Optional
@@ -21,6 +20,7 @@ from twisted.logger import Logger
 
 from ..config import Domain, Origin, S3Credentials, domain_problems
 from ..errors import BadRequest
+from ..files import write_private_atomically
 from ..origins.kinds import kind_of, origin_from_json, origin_to_json
 
 __all__ = [
@@ -150,24 +150,4 @@ class StateFile:
         """Atomic replace; runs in a thread (it fsyncs)."""
         if self.path is None:
             return
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp",
-                                   dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_private_atomically(self.path, payload, prefix=f".{os.path.basename(self.path)}.")

@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import struct
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,8 @@ from typing import Any, Callable, Iterable, Optional
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from ..files import write_private_atomically
 
 __all__ = ["Entry", "MemoryStore", "DiskStore", "Store"]
 
@@ -257,47 +258,15 @@ def read_object(path: str, ident: tuple) -> Entry:
     return replace(entry, body=body)
 
 
-def _mkdir_private(path: str) -> None:
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-
-
 def _write_atomically(path: str, data: bytes, prefix: str = ".") -> int:
     """
-    Write C{data} to C{path} so that it appears whole or not at all: a
-    temporary file with an unpredictable name created exclusively (mode
-    0600) in the target directory, fsync, rename, fsync of the directory.
-    Directories are created 0700.  Two writers of one path never share a
-    temporary file.
+    Write C{data} to C{path} whole or not at all (L{write_private_atomically}:
+    exclusive 0600 temporary file, fsync, rename, directory fsync; missing
+    directories 0700).
 
     @return: the bytes the file takes on disk.
     """
-    directory = os.path.dirname(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(os.path.dirname(directory)), mode=0o700, exist_ok=True)
-        _mkdir_private(os.path.dirname(directory))
-        _mkdir_private(directory)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-            st = os.fstat(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return _allocated(st)
+    return _allocated(write_private_atomically(path, data, prefix))
 
 
 def _unlink(path: str) -> None:

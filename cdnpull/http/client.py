@@ -287,6 +287,10 @@ class OriginConnection(Protocol):
         # those the origin named in Connection).
         fill_headers(headers, {k: v for k, v in fields.items()
                                if k not in CONNECTION_CONTROL and k not in named})
+        if self._method == b"HEAD" and cl and b"content-length" not in named:
+            # As Agent: a HEAD answer's Content-Length describes the GET's
+            # body and is passed on to the client.
+            headers.setRawHeaders(b"content-length", [cl[0]])
         if self._method == b"HEAD" or code in (204, 304):
             length: Any = 0
         elif cl:
