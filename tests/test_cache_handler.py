@@ -235,6 +235,16 @@ def test_a_hit_for_miss_answer_is_relayed_with_the_same_head_as_the_first() -> N
     assert w.cache.unshared.why("http://www.test.com/n") == "private"
 
 
+def test_a_hit_for_miss_answer_that_is_storable_but_too_large_reaches_its_client_whole() -> None:
+    w = World(max_object=8)
+    w.get("/big")
+    w.origin.answer(0, 200, b"mine", {b"cache-control": b"private"})
+    r, _, _ = w.get("/big")
+    w.origin.answer(1, 200, b"0123456789abcdef", {b"cache-control": b"max-age=60"})
+    assert (r.body, r.finished) == (b"0123456789abcdef", True)
+    assert w.cache.unshared.why("http://www.test.com/big") == "large"
+
+
 def test_an_answer_kept_from_an_authorized_request_does_not_stop_collapsing_for_others() -> None:
     w = World()
     w.get("/api", BEARER)

@@ -539,17 +539,26 @@ class Cache:
         verdict = storable(b"GET", ask.reqh, response.code, headers, ask.rule, now, self.targeted)
         if verdict.ok:
             # Storable now: stored (or shared) through a Flight, as a miss.
+            # The reader must be attached when the flight releases its
+            # waiters, before the fill starts (as in _fetch): the request
+            # waits on the flight before it adopts the answer.
             flight = Flight(self, ask.key, register=False)
-            waiter = flight.join()
+            streamed = Deferred.fromCoroutine(self._join(ask, flight, flight.join()))
             flight.adopt(result, ask.rule, ask.reqh, request_time)
-            flight.leave(waiter)
-            assert flight.fill is not None
-            return await self._stream(ask, flight.fill, "MISS")
+            return await streamed
         if response.code < 500 and not authorized(ask.reqh):
             self.unshared.mark(ask.key, "private")
         elif response.length is not UNKNOWN_LENGTH and response.length > self.max_object:
             self.unshared.mark(ask.key, "large")
         await self._relay(ask, result, headers)
+
+    async def _join(self, ask: _Ask, flight: Flight, waiter: Any) -> None:
+        try:
+            await waiter.ready
+        finally:
+            flight.leave(waiter)
+        assert flight.fill is not None
+        await self._stream(ask, flight.fill, "MISS")
 
     async def _relay(self, ask: _Ask, result: Any, headers: dict) -> None:
         """An origin answer that is not stored, written to its one client as it comes."""
