@@ -35,6 +35,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--access-log", default="file", choices=("file", "event", "off"))
+    ap.add_argument("--keep", help="also copy py-spy's raw stacks (with line numbers) here")
+    ap.add_argument("--cpu", action="store_true",
+                    help="no py-spy: the node's CPU time per request (user + system, from "
+                         "/proc), which other work on the machine moves far less than req/s")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="cdnpull-profile-")
     os.chmod(work, 0o755)
@@ -72,6 +76,9 @@ def main() -> None:
         wait_port(cdn_port)
         get(cdn_port, args.path)
         get(cdn_port, args.path)
+        if args.cpu:
+            print(cpu_per_request(cdn.pid, cdn_port, args.path, args.seconds))
+            return
         load = subprocess.Popen(pinned("1", ["wrk", "-t1", "-c50", f"-d{args.seconds + 2}s", "-H",
                                              f"Host: {HOST}", f"http://127.0.0.1:{cdn_port}{args.path}"]),
                                 stdout=subprocess.PIPE, text=True)
@@ -84,9 +91,30 @@ def main() -> None:
     finally:
         stop([cdn, nginx])
     try:
+        if args.keep:
+            shutil.copy(raw, args.keep)
         report(raw, args.top)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def cpu_per_request(pid: int, port: int, path: str, seconds: int) -> str:
+    before = _cpu_ticks(pid)
+    out = subprocess.run(pinned("1", ["wrk", "-t1", "-c50", f"-d{seconds}s",
+                                      "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}{path}"]),
+                         capture_output=True, text=True).stdout
+    used = (_cpu_ticks(pid) - before) / os.sysconf("SC_CLK_TCK")
+    done = [line for line in out.splitlines() if "requests in" in line]
+    errors = [line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line]
+    n = int(done[0].split()[0]) if done else 0
+    per = f"{used / n * 1e6:.0f} us" if n else "?"
+    return f"{path}: {n} requests, node CPU {used:.2f} s, {per} per request {' '.join(errors)}"
 
 
 def report(raw: str, top: int) -> None:

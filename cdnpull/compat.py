@@ -135,7 +135,9 @@ def eager_write(transport: Any, data: bytes, body: bytes = b"") -> None:
     Write C{data} then C{body} (a large body is not copied into one buffer
     with its head: both go to the socket in one C{sendmsg}).
     """
-    if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
+    kind = type(transport)
+    if ((kind is tcp.Server or kind is tcp.Client) and transport.connected
+            and not transport.TLS and not transport.disconnecting
             and not transport._writeDisconnected and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)):
         try:

@@ -5,6 +5,7 @@ only module that touches the global reactor.
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from twisted.python import usage
@@ -61,9 +62,15 @@ def makeService(options: Options):
 
     try:
         loaded = load_config(options["config"], **overrides(options))
-        return build_service(loaded, reactor)
+        service = build_service(loaded, reactor)
     except ConfigError as e:
         # One line, no traceback, non-zero exit.
         sys.stderr.write(f"cdnpull: config error: {e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
+    # What start-up made (modules, config, Twisted) lives as long as the
+    # process: out of the collector's sight, a full collection no longer
+    # walks it (under load those walks were several per cent of a miss).
+    gc.collect()
+    gc.freeze()
+    return service

@@ -211,6 +211,40 @@ def test_after_a_private_answer_requests_do_not_queue_behind_one_another() -> No
     assert len(w.origin.pulls) == 3
 
 
+def test_a_hit_for_miss_answer_is_relayed_with_the_same_head_as_the_first() -> None:
+    # The first private answer goes through a Flight and a Fill; the next
+    # ones (hit-for-miss) are relayed directly: same status, same headers.
+    w = World()
+    answer = {b"cache-control": b"no-store", b"server": b"origin/1", b"connection": b"x-hop",
+              b"x-hop": b"1", b"keep-alive": b"timeout=5", b"etag": b'"v1"', b"x-kept": b"yes"}
+    heads = []
+    for i in range(2):
+        r, ctx, _ = w.get("/n")
+        w.origin.answer(i, 200, b"mine", answer)
+        assert (r.body, r.finished, ctx.cache, r.code) == (b"mine", True, "MISS", 200)
+        heads.append(sorted(r.responseHeaders.getAllRawHeaders()))
+    assert heads[0] == heads[1]
+    names = {name.lower() for name, _ in heads[1]}
+    assert {b"x-kept", b"etag", b"via", b"x-cache", b"age", b"content-length"} <= names
+    assert not names & {b"server", b"connection", b"x-hop", b"keep-alive"}
+    # A conditional request is answered 304 by the node, from the relayed answer.
+    r, _, _ = w.get("/n", {b"If-None-Match": b'"v1"'})
+    assert w.origin.header(2, b"if-none-match") is None
+    w.origin.answer(2, 200, b"mine", answer)
+    assert (r.code, r.body, r.finished) == (304, b"", True)
+    assert w.cache.unshared.why("http://www.test.com/n") == "private"
+
+
+def test_a_hit_for_miss_answer_that_is_storable_but_too_large_reaches_its_client_whole() -> None:
+    w = World(max_object=8)
+    w.get("/big")
+    w.origin.answer(0, 200, b"mine", {b"cache-control": b"private"})
+    r, _, _ = w.get("/big")
+    w.origin.answer(1, 200, b"0123456789abcdef", {b"cache-control": b"max-age=60"})
+    assert (r.body, r.finished) == (b"0123456789abcdef", True)
+    assert w.cache.unshared.why("http://www.test.com/big") == "large"
+
+
 def test_an_answer_kept_from_an_authorized_request_does_not_stop_collapsing_for_others() -> None:
     w = World()
     w.get("/api", BEARER)

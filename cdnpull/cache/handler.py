@@ -35,8 +35,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..errors import OriginTimeout, OriginUnavailable
-from ..headers import VIA, end_to_end
+from ..compat import fill_headers
+from ..headers import HOP_BY_HOP, VIA, end_to_end
 from ..failover import OriginRequest, PullResult
+from ..stream import BodyRelay, Discard
 from ..routing import normalise_host
 from .collapse import Flight, Unshared, authorized, header_map
 from .fill import Fill, FillBudget, Reader, StaticSource
@@ -454,6 +456,12 @@ class Cache:
             # Not even behind a pull in flight: if its client leaves, this
             # request alone would keep the whole object coming.
             return await self._pass_range(ask)
+        if (entry is None and why == "private" and ask.request.method == b"GET"
+                and not ask.reqh.get(b"range")):
+            # Hit-for-miss: the last answer was not stored, so nobody joins
+            # this pull; unless the answer turns out storable, it is relayed
+            # without a Flight, a Fill and a Reader (the miss path's cost).
+            return await self._direct(ask)
         flight = None if alone else self.inflight.get(ask.key)
         leader = flight is None
         if flight is None:
@@ -509,6 +517,88 @@ class Cache:
         if not leader and fill.base > 0:
             return await self._lookup(ask, alone=True)  # joined too late to share it
         await self._stream(ask, fill, "MISS", strip_cookies=flight.strip_cookies and not leader)
+
+    async def _direct(self, ask: _Ask) -> None:
+        """
+        A GET miss of a key marked not shared ("private"): the origin's
+        answer goes to this request alone.  When the answer is storable
+        after all, it takes the ordinary way (a Flight stores it); else it
+        is relayed as it arrives and the mark is renewed, as
+        L{Flight.adopt} would.
+        """
+        ctx = ask.ctx
+        request_time = self.clock.seconds()
+        ctx.pending = self.puller.pull(ask.live, self._origin_request(ask.oreq, None, ctx.start))
+        try:
+            result = await ctx.pending
+        finally:
+            ctx.pending = None
+        response = result.response
+        headers = header_map(response.headers)
+        now = self.clock.seconds()
+        verdict = storable(b"GET", ask.reqh, response.code, headers, ask.rule, now, self.targeted)
+        if verdict.ok:
+            # Storable now: stored (or shared) through a Flight, as a miss.
+            # The reader must be attached when the flight releases its
+            # waiters, before the fill starts (as in _fetch): the request
+            # waits on the flight before it adopts the answer.
+            flight = Flight(self, ask.key, register=False)
+            streamed = Deferred.fromCoroutine(self._join(ask, flight, flight.join()))
+            flight.adopt(result, ask.rule, ask.reqh, request_time)
+            return await streamed
+        if response.code < 500 and not authorized(ask.reqh):
+            self.unshared.mark(ask.key, "private")
+        elif response.length is not UNKNOWN_LENGTH and response.length > self.max_object:
+            self.unshared.mark(ask.key, "large")
+        await self._relay(ask, result, headers)
+
+    async def _join(self, ask: _Ask, flight: Flight, waiter: Any) -> None:
+        try:
+            await waiter.ready
+        finally:
+            flight.leave(waiter)
+        assert flight.fill is not None
+        await self._stream(ask, flight.fill, "MISS")
+
+    async def _relay(self, ask: _Ask, result: Any, headers: dict) -> None:
+        """An origin answer that is not stored, written to its one client as it comes."""
+        request, ctx, reqh = ask.request, ask.ctx, ask.reqh
+        response = result.response
+        ctx.cache = "MISS"
+        ctx.group = result.group
+        ctx.origin = str(result.address)
+        ctx.origin_ms = result.elapsed * 1000
+        # end_to_end(), on the map: no hop-by-hop field, none named in
+        # Connection, and our Server instead of the origin's.
+        skip = set(HOP_BY_HOP)
+        skip.add(b"server")
+        for value in headers.get(b"connection", ()):
+            skip.update(token.strip().lower() for token in value.split(b","))
+        headers = {name: values for name, values in headers.items() if name not in skip}
+        if response.code == 200 and not_modified(reqh, headers):
+            response.deliverBody(Discard(stop=True))
+            self._answer_304(request, headers, "MISS", 0)
+            return
+        request.setResponseCode(response.code, response.phrase)
+        # What _common does, on the map; then one fill of the response
+        # headers (the origin's fields were checked by its parser).
+        for name in self.targeted:
+            headers.pop(name, None)
+        if b"age" not in headers:
+            headers[b"age"] = [b"0"]
+        headers[b"via"] = [b", ".join(headers.get(b"via", []) + [VIA])]
+        headers[b"x-cache"] = [b"MISS"]
+        length = response.length
+        if response.code == 200 and length is not UNKNOWN_LENGTH:
+            headers[b"accept-ranges"] = [b"bytes"]
+        if length is not UNKNOWN_LENGTH:
+            headers[b"content-length"] = [b"%d" % length]
+        fill_headers(request.responseHeaders, headers)
+        relay = BodyRelay(request)
+        ctx.relay = relay
+        response.deliverBody(relay)
+        if await relay.done and not getattr(request, "_disconnected", False):
+            request.finish()
 
     def _passes_range(self, ask: _Ask, why: Optional[str]) -> bool:
         """

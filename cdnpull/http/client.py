@@ -40,7 +40,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from ..errors import ClientBodyInterrupted, NoResponse
 from ..headers import HOP_BY_HOP
 from ..upload import BodyInterrupted
-from ..compat import fill_headers
+from ..compat import eager_write, fill_headers
 
 __all__ = ["OriginPool", "OriginResponse", "MAX_HEAD", "MAX_HEADERS"]
 
@@ -166,7 +166,7 @@ class OriginConnection(Protocol):
         else:
             lines.append(b"Content-Length: %d\r\n" % length)  # type: ignore[str-format]
         lines.append(b"\r\n")
-        self.transport.writeSequence(lines)
+        eager_write(self.transport, b"".join(lines))
         if body is not None:
             self._produce(body, length is UNKNOWN_LENGTH)
         return d

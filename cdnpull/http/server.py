@@ -221,7 +221,7 @@ class ClientConnection(Protocol):
                  "_active", "_backlog", "_backlog_size", "_feeding", "_pausers", "_producer",
                  "_write_paused", "_sweeper", "_send_timer", "_idle_since", "_head_since",
                  "_head_seen", "_body_seen", "_in_body", "_header_bytes", "_peer_host", "_secure",
-                 "_chunks", "_data", "_fresh", "_tail")
+                 "_chunks", "_data", "_fresh", "_tail", "_pending", "_host")
 
     def __init__(self, limits: Optional[ClientLimits] = None, clock: Any = None,
                  sweeper: Optional["Sweeper"] = None) -> None:
@@ -264,6 +264,10 @@ class ClientConnection(Protocol):
         self._data = b""  # what llhttp is being fed
         self._fresh = "idle"  # where the message being read began in it
         self._tail = b""  # the end of the previous feed (a head end split across feeds)
+        # A response head not sent yet: it goes out with the first body bytes
+        # (one send), or when the answer ends or the connection closes.
+        self._pending: Optional[bytes] = None
+        self._host: Any = None  # our address (getsockname), asked once
 
     @property
     def peer_host(self) -> str:
@@ -552,7 +556,11 @@ class ClientConnection(Protocol):
         return self.transport.getPeer()
 
     def getHost(self) -> Any:
-        return self.transport.getHost()
+        # Every twisted.web Request asks (a getsockname call each time).
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()
+        return host
 
     def isSecure(self) -> bool:
         if self._secure is None:
@@ -560,10 +568,21 @@ class ClientConnection(Protocol):
         return self._secure
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        head = self._pending
+        if head is not None:
+            self._pending = None
+            eager_write(self.transport, head, data)
+        else:
+            eager_write(self.transport, data)
 
     def writeSequence(self, data: Any) -> None:
-        self.transport.writeSequence(data)
+        self.write(b"".join(data))
+
+    def _flush(self) -> None:
+        head = self._pending
+        if head is not None:
+            self._pending = None
+            eager_write(self.transport, head)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
         head = self._head
@@ -577,7 +596,8 @@ class ClientConnection(Protocol):
             for value in values:
                 out.extend((name, b": ", value, b"\r\n"))
         out.append(b"\r\n")
-        self.transport.writeSequence(out)
+        self._flush()
+        self._pending = b"".join(out)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._producer = producer
@@ -588,6 +608,7 @@ class ClientConnection(Protocol):
         self._producer = None
 
     def requestDone(self, request: Any) -> None:
+        self._flush()
         if request is not self._active:
             return
         self._active = None
@@ -649,6 +670,7 @@ class ClientConnection(Protocol):
     def _close(self) -> None:
         if self._closing:
             return
+        self._flush()
         self._closing = True
         self._cancel_timers()
         self._backlog = None

@@ -75,6 +75,20 @@ def tcp_endpoint(reactor: object, address: Address, timeout: float) -> IStreamCl
     return kind(reactor, address.host, address.port, timeout=timeout)
 
 
+class _LazyTCP:
+    """L{tcp_endpoint}, made when C{connect} is called (most requests reuse a connection)."""
+
+    __slots__ = ("reactor", "address", "timeout")
+
+    def __init__(self, reactor: object, address: Address, timeout: float) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.timeout = timeout
+
+    def connect(self, factory):
+        return tcp_endpoint(self.reactor, self.address, self.timeout).connect(factory)
+
+
 class _Attempt:
     """What happened to the connection of one try, for classifying a timeout."""
 
@@ -251,7 +265,8 @@ class OriginClient:
         attempt = _Attempt()
         if scheme == "http":
             # Plain HTTP: cdnpull's own client on llhttp (cdnpull/http/client.py).
-            endpoint = tcp_endpoint(self.reactor, address, connect_timeout)
+            # (The endpoint is made only when no pooled connection is idle.)
+            endpoint = _LazyTCP(self.reactor, address, connect_timeout)
             d = self._http.request(endpoint, address, method, target, headers, body, attempt,
                                    on_interim)
         else:
