@@ -60,14 +60,19 @@ def _stamp(when: float) -> str:
     return _stamp_cache[1]
 
 
+def _line(client: str, method: str, uri: str, version: str, status: int, sent: int,
+          referer: str, agent: str, when: float, tail: str) -> str:
+    """The combined-format part of an access line, then C{tail}."""
+    return (f'{client} - - [{_stamp(when)}] "{_q(method)} {_q(uri)} {version}" '
+            f'{status} {sent} "{_q(referer)}" "{_q(agent)}" {tail}')
+
+
 def format_record(r: AccessRecord) -> str:
     origin_ms = "-" if r.origin_ms is None else f"{r.origin_ms:.0f}"
-    return (
-        f'{r.client} - - [{_stamp(r.when)}] "{_q(r.method)} {_q(r.uri)} {r.version}" '
-        f"{r.status} {r.sent} \"{_q(r.referer)}\" \"{_q(r.user_agent)}\" "
-        f"domain={r.domain or '-'} cache={r.cache} group={r.group or '-'} "
-        f"origin={r.origin or '-'} origin_ms={origin_ms} total_ms={r.total_ms:.0f}"
-    )
+    return _line(r.client, r.method, r.uri, r.version, r.status, r.sent, r.referer,
+                 r.user_agent, r.when,
+                 f"domain={r.domain or '-'} cache={r.cache} group={r.group or '-'} "
+                 f"origin={r.origin or '-'} origin_ms={origin_ms} total_ms={r.total_ms:.0f}")
 
 
 class AccessLog:
@@ -114,26 +119,21 @@ class AccessLog:
     def hit(self, client: str, method: bytes, uri: bytes, version: bytes, status: int, sent: int,
             fields: dict, domain: str, when: float) -> None:
         """A request answered from the cache by the connection (no Request object)."""
-        if self._file is None:
-            if self.off:
-                return
-            referer = fields.get(b"referer")
-            agent = fields.get(b"user-agent")
-            return self.record(AccessRecord(
-                client=client, method=method.decode("latin-1"), uri=uri.decode("latin-1"),
-                version=version.decode("latin-1"), status=status, sent=sent,
-                referer=referer[0].decode("latin-1") if referer else "",
-                user_agent=agent[0].decode("latin-1") if agent else "",
-                domain=domain, cache="HIT", group="cache", origin="-", origin_ms=None,
-                total_ms=0.0, when=when))
+        if self.off:
+            return
         referer = fields.get(b"referer")
         agent = fields.get(b"user-agent")
-        self.write_line(
-            f'{client} - - [{_stamp(when)}] "{_q(method.decode("latin-1"))} '
-            f'{_q(uri.decode("latin-1"))} {version.decode("latin-1")}" {status} {sent} '
-            f'"{_q(referer[0].decode("latin-1")) if referer else "-"}" '
-            f'"{_q(agent[0].decode("latin-1")) if agent else "-"}" '
-            f"domain={domain} cache=HIT group=cache origin=- origin_ms=- total_ms=0")
+        m, u, v = method.decode("latin-1"), uri.decode("latin-1"), version.decode("latin-1")
+        ref = referer[0].decode("latin-1") if referer else ""
+        ua = agent[0].decode("latin-1") if agent else ""
+        if self._file is None:
+            self.record(AccessRecord(
+                client=client, method=m, uri=u, version=v, status=status, sent=sent,
+                referer=ref, user_agent=ua, domain=domain, cache="HIT", group="cache",
+                origin="-", origin_ms=None, total_ms=0.0, when=when))
+            return
+        self.write_line(_line(client, m, u, v, status, sent, ref, ua, when,
+                              f"domain={domain} cache=HIT group=cache origin=- origin_ms=- total_ms=0"))
 
     def write_line(self, line: str) -> None:
         data = (line + "\n").encode("utf-8", "replace")
