@@ -150,9 +150,10 @@ class Edge(Resource):
             # the path it would be one more cache key for the same object.
             raise EdgeError("a fragment (#) in the request target", 400)
         hosts = request.requestHeaders.getRawHeaders(b"host", [])
-        if len(hosts) > 1:
+        if len(hosts) > 1 and len({h.lower() for h in hosts}) > 1:
             # RFC 9112 section 3.2: which one would an origin or another
-            # cache in front of it read?
+            # cache in front of it read?  (HTTP/1.1 refuses a second Host in
+            # the engine; HTTP/2 may carry :authority and an equal Host.)
             raise EdgeError("more than one Host header", 400)
         # An absolute-form target is routed by its authority; Host is ignored.
         host = normalise_host(authority if authority is not None else (hosts[0] if hosts else None))

@@ -118,8 +118,7 @@ class EdgeH2Connection(H2Connection):
         if stream is None:
             return  # reset or finished already
         super().abortRequest(streamID)
-        if stream is not None:
-            stream.connectionLost(Failure(ConnectionLost("stream reset by the node")))
+        stream.connectionLost(Failure(ConnectionLost("stream reset by the node")))
 
 
 def _limited(base: type, limits: Any) -> type:
@@ -150,11 +149,6 @@ def _limited(base: type, limits: Any) -> type:
                 return
             if self._h2_too_big:
                 self._h2_refuse(413, f"request body larger than {limits.max_body} bytes")
-                return
-            hosts = self.requestHeaders.getRawHeaders(b"host") or []
-            if len({h.lower() for h in hosts}) > 1:
-                self.method, self.uri, self.clientproto = command, path, version
-                self._h2_refuse(400, "two different Host values")
                 return
             super().requestReceived(command, path, version)
 

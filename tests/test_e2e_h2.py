@@ -437,3 +437,17 @@ async def test_curl_http2(node) -> None:  # type: ignore[no-untyped-def]
         "-w", "\n%{http_version} %{http_code}", f"https://www.test.com:{node['port']}/hit.txt"],
         capture_output=True, timeout=30)
     assert out.stdout.decode() == "cached over h2\n2 200"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_equal_to_authority_is_one_host(node) -> None:  # type: ignore[no-untyped-def]
+    # Twisted turns :authority into a Host field; a client that also sends
+    # the same Host has asked for one host, not two.
+    def ask() -> tuple:
+        client = H2Client(node["port"], "www.test.com", node["ca_file"])
+        try:
+            return client.get("/hit.txt", headers=[("host", "www.test.com")])[0]
+        finally:
+            client.close()
+
+    assert await deferToThread(ask) == 200
