@@ -95,10 +95,6 @@ class AccessLog:
         if self.path:
             self._file = open(self.path, "ab")
 
-    @property
-    def to_file(self) -> bool:
-        return self._file is not None
-
     def reopen(self) -> None:
         """After logrotate moved the file (SIGHUP): continue in a new one."""
         if self.path:

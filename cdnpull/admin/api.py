@@ -49,6 +49,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..compat import request_gone
+from ..config import DEFAULT_PORTS
 from ..metrics import Metrics
 from .control import Control, UnknownDomain
 from .state import BadRequest
@@ -148,7 +149,6 @@ class _Collect:
 
 # -- who may call -------------------------------------------------------------------
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _split_host(value: str) -> Optional[tuple[str, Optional[int]]]:
@@ -285,7 +285,7 @@ class AdminResource(Resource):
         origins = request.requestHeaders.getRawHeaders(b"origin")
         if origins is not None:
             scheme = "https" if request.isSecure() else "http"
-            own = (scheme, host[0], host[1] or _DEFAULT_PORTS[scheme])
+            own = (scheme, host[0], host[1] or DEFAULT_PORTS[scheme])
             if len(origins) != 1 or self._origin(origins[0]) != own:
                 return 403, "cross-origin request refused: Origin is not this admin's own"
         if request.method in CHANGING:
@@ -301,9 +301,9 @@ class AdminResource(Resource):
             port = parts.port
         except (UnicodeDecodeError, ValueError):
             return None
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
             return None
-        return parts.scheme, parts.hostname.rstrip("."), port or _DEFAULT_PORTS[parts.scheme]
+        return parts.scheme, parts.hostname.rstrip("."), port or DEFAULT_PORTS[parts.scheme]
 
     def _authorised(self, request: Request) -> bool:
         if self.token is None:

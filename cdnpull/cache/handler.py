@@ -35,13 +35,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..errors import OriginTimeout, OriginUnavailable
-from ..compat import fill_headers
+from ..compat import fill_headers, request_gone
 from ..headers import HOP_BY_HOP, VIA, end_to_end
 from ..failover import OriginRequest, PullResult
 from ..stream import BodyRelay, Discard
 from ..routing import normalise_host
 from .collapse import Flight, Unshared, authorized, header_map
 from .fill import Fill, FillBudget, Reader, StaticSource
+from .hit import NOT_MODIFIED_HEADERS
 from .policy import (
     byte_ranges,
     current_age,
@@ -58,9 +59,6 @@ from .store import Entry, Store
 
 __all__ = ["Cache"]
 
-# Headers a 304 carries from the stored answer (RFC 9110 section 15.4.5).
-NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag", b"expires",
-                        b"vary", b"last-modified")
 # Request headers the cache takes out of the origin request: it asks for
 # the whole object (to store it) and answers ranges and conditionals itself.
 CLIENT_ONLY = (b"range", b"if-range", b"if-none-match", b"if-modified-since", b"if-match",
@@ -236,14 +234,15 @@ class Cache:
                 if same is not None and same not in targets:
                     targets.append(same)
         n = 0
+        keyed = []  # keys with forwarded header values after a newline
         for target in targets:
             rule = match_rule(live.config.cache, target.split(b"?", 1)[0].decode("latin-1"))
             for scheme in ("http", "https"):
                 key = self.key_of(scheme, oreq.host, target, bool(rule and rule.ignore_query))
                 n += self.store.remove_key(key)  # (with what the disk has not indexed yet)
-                if getattr(live.config, "forward_headers", ()):
-                    # Keys with forwarded header values after a newline.
-                    n += self.store.purge([], [key + "\n"])
+                keyed.append(key + "\n")
+        if getattr(live.config, "forward_headers", ()):
+            n += self.store.purge([], keyed)  # one walk of the store for all of them
         if n:
             self.log.debug("cache: {n} stored answers invalidated by {method} {key}", n=n,
                            method=oreq.method.decode("latin-1"),
@@ -597,7 +596,7 @@ class Cache:
         relay = BodyRelay(request)
         ctx.relay = relay
         response.deliverBody(relay)
-        if await relay.done and not getattr(request, "_disconnected", False):
+        if await relay.done and not request_gone(request):
             request.finish()
 
     def _passes_range(self, ask: _Ask, why: Optional[str]) -> bool:

@@ -17,7 +17,7 @@ from ..headers import VIA
 from .policy import current_age, match_rule, not_modified, vary_key
 from .store import Entry
 
-__all__ = ["fresh_hit", "Wire"]
+__all__ = ["fresh_hit", "Wire", "NOT_MODIFIED_HEADERS"]
 
 # Headers a 304 carries from the stored answer (RFC 9110 section 15.4.5).
 NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag", b"expires",
@@ -96,7 +96,7 @@ def fresh_hit(cache: Any, live: Any, scheme: str, host: str, target: bytes, meth
     age = wire.base_age + max(0.0, now - entry.response_time)
     if age >= entry.lifetime:
         return None
-    cache.store.body(entry)  # (fired already) this variant was used: now the newest
+    cache.store.touch(entry)
     tail = b"Age: %d\r\nConnection: close\r\n\r\n" % age if close else b"Age: %d\r\n\r\n" % age
     if wire.validators and (b"if-none-match" in fields or b"if-modified-since" in fields) \
             and entry.status == 200 and not_modified(fields, wire.headers):

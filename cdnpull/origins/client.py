@@ -200,7 +200,7 @@ class OriginClient:
               client_name: bool = False) -> _QuietPool:
         if scheme == "https" and client_name:
             return self._client_pool((server_name, verify))
-        key = None if scheme == "http" else (server_name, verify)
+        key = (server_name, verify)  # (plain http goes through cdnpull.http.client)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = self._new_pool(self._idle)

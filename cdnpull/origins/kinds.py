@@ -20,7 +20,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from ..config import (
-    DEFAULT_PORTS,
     Address,
     BucketOrigin,
     Domain,
@@ -284,10 +283,6 @@ def kind_of(origin: object) -> OriginKind:
     if adapter is None:
         raise TypeError(f"not an origin: {origin!r}")
     return adapter(origin)
-
-
-def default_port(origin: object, client_scheme: str = "http") -> int:
-    return DEFAULT_PORTS.get(kind_of(origin).scheme(client_scheme), 80)
 
 
 # -- JSON <-> config objects -------------------------------------------------
