@@ -227,14 +227,16 @@ class Storable:
 
 
 def freshness_lifetime(status: int, headers: dict, response_time: float,
-                       targeted: Sequence[bytes] = ()) -> Optional[float]:
+                       targeted: Sequence[bytes] = (),
+                       parsed: Optional[tuple] = None) -> Optional[float]:
     """
     RFC 9111 section 4.2.1 for a shared cache: s-maxage, then max-age (of
     the first valid targeted field when there is one, RFC 9213, else of
     Cache-Control), then Expires - Date, then a heuristic (Last-Modified),
-    else None.
+    else None.  C{parsed}: what L{directives} already returned for these
+    headers (the targeted field is not parsed twice).
     """
-    cc, own = directives(headers, targeted)
+    cc, own = parsed if parsed is not None else directives(headers, targeted)
     for name in ("s-maxage", "max-age"):
         n = cc.seconds(name)
         if n is not None:
@@ -277,7 +279,8 @@ def storable(method: bytes, request_headers: dict, status: int, headers: dict,
         return Storable(False, "a cache rule says never")
     if status < 200 or status > 599 or status in (206, 304):
         return Storable(False, f"status {status}")
-    cc, _own = directives(headers, targeted)
+    parsed = directives(headers, targeted)
+    cc = parsed[0]
     vary = vary_names(headers)
     if vary is None:
         return Storable(False, "Vary: *")
@@ -300,7 +303,7 @@ def storable(method: bytes, request_headers: dict, status: int, headers: dict,
         return Storable(False, "no-store")
     if headers.get(b"set-cookie"):
         return Storable(False, "Set-Cookie")
-    lifetime = freshness_lifetime(status, headers, response_time, targeted)
+    lifetime = freshness_lifetime(status, headers, response_time, targeted, parsed)
     if cc.has("no-cache"):
         # Stored, but revalidated before every use.
         if not (headers.get(b"etag") or headers.get(b"last-modified")):

@@ -715,12 +715,16 @@ class Store:
             del self._variants[key]
         return out
 
-    def body(self, entry: Entry) -> Deferred:
-        """Fires with the entry with its body (memory, else read from disk)."""
+    def touch(self, entry: Entry) -> None:
+        """This variant of its URL was used: now the newest (max_variants LRU)."""
         idents = self._variants.get(entry.key)
         if idents is not None and entry.ident in idents:
-            del idents[entry.ident]  # this variant was used: now the newest
+            del idents[entry.ident]
             idents[entry.ident] = None
+
+    def body(self, entry: Entry) -> Deferred:
+        """Fires with the entry with its body (memory, else read from disk)."""
+        self.touch(entry)
         cached = self.memory.get(entry.ident)
         if cached is not None and cached.body is not None:
             return succeed(cached)
