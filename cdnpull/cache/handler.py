@@ -180,6 +180,9 @@ class Cache:
         # Targeted cache-control fields this node obeys (RFC 9213), lower
         # case, in precedence order; never forwarded to clients.
         self.targeted = tuple(targeted)
+        # What an answer relayed to a client never carries from the origin:
+        # hop-by-hop fields, the ones the node sets, the targeted ones.
+        self.relay_skip = HOP_BY_HOP | frozenset((b"server", b"x-cache", b"via") + self.targeted)
         self.puller = puller
         self.clock = clock
         self.max_object = max_object
