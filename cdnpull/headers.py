@@ -28,7 +28,7 @@ from twisted.web.http_headers import Headers
 
 from .config import STEERING_HEADERS
 
-__all__ = ["HOP_BY_HOP", "STEERING", "connection_tokens", "end_to_end", "origin_headers",
+__all__ = ["HOP_BY_HOP", "STEERING", "connection_names", "connection_tokens", "end_to_end", "origin_headers",
            "add_forwarding", "forwarded_key", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
 
 # A header field name: an RFC 9110 token.
@@ -65,15 +65,19 @@ VIA = b"1.1 cdnpull"
 _REQUEST_DROP = frozenset((b"host", b"content-length", b"expect")) | STEERING
 
 
+def connection_names(values: Iterable[bytes]) -> frozenset:
+    """
+    The lower-cased header names listed in raw C{Connection} field values
+    (the one parse of the list for client requests, origin heads and
+    interim answers alike; OWS is SP and HTAB, RFC 9110 section 5.6.1).
+    """
+    names = frozenset(t.strip(b" \t").lower() for v in values for t in v.split(b","))
+    return names - {b""}
+
+
 def connection_tokens(headers: Headers) -> frozenset:
-    """The lower-cased header names listed in C{Connection}."""
-    tokens = set()
-    for value in headers.getRawHeaders(b"connection", []):
-        for token in value.split(b","):
-            token = token.strip().lower()
-            if token:
-                tokens.add(token)
-    return frozenset(tokens)
+    """The lower-cased header names listed in C{headers}' C{Connection}."""
+    return connection_names(headers.getRawHeaders(b"connection", ()))
 
 
 def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> Headers:

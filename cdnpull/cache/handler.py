@@ -36,7 +36,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..errors import OriginTimeout, OriginUnavailable
 from ..compat import fill_headers, request_gone
-from ..headers import HOP_BY_HOP, VIA, end_to_end
+from ..headers import HOP_BY_HOP, VIA, connection_names, end_to_end
 from ..failover import OriginRequest, PullResult
 from ..stream import BodyRelay, Discard
 from ..routing import normalise_host
@@ -569,10 +569,7 @@ class Cache:
         ctx.origin_ms = result.elapsed * 1000
         # end_to_end(), on the map: no hop-by-hop field, none named in
         # Connection, and our Server instead of the origin's.
-        skip = set(HOP_BY_HOP)
-        skip.add(b"server")
-        for value in headers.get(b"connection", ()):
-            skip.update(token.strip().lower() for token in value.split(b","))
+        skip = HOP_BY_HOP | connection_names(headers.get(b"connection", ())) | {b"server"}
         headers = {name: values for name, values in headers.items() if name not in skip}
         if response.code == 200 and not_modified(reqh, headers):
             response.deliverBody(Discard(stop=True))
