@@ -86,19 +86,18 @@ def wire_name(name: bytes) -> bytes:
 
 
 def connection_names(values: Iterable[bytes]) -> frozenset:
-    """The lower-cased header names listed in the C{Connection} field C{values}."""
-    tokens = set()
-    for value in values:
-        for token in value.split(b","):
-            token = token.strip(b" \t").lower()
-            if token:
-                tokens.add(token)
-    return frozenset(tokens)
+    """
+    The lower-cased header names listed in raw C{Connection} field values
+    (the one parse of the list for client requests, origin heads and
+    interim answers alike; OWS is SP and HTAB, RFC 9110 section 5.6.1).
+    """
+    names = frozenset(t.strip(b" \t").lower() for v in values for t in v.split(b","))
+    return names - {b""}
 
 
 def connection_tokens(headers: Headers) -> frozenset:
-    """The lower-cased header names listed in C{Connection}."""
-    return connection_names(headers.getRawHeaders(b"connection", []))
+    """The lower-cased header names listed in C{headers}' C{Connection}."""
+    return connection_names(headers.getRawHeaders(b"connection", ()))
 
 
 def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> Headers:

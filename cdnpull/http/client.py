@@ -38,7 +38,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..errors import ClientBodyInterrupted, NoResponse
-from ..headers import HOP_BY_HOP
+from ..headers import HOP_BY_HOP, connection_names
 from ..upload import BodyInterrupted
 from ..compat import eager_write, fill_headers
 
@@ -292,8 +292,7 @@ class OriginConnection(Protocol):
         for name, value in self._headers:
             fields.setdefault(name.lower(), []).append(value)
         # Headers the origin names in Connection are for this hop only.
-        named = {t.strip(b" \t").lower() for v in fields.get(b"connection", ()) for t in v.split(b",")}
-        named.discard(b"")
+        named = connection_names(fields.get(b"connection", ()))
         if 100 <= code < 200:
             # An interim answer: passed on (not 101), the final head follows.
             if self._on_interim is not None and code != 101:
