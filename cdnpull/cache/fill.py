@@ -117,6 +117,11 @@ class Reader:
             end = source.size if self.last is None else min(source.size, self.last + 1)
             if self.offset < end:
                 data = source.read(self.offset, min(WRITE_SIZE, end - self.offset))
+                if not data:
+                    # Let go before this reader came (it joined an answer
+                    # already relayed): what it lacks cannot be sent.
+                    self._end(False, abort=True)
+                    return
                 self.offset += len(data)
                 self.request.write(data)
                 source.progressed()
