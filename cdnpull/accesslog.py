@@ -67,12 +67,18 @@ def _line(client: str, method: str, uri: str, version: str, status: int, sent: i
             f'{status} {sent} "{_q(referer)}" "{_q(agent)}" {tail}')
 
 
+def _tail(domain: str, cache: str, group: str, origin: str, origin_ms: Optional[float],
+          total_ms: float) -> str:
+    """The CDN fields after the combined format."""
+    ms = "-" if origin_ms is None else f"{origin_ms:.0f}"
+    return (f"domain={domain or '-'} cache={cache} group={group or '-'} origin={origin or '-'} "
+            f"origin_ms={ms} total_ms={total_ms:.0f}")
+
+
 def format_record(r: AccessRecord) -> str:
-    origin_ms = "-" if r.origin_ms is None else f"{r.origin_ms:.0f}"
     return _line(r.client, r.method, r.uri, r.version, r.status, r.sent, r.referer,
-                 r.user_agent, r.when,
-                 f"domain={r.domain or '-'} cache={r.cache} group={r.group or '-'} "
-                 f"origin={r.origin or '-'} origin_ms={origin_ms} total_ms={r.total_ms:.0f}")
+                 r.user_agent, r.when, _tail(r.domain, r.cache, r.group, r.origin, r.origin_ms,
+                                            r.total_ms))
 
 
 class AccessLog:
@@ -112,9 +118,16 @@ class AccessLog:
         self.log.info("{line}", line=format_record(r),
                       **{f"access_{k}": v for k, v in vars(r).items()})
 
-    def hit(self, client: str, method: bytes, uri: bytes, version: bytes, status: int, sent: int,
-            fields: dict, domain: str, when: float) -> None:
-        """A request answered from the cache by the connection (no Request object)."""
+    def answered(self, client: str, method: bytes, uri: bytes, version: bytes, status: int,
+                 sent: int, fields: dict, domain: str, when: float, cache: str = "HIT",
+                 group: str = "cache", origin: str = "-", origin_ms: Optional[float] = None,
+                 total_ms: float = 0.0) -> None:
+        """
+        A request answered by the connection itself (no Request object): a
+        fresh hit, or an uncacheable miss relayed by L{cdnpull.direct}.
+
+        @param fields: the request headers, lower-case name -> [values].
+        """
         if self.off:
             return
         referer = fields.get(b"referer")
@@ -125,11 +138,11 @@ class AccessLog:
         if self._file is None:
             self.record(AccessRecord(
                 client=client, method=m, uri=u, version=v, status=status, sent=sent,
-                referer=ref, user_agent=ua, domain=domain, cache="HIT", group="cache",
-                origin="-", origin_ms=None, total_ms=0.0, when=when))
+                referer=ref, user_agent=ua, domain=domain, cache=cache, group=group,
+                origin=origin, origin_ms=origin_ms, total_ms=total_ms, when=when))
             return
         self.write_line(_line(client, m, u, v, status, sent, ref, ua, when,
-                              f"domain={domain} cache=HIT group=cache origin=- origin_ms=- total_ms=0"))
+                              _tail(domain, cache, group, origin, origin_ms, total_ms)))
 
     def write_line(self, line: str) -> None:
         data = (line + "\n").encode("utf-8", "replace")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from http import HTTPStatus
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -24,8 +23,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .accesslog import AccessLog, AccessRecord
 from .cache import Cache
 from .compat import request_gone
-from .errors import EdgeError
+from .errors import EdgeError, error_body
 from .cache.hit import fresh_hit
+from .direct import DirectAnswer, direct_answer
 from .http import ClientConnection, ClientLimits, Sweeper
 from .upload import BodyPipe
 from .headers import VIA, end_to_end, origin_headers
@@ -82,12 +82,13 @@ class Edge(Resource):
 
     # -- the fast path: fresh memory hits, answered by the connection ------
 
-    def fast(self, head: Any, conn: Any) -> Optional[tuple[bytes, bytes]]:
+    def fast(self, head: Any, conn: Any) -> Union[tuple[bytes, bytes], DirectAnswer, None]:
         """
         The whole answer to a request head, (head bytes, body bytes), when a
-        fresh memory entry answers it (no twisted.web Request is made), else
-        None: then the request takes the ordinary way, which answers the
-        same for the same entry.
+        fresh memory entry answers it (no twisted.web Request is made); a
+        L{DirectAnswer} (not started) for an uncacheable miss the
+        connection relays itself (L{cdnpull.direct}); else None: then the
+        request takes the ordinary way, which answers the same.
         """
         method = head.method
         if method != b"GET" and method != b"HEAD":
@@ -119,13 +120,14 @@ class Edge(Resource):
         answer = fresh_hit(cache, live, "https" if secure else "http", host, target,
                            method, head.fields, now, not head.keep_alive)
         if answer is None:
-            return None
+            # An uncacheable miss the connection can answer itself, or None.
+            return direct_answer(self, live, head, conn, host, "https" if secure else "http", now)
         data, body, status, sent = answer
         if self.metrics is not None:
             self.metrics.request(live.name, status, "HIT")
         if not self.access_log.off:
-            self.access_log.hit(conn.peer_host, method, target, head.version, status, sent,
-                                head.fields, live.name, now)
+            self.access_log.answered(conn.peer_host, method, target, head.version, status, sent,
+                                     head.fields, live.name, now)
         return data, body
 
     def render(self, request: Request) -> object:
@@ -279,13 +281,7 @@ class Edge(Resource):
             # (An HTTP/2 stream has no transport: resetting the stream is its abort.)
             (request.transport or request.channel).abortConnection()  # type: ignore[union-attr]
             return
-        if status >= 500:
-            # Which origin addresses were tried and why is for the log (and
-            # the admin API), never for the client: hiding the origin is
-            # half of what a CDN is for.
-            body = f"{status} {_phrase(status)}\n".encode("ascii")
-        else:
-            body = f"{status} {message}\n".encode("utf-8", "replace")
+        body = error_body(status, message)
         request.setResponseCode(status)
         request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
@@ -335,13 +331,6 @@ class Edge(Resource):
         )
 
 
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 def _client_ip(request: Request) -> Optional[str]:
@@ -397,7 +386,7 @@ class EdgeRequest(Request):
         if self.startedWriting:
             self.transport.abortConnection()  # type: ignore[union-attr]
             return reason
-        body = b"500 Internal Server Error\n"
+        body = error_body(500, "")
         self.setResponseCode(500)
         self.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])

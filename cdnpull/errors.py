@@ -6,6 +6,8 @@ turned into one of these.
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 __all__ = [
     "EdgeError",
     "OriginError",
@@ -15,7 +17,29 @@ __all__ = [
     "FirstByteTimeout",
     "OriginUnavailable",
     "OriginTimeout",
+    "error_body",
+    "phrase",
 ]
+
+
+def phrase(status: int) -> str:
+    """The reason phrase of C{status} (C{"Error"} for a code without one)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def error_body(status: int, message: str) -> bytes:
+    """
+    The plain-text body of an answer the node makes itself: a 5xx says only
+    its status (which origin failed and why is for the log and the admin
+    API, never for the client: hiding the origin is half of what a CDN is
+    for); a 4xx says what was wrong with the request.
+    """
+    if status >= 500:
+        return f"{status} {phrase(status)}\n".encode("ascii")
+    return f"{status} {message}\n".encode("utf-8", "replace")
 
 
 class EdgeError(Exception):

@@ -26,10 +26,11 @@ from typing import Iterable, Optional
 
 from twisted.web.http_headers import Headers
 
+from .compat import fill_headers
 from .config import STEERING_HEADERS
 
-__all__ = ["HOP_BY_HOP", "STEERING", "connection_tokens", "end_to_end", "origin_headers",
-           "add_forwarding", "forwarded_key", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
+__all__ = ["HOP_BY_HOP", "STEERING", "connection_names", "connection_tokens", "end_to_end",
+           "origin_fields", "origin_headers", "forwarded_key", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
 
 # A header field name: an RFC 9110 token.
 FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -65,15 +66,20 @@ VIA = b"1.1 cdnpull"
 _REQUEST_DROP = frozenset((b"host", b"content-length", b"expect")) | STEERING
 
 
-def connection_tokens(headers: Headers) -> frozenset:
-    """The lower-cased header names listed in C{Connection}."""
+def connection_names(values: Iterable[bytes]) -> frozenset:
+    """The lower-cased header names listed in the C{Connection} field C{values}."""
     tokens = set()
-    for value in headers.getRawHeaders(b"connection", []):
+    for value in values:
         for token in value.split(b","):
-            token = token.strip().lower()
+            token = token.strip(b" \t").lower()
             if token:
                 tokens.add(token)
     return frozenset(tokens)
+
+
+def connection_tokens(headers: Headers) -> frozenset:
+    """The lower-cased header names listed in C{Connection}."""
+    return connection_names(headers.getRawHeaders(b"connection", []))
 
 
 def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> Headers:
@@ -89,41 +95,49 @@ def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> Headers:
     return out
 
 
+def origin_fields(fields: dict, client_ip: Optional[str], proto: str,
+                  kept: frozenset = frozenset()) -> dict:
+    """
+    The headers of the origin request (lower-case name -> [values]) for a
+    client's C{fields} (the same shape): no hop-by-hop header, none named in
+    C{Connection}, no framing, Host or steering header (unless in C{kept}, a
+    domain's C{forward_headers}), no name but letters, digits and C{-}; then
+    the forwarding headers (L{add_forwarding}).
+    """
+    drop = _REQUEST_DROP - kept if kept else _REQUEST_DROP
+    skip = HOP_BY_HOP | connection_names(fields.get(b"connection", ()))
+    clean = _CLEAN_NAME.fullmatch
+    out = {name: list(values) for name, values in fields.items()
+           if name not in skip and name not in drop and clean(name)}
+    # X_Forwarded_Host is X-Forwarded-Host to a WSGI origin: dropped above.
+    if client_ip:
+        previous = b", ".join(out.get(b"x-forwarded-for", ()))
+        ip = client_ip.encode("ascii", "replace")
+        out[b"x-forwarded-for"] = [previous + b", " + ip if previous else ip]
+        if not (b"x-real-ip" in kept and b"x-real-ip" in out):
+            out[b"x-real-ip"] = [ip]
+    out[b"via"] = [b", ".join(out.get(b"via", []) + [VIA])]
+    if not (b"x-forwarded-proto" in kept and b"x-forwarded-proto" in out):
+        out[b"x-forwarded-proto"] = [proto.encode("ascii")]
+    return out
+
+
 def origin_headers(client: Headers, client_ip: Optional[str], proto: str,
                    forward: Iterable[str] = ()) -> tuple[Headers, str]:
     """
-    The headers of the origin request for a client's headers, and the
-    suffix its cache key gets for the C{forward}ed (a domain's
-    C{forward_headers}) steering headers it carries.
+    The headers of the origin request for a client's headers (see
+    L{origin_fields}), and the suffix its cache key gets for the
+    C{forward}ed (a domain's C{forward_headers}) steering headers it carries.
     """
     kept = frozenset(h.encode("ascii") for h in forward)
-    headers = end_to_end(client, drop=_REQUEST_DROP - kept if kept else _REQUEST_DROP)
-    for name in [n for n, _ in headers.getAllRawHeaders() if not _CLEAN_NAME.fullmatch(n)]:
-        headers.removeHeader(name)  # X_Forwarded_Host is X-Forwarded-Host to a WSGI origin
-    add_forwarding(headers, client_ip, proto, kept)
-    return headers, forwarded_key(headers, kept) if kept else ""
+    fields = origin_fields({name.lower(): values for name, values in client.getAllRawHeaders()},
+                           client_ip, proto, kept)
+    headers = Headers()
+    fill_headers(headers, fields)
+    return headers, forwarded_key(fields, kept) if kept else ""
 
 
-def add_forwarding(headers: Headers, client_ip: Optional[str], proto: str,
-                   kept: frozenset = frozenset()) -> None:
-    """
-    Append the client to C{X-Forwarded-For}, add ourselves to C{Via}, set
-    C{X-Forwarded-Proto} and C{X-Real-IP}.  A header in C{kept} (a domain's
-    C{forward_headers}) that the client sent keeps the client's value.
-    """
-    if client_ip:
-        previous = b", ".join(headers.getRawHeaders(b"x-forwarded-for", []))
-        ip = client_ip.encode("ascii", "replace")
-        headers.setRawHeaders(b"x-forwarded-for", [previous + b", " + ip if previous else ip])
-        if not (b"x-real-ip" in kept and headers.hasHeader(b"x-real-ip")):
-            headers.setRawHeaders(b"x-real-ip", [ip])
-    via = list(headers.getRawHeaders(b"via", []))
-    headers.setRawHeaders(b"via", [b", ".join(via + [VIA])])
-    if not (b"x-forwarded-proto" in kept and headers.hasHeader(b"x-forwarded-proto")):
-        headers.setRawHeaders(b"x-forwarded-proto", [proto.encode("ascii")])
-
-
-def forwarded_key(headers: Headers, kept: Iterable[bytes]) -> str:
+def forwarded_key(fields: dict, kept: Iterable[bytes]) -> str:
     """
     The values of the C{kept} steering headers a request carries, as a
     suffix of its cache key ("" when it carries none): two requests that
@@ -131,7 +145,7 @@ def forwarded_key(headers: Headers, kept: Iterable[bytes]) -> str:
     """
     parts = []
     for name in sorted(kept):
-        values = headers.getRawHeaders(name)
+        values = fields.get(name)
         if values:
             parts.append(name.decode("ascii") + "=" + b", ".join(values).decode("latin-1"))
     return "".join("\n" + p for p in parts)

@@ -36,6 +36,8 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web._http2 import H2Connection
 
+from .errors import error_body
+
 __all__ = ["EdgeH2Connection", "h2_connection_factory", "MAX_CONCURRENT_STREAMS"]
 
 MAX_CONCURRENT_STREAMS = 100
@@ -158,7 +160,7 @@ def _limited(base: type, limits: Any) -> type:
             peer = getattr(self.getClientAddress(), "host", "-")
             EdgeH2Connection.log.info("refused an HTTP/2 request from {peer}: {status} {why}",
                                       peer=peer, status=status, why=why)
-            body = f"{status} {why}\n".encode()
+            body = error_body(status, why)
             self.setResponseCode(status)
             self.responseHeaders.setRawHeaders(b"server", [b"cdnpull"])
             self.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])

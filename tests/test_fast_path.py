@@ -119,7 +119,7 @@ def test_the_access_log_file_is_written_within_a_second_and_on_close(tmp_path): 
     clock = Clock()
     log = AccessLog(str(path), clock)
     log.record(record())
-    log.hit("127.0.0.2", b"GET", b"/b", b"HTTP/1.1", 200, 5, {b"user-agent": [b'a "q"']}, HOST, NOW)
+    log.answered("127.0.0.2", b"GET", b"/b", b"HTTP/1.1", 200, 5, {b"user-agent": [b'a "q"']}, HOST, NOW)
     assert path.read_text() == ""  # buffered
     clock.advance(1.0)
     lines = path.read_text().splitlines()
@@ -152,7 +152,7 @@ def test_off_writes_nothing_and_the_default_is_an_event():  # type: ignore[no-un
     globalLogPublisher.addObserver(events.append)
     try:
         AccessLog("off").record(record(uri="/off"))
-        AccessLog().hit("127.0.0.1", b"GET", b"/ev", b"HTTP/1.1", 200, 5, {}, HOST, NOW)
+        AccessLog().answered("127.0.0.1", b"GET", b"/ev", b"HTTP/1.1", 200, 5, {}, HOST, NOW)
     finally:
         globalLogPublisher.removeObserver(events.append)
     lines = [e["line"] for e in events if "access_cache" in e]

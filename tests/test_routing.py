@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.web.http_headers import Headers
 
-from cdnpull.headers import add_forwarding, end_to_end
+from cdnpull.headers import end_to_end, origin_fields
 from cdnpull.routing import RoutingTable, normalise_host, split_target
 
 
@@ -59,8 +59,7 @@ def test_hop_by_hop_headers_are_dropped(name, kept):  # type: ignore[no-untyped-
 
 
 def test_forwarding_headers():
-    h = Headers({b"x-forwarded-for": [b"10.0.0.1"], b"via": [b"1.0 upstream"]})
-    add_forwarding(h, "127.0.0.1", "http")
-    assert h.getRawHeaders(b"x-forwarded-for") == [b"10.0.0.1, 127.0.0.1"]
-    assert h.getRawHeaders(b"via") == [b"1.0 upstream, 1.1 cdnpull"]
-    assert h.getRawHeaders(b"x-forwarded-proto") == [b"http"]
+    h = origin_fields({b"x-forwarded-for": [b"10.0.0.1"], b"via": [b"1.0 upstream"],
+                       b"host": [b"a.test"], b"x_forwarded_host": [b"evil"]}, "127.0.0.1", "http")
+    assert h == {b"x-forwarded-for": [b"10.0.0.1, 127.0.0.1"], b"via": [b"1.0 upstream, 1.1 cdnpull"],
+                 b"x-real-ip": [b"127.0.0.1"], b"x-forwarded-proto": [b"http"]}

@@ -48,6 +48,7 @@ from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from ..errors import error_body
 from ..upload import BodyPipe
 from ..compat import eager_write, fill_headers
 
@@ -208,7 +209,10 @@ class ClientConnection(Protocol):
     One client connection.  C{factory} is a C{twisted.web.server.Site}
     (C{getResourceFor}, sessions) with C{limits}, C{clock}, C{requestFactory}
     and an optional C{fast(head, connection)} hook returning a complete
-    answer (its head and body bytes), or None.
+    answer (its head and body bytes), an answer that makes itself (an
+    object with C{start}, C{connectionLost} and C{startedWriting}, which
+    calls C{requestDone} when it ends: L{cdnpull.direct.DirectAnswer}), or
+    None.
     """
 
     log = Logger()
@@ -532,8 +536,14 @@ class ClientConnection(Protocol):
             if fast is not None:
                 answer = fast(head, self)
                 if answer is not None:
-                    eager_write(self.transport, *answer)
-                    self._idle_since = self.clock.seconds()
+                    if type(answer) is tuple:
+                        eager_write(self.transport, *answer)
+                        self._idle_since = self.clock.seconds()
+                        return
+                    # An answer the hook makes on its own (cdnpull.direct): this
+                    # connection's active request until it calls requestDone.
+                    self._active = answer
+                    answer.start()
                     return
             head.request = self._make_request(head)
         request = self._active = head.request
@@ -577,6 +587,11 @@ class ClientConnection(Protocol):
 
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
+
+    def send_head(self, data: bytes) -> None:
+        """A response head, sent with the first body bytes (or at the end)."""
+        self._flush()
+        self._pending = data
 
     def _flush(self) -> None:
         head = self._pending
@@ -660,7 +675,7 @@ class ClientConnection(Protocol):
         self.log.info("refused a request from {peer}: {status} {why}", peer=self.peer_host,
                       status=status, why=why)
         if self._active is None or not self._active.startedWriting:
-            body = f"{status} {why}\n".encode("utf-8", "replace")
+            body = error_body(status, why)
             phrase = RESPONSES.get(status, b"Error")
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\nServer: cdnpull\r\nContent-Type: text/plain; charset=utf-8\r\n"
