@@ -16,13 +16,12 @@ domain gone) is ignored with an error in the log.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
-from .certs import CertificateSet, load_certificates, names_text, parse_certificate, read_certificate
+from .certs import CertificateSet, names_text, parse_certificate, read_certificate
 from .config import Certificate, Config, ConfigError
 from .files import write_private_atomically
 from .admin.control import UnknownDomain
@@ -108,8 +107,7 @@ class EdgeCertificates:
         C{module}): stored replacements that still pass the checks replace
         the module's certificate of their domain.
         """
-        domains = {d.name: d for d in config.domains}
-        stored = self.store.stored(domains)
+        stored = self.store.stored(d.name for d in config.domains)
         if not stored:
             return module
         now = self.clock.seconds()
@@ -126,17 +124,11 @@ class EdgeCertificates:
                                "({names}); the config module's certificate is used",
                                domain=name, names=names_text(cert))
                 continue
-            usable[name] = spec
+            usable[name] = cert
         if not usable:
             return module
-        changed = Config(settings=config.settings, domains=tuple(
-            replace(d, certificate=usable[d.name]) if d.name in usable else d
-            for d in config.domains))
-        try:
-            certificates, _ = load_certificates(changed, now)
-        except ConfigError as e:  # a file changed under us
-            self.log.error("certificates set through the API not applied: {error}", error=str(e))
-            return module
+        # The module's certificates as loaded, with the ones just read on top.
+        certificates = CertificateSet({**module.own, **usable}, module.shared, module.default)
         certificates.replaced = frozenset(usable)
         return certificates
 

@@ -44,7 +44,7 @@ from .cache.policy import match_rule, parse_cache_control, storable
 from .compat import eager_write, fill_headers
 from .errors import EdgeError, error_body
 from .failover import OriginRequest, PullResult
-from .headers import HOP_BY_HOP, VIA, connection_names, origin_fields
+from .headers import HOP_BY_HOP, VIA, connection_names, origin_fields, wire_name
 from .stream import Discard, body_loss
 
 __all__ = ["DirectAnswer", "direct_answer"]
@@ -166,37 +166,33 @@ class DirectAnswer:
             return
         code = response.code
         length = response.length
-        origin = response.headers
+        field_map = getattr(response, "field_map", None)
+        fields = field_map() if field_map is not None else header_map(response.headers)
         if self.key is not None:
-            self._remember(code, length, origin)
+            self._remember(code, length, fields)
         method = self.head.method
         self.code = code
-        skip = set(HOP_BY_HOP)
-        skip.update(connection_names(origin.getRawHeaders(b"connection", ())))
-        skip.update((b"server", b"x-cache", b"via") + self.edge.cache.targeted)
-        extra = []
+        skip = self.edge.cache.relay_skip  # (hop-by-hop, ours, targeted)
+        more: list = []
+        connection = fields.get(b"connection")
+        if connection:
+            more.extend(connection_names(connection))
+        extra = b""
         if self.key is not None and code == 200 and length is not UNKNOWN_LENGTH:
-            skip.add(b"accept-ranges")
-            extra.append(b"Accept-Ranges: bytes\r\n")
+            more.append(b"accept-ranges")
+            extra = b"Accept-Ranges: bytes\r\n"
         if length is not UNKNOWN_LENGTH and method != b"HEAD":
-            skip.add(b"content-length")
+            more.append(b"content-length")
         out = [b"%s %d %s\r\nServer: cdnpull\r\n" % (self.head.version, code,
                                                       response.phrase or RESPONSES.get(code, b"Unknown Status"))]
-        dated = aged = False
-        via: Any = ()
-        for name, values in origin.getAllRawHeaders():
-            lower = name.lower()
-            if lower in skip:
-                if lower == b"via":
-                    via = values
+        for name, values in fields.items():
+            if name in skip or name in more:
                 continue
-            if lower == b"date":
-                dated = True
-            elif lower == b"age":
-                aged = True
+            wire = wire_name(name)
             for value in values:
-                out.append(b"%s: %s\r\n" % (name, value))
-        if not dated:
+                out.append(b"%s: %s\r\n" % (wire, value))
+        via = fields.get(b"via", ())
+        if b"date" not in fields:
             out.append(b"Date: %s\r\n" % _http_date())
         if length is not UNKNOWN_LENGTH:
             if method != b"HEAD":
@@ -208,9 +204,10 @@ class DirectAnswer:
             self.framed = False  # ends with the connection
             self.conn.persistent = False
         out.append(b"Via: %s\r\nX-Cache: %s\r\n" % (b", ".join([*via, VIA]), self.status.encode()))
-        if not aged:
+        if b"age" not in fields:
             out.append(b"Age: 0\r\n")
-        out.extend(extra)
+        if extra:
+            out.append(extra)
         if not self.conn.persistent:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
@@ -219,11 +216,10 @@ class DirectAnswer:
         writer = self.writer = _BodyWriter(self, method == b"HEAD" or code in NO_BODY_CODES)
         response.deliverBody(writer)
 
-    def _remember(self, code: int, length: Any, origin: Headers) -> None:
+    def _remember(self, code: int, length: Any, headers: dict) -> None:
         """Renew the key's hit-for-miss mark as the cache would (or lift it)."""
         cache = self.edge.cache
         fields = self.head.fields
-        headers = header_map(origin)
         verdict = storable(b"GET", fields, code, headers, self.rule, self.edge.clock.seconds(),
                            cache.targeted)
         if verdict.ok:

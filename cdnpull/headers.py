@@ -30,7 +30,7 @@ from .compat import fill_headers
 from .config import STEERING_HEADERS
 
 __all__ = ["HOP_BY_HOP", "STEERING", "connection_names", "connection_tokens", "end_to_end",
-           "origin_fields", "origin_headers", "forwarded_key", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
+           "origin_fields", "origin_headers", "forwarded_key", "wire_name", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
 
 # A header field name: an RFC 9110 token.
 FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -66,20 +66,38 @@ VIA = b"1.1 cdnpull"
 _REQUEST_DROP = frozenset((b"host", b"content-length", b"expect")) | STEERING
 
 
+_CAPS = {b"etag": b"ETag", b"te": b"TE", b"www-authenticate": b"WWW-Authenticate",
+         b"content-md5": b"Content-MD5", b"dnt": b"DNT", b"p3p": b"P3P",
+         b"x-xss-protection": b"X-XSS-Protection"}
+_WIRE_NAMES: dict = {}
+
+
+def wire_name(name: bytes) -> bytes:
+    """
+    A lower-case header name as twisted.web writes it (C{content-type} ->
+    C{Content-Type}); the names seen are kept (a few thousand at most).
+    """
+    out = _WIRE_NAMES.get(name)
+    if out is None:
+        out = _CAPS.get(name) or b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
+        if len(_WIRE_NAMES) < 4096:
+            _WIRE_NAMES[name] = out
+    return out
+
+
 def connection_names(values: Iterable[bytes]) -> frozenset:
-    """The lower-cased header names listed in the C{Connection} field C{values}."""
-    tokens = set()
-    for value in values:
-        for token in value.split(b","):
-            token = token.strip(b" \t").lower()
-            if token:
-                tokens.add(token)
-    return frozenset(tokens)
+    """
+    The lower-cased header names listed in raw C{Connection} field values
+    (the one parse of the list for client requests, origin heads and
+    interim answers alike; OWS is SP and HTAB, RFC 9110 section 5.6.1).
+    """
+    names = frozenset(t.strip(b" \t").lower() for v in values for t in v.split(b","))
+    return names - {b""}
 
 
 def connection_tokens(headers: Headers) -> frozenset:
-    """The lower-cased header names listed in C{Connection}."""
-    return connection_names(headers.getRawHeaders(b"connection", []))
+    """The lower-cased header names listed in C{headers}' C{Connection}."""
+    return connection_names(headers.getRawHeaders(b"connection", ()))
 
 
 def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> Headers:

@@ -117,6 +117,10 @@ class Metrics:
         # bounded (domains x 5 classes x cache statuses).
         self._requests: dict = {}
         r.register(_RequestCollector(self._requests))
+        # The (counter, histogram) children per origin label set, so that a
+        # try costs no labels() lookup.  No bound of its own: it holds only
+        # children the metrics keep for good anyway (prometheus_client never
+        # forgets a label set), one per configured or resolved address.
         self._origin_children: dict = {}
         # The recent history, told of the same events.
         self.stats = stats
@@ -135,8 +139,6 @@ class Metrics:
         key = (domain, group, address, outcome)
         children = self._origin_children.get(key)
         if children is None:
-            if len(self._origin_children) > 100_000:
-                self._origin_children.clear()
             children = self._origin_children[key] = (
                 self.origin_requests.labels(domain, group, address, outcome),
                 self.origin_seconds.labels(domain, group))

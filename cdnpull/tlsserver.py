@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from .certs import CertificateSet, LoadedCertificate
 from .config import is_tls_listen
+from .http import ClientLimits, Sweeper
 
 __all__ = ["SNIServer", "ByALPN", "server_endpoint", "INTERMEDIATE_CIPHERS"]
 
@@ -126,7 +127,9 @@ class ByALPN(Factory):
     The protocol factory of a C{tls:} listener: once the handshake is done,
     each connection is handed to the HTTP/2 connection when the client
     chose C{h2}, else to the site's own HTTP/1.1 protocol.  A client that
-    does not finish its handshake within C{handshake_timeout} is dropped.
+    does not finish its handshake within C{handshake_timeout} is dropped
+    (the deadlines are checked by one L{Sweeper}, as the HTTP/1.1 engine's
+    are, instead of a timer per connection: up to one sweep late).
 
     @param h2: a function of the address making an HTTP/2 connection, or
         None (no HTTP/2).
@@ -140,6 +143,8 @@ class ByALPN(Factory):
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.h2 = h2
+        self.sweeper = Sweeper(clock, ClientLimits(header_timeout=handshake_timeout,
+                                                   idle_timeout=handshake_timeout))
 
     def doStart(self) -> None:
         self.site.doStart()
@@ -158,20 +163,20 @@ class _Negotiating(Protocol):
     def __init__(self, factory: ByALPN, addr: Any) -> None:
         self.factory = factory
         self.addr = addr
-        self._timer: Any = None
+        self._since = 0.0
 
     def connectionMade(self) -> None:
-        self._timer = self.factory.clock.callLater(self.factory.handshake_timeout,
-                                                   self._too_slow)
+        self._since = self.factory.clock.seconds()
+        self.factory.sweeper.add(self)
 
-    def _too_slow(self) -> None:
-        self._timer = None
-        cast(ITCPTransport, self.transport).abortConnection()
+    def _tick(self, now: float) -> None:
+        """The sweeper's check: too slow a handshake is cut off."""
+        if now - self._since >= self.factory.handshake_timeout:
+            self.factory.sweeper.discard(self)
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def handshakeCompleted(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.factory.sweeper.discard(self)
         chosen = getattr(self.transport, "negotiatedProtocol", None)
         if chosen == H2 and self.factory.h2 is not None:
             self.inner = self.factory.h2(self.addr)
@@ -183,9 +188,7 @@ class _Negotiating(Protocol):
         self.inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.factory.sweeper.discard(self)
         if self.inner is not None:
             self.inner.connectionLost(reason)
 

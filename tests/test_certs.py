@@ -176,3 +176,41 @@ def test_config_shapes_are_checked_without_reading_files() -> None:
         "settings.listen[1]: a tls: listener needs certificates: set default_certificate, "
         "certificates or a domain's certificate")
     validate([Domain("www.test.com", origin=ORIGIN, hsts="max-age=63072000; includeSubDomains; preload")])
+
+
+def test_a_certificate_set_through_the_api_is_read_once_on_the_loaded_module(  # type: ignore[no-untyped-def]
+        ca: trustme.CA, tmp_path, monkeypatch) -> None:
+    import time
+
+    from twisted.internet.task import Clock
+
+    from cdnpull import certs as certs_module
+    from cdnpull.certstore import CertificateStore, EdgeCertificates
+
+    d = str(tmp_path)
+    www = issue(ca, d, "www", "www.test.com")
+    node = issue(ca, d, "node", "node.test")
+    config = validate([Domain("www.test.com", origin=ORIGIN, certificate=www),
+                       Domain("img.test", origin=ORIGIN)],
+                      Settings(default_certificate=node))
+    module, _ = load_certificates(config)
+    store = CertificateStore(os.path.join(d, "state.certs"))
+    os.makedirs(store.directory)
+    for name, label in (("www.test.com", "www2"), ("img.test", "img")):
+        spec = issue(ca, d, label, name)
+        for src, dst in zip((spec.cert_file, spec.key_file), store.paths(name)):
+            os.rename(src, dst)
+    clock = Clock()
+    clock.advance(time.time())
+    edge = EdgeCertificates(config, None, store, lambda c: None, None, clock)  # type: ignore[arg-type]
+    reads: list = []
+    read = certs_module._read
+    monkeypatch.setattr(certs_module, "_read", lambda path, where: reads.append(path) or read(path, where))
+
+    served = edge.effective(config, module)
+
+    assert sorted(reads) == sorted([*store.paths("www.test.com"), *store.paths("img.test")])
+    assert served.replaced == {"www.test.com", "img.test"}
+    assert served.own["www.test.com"].spec.cert_file == store.paths("www.test.com")[0]
+    assert served.select("img.test").spec.cert_file == store.paths("img.test")[0]
+    assert served.default is module.default

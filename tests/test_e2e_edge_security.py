@@ -286,7 +286,7 @@ async def test_per_name_tls_state_is_bounded_and_expires(world):  # type: ignore
     from cdnpull.stream import Discard
 
     wild = world["wild"]
-    client = OriginClient(reactor, TLSPolicy(world["ca_file"], max_client_names=4),
+    client = OriginClient(reactor, TLSPolicy(world["ca_file"]),
                           max_client_names=4, client_name_idle=1.0)
     address = parse_address(wild.addr)
     try:
@@ -301,7 +301,7 @@ async def test_per_name_tls_state_is_bounded_and_expires(world):  # type: ignore
             assert response.code == 200
             await sleep(0.02)
         assert client.client_names == [f"n{i}.wild.test" for i in range(8, 12)]
-        assert len(client.tls._client_creators) == 4
+        assert len(client._client_pools) == 4  # (each name's pool and TLS creator)
         await sleep(0.3)
         assert connections_to("127.0.0.6", wild.port) <= 4
         # Idle names go: their connections are closed after client_name_idle.

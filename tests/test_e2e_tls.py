@@ -578,3 +578,39 @@ async def test_a_client_that_never_finishes_its_handshake_is_dropped(tmp_path) -
         assert "Traceback" not in cdn.log()
     finally:
         cdn.stop()
+
+
+def test_handshake_deadlines_are_one_sweep_for_all_connections() -> None:
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.task import Clock
+
+    from cdnpull.tlsserver import ByALPN
+
+    class Site:
+        def buildProtocol(self, addr):  # type: ignore[no-untyped-def]
+            return Protocol()
+
+    class Transport:
+        aborted = False
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+
+    clock = Clock()
+    factory = ByALPN(Site(), clock, handshake_timeout=2.0)
+    conns = []
+    for _ in range(50):
+        proto, transport = factory.buildProtocol(None), Transport()
+        proto.makeConnection(transport)
+        conns.append((proto, transport))
+    assert len(clock.getDelayedCalls()) == 1  # not a timer per connection
+    clock.advance(1.0)
+    conns[0][0].handshakeCompleted()
+    conns[1][0].connectionLost()
+    clock.advance(0.5)
+    assert not any(t.aborted for _, t in conns)
+    clock.advance(0.5)  # the deadline, on a sweep
+    assert [t.aborted for _, t in conns] == [False, False] + [True] * 48
+    for proto, _ in conns[2:]:
+        proto.connectionLost()
+    assert clock.getDelayedCalls() == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.web.http_headers import Headers
 
-from cdnpull.headers import end_to_end, origin_fields
+from cdnpull.headers import connection_names, end_to_end, origin_fields
 from cdnpull.routing import RoutingTable, normalise_host, split_target
 
 
@@ -56,6 +56,12 @@ def test_hop_by_hop_headers_are_dropped(name, kept):  # type: ignore[no-untyped-
     h.setRawHeaders(b"connection", [b"close, X-Named-In-Connection"])
     h.setRawHeaders(name, [b"v"])
     assert end_to_end(h).hasHeader(name) is kept
+
+
+def test_connection_names_reads_every_value_once():
+    assert connection_names([b"Close, X-A ,,\tKeep-Alive", b"x-b", b""]) == {
+        b"close", b"x-a", b"keep-alive", b"x-b"}
+    assert connection_names(()) == frozenset()
 
 
 def test_forwarding_headers():

@@ -36,7 +36,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..errors import OriginTimeout, OriginUnavailable
 from ..compat import fill_headers, request_gone
-from ..headers import HOP_BY_HOP, VIA, end_to_end
+from ..headers import HOP_BY_HOP, VIA, connection_names, end_to_end
 from ..failover import OriginRequest, PullResult
 from ..stream import BodyRelay, Discard
 from ..routing import normalise_host
@@ -180,6 +180,9 @@ class Cache:
         # Targeted cache-control fields this node obeys (RFC 9213), lower
         # case, in precedence order; never forwarded to clients.
         self.targeted = tuple(targeted)
+        # What an answer relayed to a client never carries from the origin:
+        # hop-by-hop fields, the ones the node sets, the targeted ones.
+        self.relay_skip = HOP_BY_HOP | frozenset((b"server", b"x-cache", b"via") + self.targeted)
         self.puller = puller
         self.clock = clock
         self.max_object = max_object
@@ -443,6 +446,21 @@ class Cache:
             headers.setRawHeaders(name, [value])
         return replace(oreq, method=b"GET", headers=headers, started=started)
 
+    def _launch(self, flight: Flight, ask: _Ask, entry: Optional[Entry] = None,
+                started: Optional[float] = None) -> None:
+        """
+        Start C{flight}'s GET of C{ask} at the origin: with the validators
+        of a stored C{entry}, whose 304 refreshes it (L{_refreshed}).  A
+        background flight is nobody's, so no interim answer goes anywhere.
+        """
+        extra = _validators(entry.header_map()) if entry is not None else {}
+        oreq = self._origin_request(ask.oreq, extra, started)
+        if flight.background:
+            oreq = replace(oreq, on_interim=None)
+        rule, reqh = ask.rule, ask.reqh
+        flight.launch(ask.live, oreq, rule, reqh, stale=entry if extra else None,
+                      refresh=lambda e, result, t: self._refreshed(e, result, t, rule, reqh))
+
     async def _fetch(self, ask: _Ask, alone: bool, stale: Optional[tuple] = None) -> None:
         """
         A miss, or with C{stale} (entry, age) a revalidation, through one
@@ -467,11 +485,7 @@ class Cache:
             # Hit-for-miss: the last answer was not shared, so do not queue.
             flight = Flight(self, ask.key, register=not alone and why != "private")
             waiter = flight.join()
-            extra = _validators(entry.header_map()) if entry is not None else {}
-            rule, reqh = ask.rule, ask.reqh
-            flight.launch(ask.live, self._origin_request(ask.oreq, extra, ctx.start), rule, reqh,
-                          stale=entry if extra else None,
-                          refresh=lambda e, result, t: self._refreshed(e, result, t, rule, reqh))
+            self._launch(flight, ask, entry, ctx.start)
         else:
             waiter = flight.join()
         ctx.pending = waiter.ready  # a client that leaves stops waiting
@@ -569,10 +583,7 @@ class Cache:
         ctx.origin_ms = result.elapsed * 1000
         # end_to_end(), on the map: no hop-by-hop field, none named in
         # Connection, and our Server instead of the origin's.
-        skip = set(HOP_BY_HOP)
-        skip.add(b"server")
-        for value in headers.get(b"connection", ()):
-            skip.update(token.strip().lower() for token in value.split(b","))
+        skip = HOP_BY_HOP | connection_names(headers.get(b"connection", ())) | {b"server"}
         headers = {name: values for name, values in headers.items() if name not in skip}
         if response.code == 200 and not_modified(reqh, headers):
             response.deliverBody(Discard(stop=True))
@@ -671,10 +682,8 @@ class Cache:
         if not storable(b"GET", ask.reqh, 200, headers, ask.rule, self.clock.seconds(),
                         self.targeted).ok:
             return
-        flight = Flight(self, ask.key, background=True)
-        # Its interim answers (103) are nobody's: the client has its range.
-        flight.launch(ask.live, replace(self._origin_request(ask.oreq), on_interim=None),
-                      ask.rule, ask.reqh)
+        # (Its interim answers (103) are nobody's: the client has its range.)
+        self._launch(Flight(self, ask.key, background=True), ask)
 
     async def _stream(self, ask: _Ask, fill: Fill, status: str, strip_cookies: bool = False) -> None:
         request, ctx, reqh = ask.request, ask.ctx, ask.reqh
@@ -763,10 +772,4 @@ class Cache:
     def _refresh_in_background(self, ask: _Ask, entry: Entry) -> None:
         if ask.key in self.inflight:
             return
-        extra = _validators(entry.header_map())
-        rule, reqh = ask.rule, ask.reqh
-        flight = Flight(self, ask.key, background=True)
-        flight.launch(ask.live, replace(self._origin_request(ask.oreq, extra), on_interim=None),
-                      rule, reqh,
-                      stale=entry if extra else None,
-                      refresh=lambda e, result, t: self._refreshed(e, result, t, rule, reqh))
+        self._launch(Flight(self, ask.key, background=True), ask, entry)

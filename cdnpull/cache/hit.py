@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..headers import VIA
+from ..headers import VIA, wire_name
 from .policy import current_age, match_rule, not_modified, vary_key
 from .store import Entry
 
@@ -25,18 +25,8 @@ NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag",
 
 JOIN_BELOW = 16 * 1024  # bodies up to this size are sent in one buffer with their head
 
-_CAPS = {b"etag": b"ETag", b"te": b"TE", b"www-authenticate": b"WWW-Authenticate",
-         b"content-md5": b"Content-MD5", b"dnt": b"DNT", b"p3p": b"P3P",
-         b"x-xss-protection": b"X-XSS-Protection"}
-
-
-def _caps(name: bytes) -> bytes:
-    """Header names as twisted.web writes them (C{content-type} -> C{Content-Type})."""
-    return _CAPS.get(name) or b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
-
-
 def _block(lines: list) -> bytes:
-    return b"".join(b"%s: %s\r\n" % (_caps(n), v) for n, v in lines)
+    return b"".join(b"%s: %s\r\n" % (wire_name(n), v) for n, v in lines)
 
 
 class Wire:

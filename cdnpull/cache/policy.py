@@ -70,9 +70,32 @@ class CacheControl:
         return min(int(text), DELTA_MAX)
 
 
+_PARSED: dict = {}  # the values of a Cache-Control field -> their CacheControl
+_PARSED_MAX = 1024
+_NONE = CacheControl({})
+
+
 def parse_cache_control(values: Optional[Iterable[bytes]]) -> CacheControl:
+    """
+    The directives of a C{Cache-Control} field's values.  An origin sends
+    the same few values again and again: the last L{_PARSED_MAX} are kept
+    parsed (a L{CacheControl} is never changed).
+    """
+    if not values:
+        return _NONE
+    key = tuple(values)
+    found = _PARSED.get(key)
+    if found is None:
+        found = _parse_cache_control(key)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = found
+    return found
+
+
+def _parse_cache_control(values: Iterable[Any]) -> CacheControl:
     out: dict = {}
-    for raw in values or ():
+    for raw in values:
         text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
         pos = 0
         while pos < len(text):

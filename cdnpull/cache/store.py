@@ -671,13 +671,21 @@ class Store:
         self._variants: "dict[str, dict[tuple, None]]" = {}
         if disk is not None:
             for ident in disk.idents():
-                self._indexed(ident)
-            disk.on_indexed = self._indexed
+                self._index(ident)
+            disk.on_indexed = self._index
 
-    def _indexed(self, ident: tuple) -> None:
+    def _index(self, ident: tuple, newest: bool = False) -> None:
+        """
+        C{ident} is a variant of its key: the newest one when C{newest}
+        (stored now), else new ones last and known ones where they are (found
+        on disk); the least recently used beyond C{max_variants} go (also
+        from a cache written with a larger C{max_variants}).
+        """
         idents = self._variants.setdefault(ident[0], {})
+        if newest:
+            idents.pop(ident, None)
         idents[ident] = None
-        while len(idents) > self.max_variants:  # (a cache written with a larger max_variants)
+        while len(idents) > self.max_variants:
             self.remove(next(iter(idents)))
 
     @property
@@ -743,11 +751,7 @@ class Store:
         for other in self.variants(entry.key):
             if other.vary != entry.vary:
                 self.remove(other.ident)
-        idents = self._variants.setdefault(entry.key, {})
-        idents.pop(entry.ident, None)
-        idents[entry.ident] = None
-        while len(idents) > self.max_variants:
-            self.remove(next(iter(idents)))
+        self._index(entry.ident, newest=True)
         self.memory.put(entry)
         if self.disk is not None:
             return self.disk.put(entry)

@@ -38,7 +38,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from ..errors import ClientBodyInterrupted, NoResponse
-from ..headers import HOP_BY_HOP
+from ..headers import HOP_BY_HOP, connection_names
 from ..upload import BodyInterrupted
 from ..compat import eager_write, fill_headers
 
@@ -57,19 +57,45 @@ class _Stop(Exception):
 
 
 class OriginResponse:
-    """An origin's answer whose body is read as it is delivered."""
+    """
+    An origin's answer whose body is read as it is delivered.  Its headers
+    are kept as parsed (L{field_map}); the Twisted C{Headers} that
+    C{IResponse} promises is made when first asked for.
+    """
 
     version = (b"HTTP", 1, 1)
     request = None
     previousResponse = None
 
-    def __init__(self, conn: "OriginConnection", code: int, phrase: bytes, headers: Headers,
+    def __init__(self, conn: "OriginConnection", code: int, phrase: bytes, fields: dict,
                  length: Any) -> None:
         self._conn = conn
         self.code = code
         self.phrase = phrase
-        self.headers = headers
+        self._fields: Optional[dict] = fields
+        self._headers: Optional[Headers] = None
         self.length = length
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = Headers()
+            fill_headers(headers, self._fields or {})
+            self._fields = None  # from now on the Headers are the answer's
+        return headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers = value
+        self._fields = None
+
+    def field_map(self) -> dict:
+        """The headers, lower-case name -> [values] (do not change them)."""
+        fields = self._fields
+        if fields is None:
+            fields = {name.lower(): values for name, values in self.headers.getAllRawHeaders()}
+        return fields
 
     def deliverBody(self, protocol: Any) -> None:
         self._conn._deliver(protocol)
@@ -131,7 +157,7 @@ class OriginConnection(Protocol):
         self._reusable = True
         self._body_producer: Any = None
         self._body_transport: Optional[_BodyTransport] = None
-        self._expiry: Any = None
+        self._idle_since = 0.0  # when it went back to the pool
         self._on_interim: Any = None
 
     # -- sending -------------------------------------------------------------
@@ -266,8 +292,7 @@ class OriginConnection(Protocol):
         for name, value in self._headers:
             fields.setdefault(name.lower(), []).append(value)
         # Headers the origin names in Connection are for this hop only.
-        named = {t.strip(b" \t").lower() for v in fields.get(b"connection", ()) for t in v.split(b",")}
-        named.discard(b"")
+        named = connection_names(fields.get(b"connection", ()))
         if 100 <= code < 200:
             # An interim answer: passed on (not 101), the final head follows.
             if self._on_interim is not None and code != 101:
@@ -288,15 +313,13 @@ class OriginConnection(Protocol):
         if cl and (len(cl[0]) > 19 or int(cl[0]) > MAX_LENGTH):
             self._refuse(f"Content-Length too large {cl[0][:40]!r}")
             raise _Stop()
-        headers = Headers()
         # As Agent: the connection's own headers are not the answer's (nor
         # those the origin named in Connection).
-        fill_headers(headers, {k: v for k, v in fields.items()
-                               if k not in CONNECTION_CONTROL and k not in named})
+        own = {k: v for k, v in fields.items() if k not in CONNECTION_CONTROL and k not in named}
         if self._method == b"HEAD" and cl and b"content-length" not in named:
             # As Agent: a HEAD answer's Content-Length describes the GET's
             # body and is passed on to the client.
-            headers.setRawHeaders(b"content-length", [cl[0]])
+            own[b"content-length"] = [cl[0]]
         if self._method == b"HEAD" or code in (204, 304):
             length: Any = 0
         elif cl:
@@ -310,7 +333,7 @@ class OriginConnection(Protocol):
         if not parser.should_keep_alive():
             self._reusable = False
         self.state = "body"
-        self._response = OriginResponse(self, code, self._phrase.strip(b" "), headers, length)
+        self._response = OriginResponse(self, code, self._phrase.strip(b" "), own, length)
         d, self._d = self._d, None
         if self._method == b"HEAD":
             # llhttp would wait for the body the head announces.
@@ -463,8 +486,9 @@ class OriginPool:
         self.reactor = reactor
         self.max = max_per_origin
         self.idle_timeout = idle_timeout
-        self._idle: dict = {}
+        self._idle: dict = {}  # (host, port) -> idle connections, oldest first
         self._all: set = set()
+        self._sweep_call: Any = None
 
     def request(self, endpoint: Any, address: Any, method: bytes, target: bytes,
                 headers: Headers, body: Any, attempt: Any,
@@ -473,9 +497,10 @@ class OriginPool:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if conn._expiry is not None and conn._expiry.active():
-                conn._expiry.cancel()
-            conn._expiry = None
+            if not idle:
+                del self._idle[key]
+                if not self._idle:
+                    self._stop_sweeping()
             if conn.transport is not None and conn.transport.connected and conn.state == "idle":
                 attempt.connecting = attempt.connected = True
                 return conn.send(method, target, headers, body, on_interim)
@@ -507,42 +532,56 @@ class OriginPool:
         connecting.addCallbacks(connected, failed)
         return result
 
+    # Idle connections are closed after idle_timeout by one timer per pool
+    # (set for the oldest), not one per connection: a connection is taken
+    # from the pool and put back once per request.
+
     def _put(self, conn: OriginConnection) -> None:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self.max:
             conn.state = "dead"
             conn.transport.loseConnection()
             return
+        conn._idle_since = self.reactor.seconds()
         idle.append(conn)
-        conn._expiry = self.reactor.callLater(self.idle_timeout, self._expire, conn)
+        if self._sweep_call is None:
+            self._sweep_call = self.reactor.callLater(self.idle_timeout, self._sweep)
 
-    def _expire(self, conn: OriginConnection) -> None:
-        conn._expiry = None
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-        conn.state = "dead"
-        if conn.transport is not None:
-            conn.transport.loseConnection()
+    def _sweep(self) -> None:
+        self._sweep_call = None
+        now = self.reactor.seconds()
+        oldest = None
+        for key, idle in list(self._idle.items()):
+            # Oldest first: each list grows at its end.
+            while idle and now - idle[0]._idle_since >= self.idle_timeout:
+                conn = idle.pop(0)
+                conn.state = "dead"
+                if conn.transport is not None:
+                    conn.transport.loseConnection()
+            if not idle:
+                del self._idle[key]
+            elif oldest is None or idle[0]._idle_since < oldest:
+                oldest = idle[0]._idle_since
+        if oldest is not None:
+            self._sweep_call = self.reactor.callLater(oldest + self.idle_timeout - now, self._sweep)
+
+    def _stop_sweeping(self) -> None:
+        call, self._sweep_call = self._sweep_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     def _lost(self, conn: OriginConnection) -> None:
         self._all.discard(conn)
-        if conn._expiry is not None:
-            if conn._expiry.active():
-                conn._expiry.cancel()
-            conn._expiry = None
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
             if not idle:
                 del self._idle[conn.key]
+                if not self._idle:
+                    self._stop_sweeping()
 
     def close(self) -> Deferred:
-        for conns in self._idle.values():
-            for conn in conns:
-                if conn._expiry is not None and conn._expiry.active():
-                    conn._expiry.cancel()
-                conn._expiry = None
+        self._stop_sweeping()
         self._idle.clear()
         for conn in list(self._all):
             if conn.transport is not None:

@@ -116,25 +116,17 @@ class _TrackingEndpoint:
 class _AddressEndpoints:
     """Endpoints to the one chosen address, whatever the URI says."""
 
-    def __init__(self, client: "OriginClient", attempt: _Attempt, address: Address,
-                 scheme: str, server_name: str, verify: bool, connect_timeout: float,
-                 client_name: bool = False) -> None:
-        self._client = client
-        self._client_name = client_name
+    def __init__(self, reactor: object, attempt: _Attempt, address: Address,
+                 creator: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
         self._attempt = attempt
         self._address = address
-        self._scheme = scheme
-        self._server_name = server_name
-        self._verify = verify
+        self._creator = creator
         self._connect_timeout = connect_timeout
 
     def endpointForURI(self, uri):
-        endpoint = tcp_endpoint(self._client.reactor, self._address, self._connect_timeout)
-        if self._scheme == "https":
-            creator = self._client.tls.creator_for(self._server_name, self._verify,
-                                                   client_name=self._client_name)
-            endpoint = wrapClientTLS(creator, endpoint)
-        return _TrackingEndpoint(endpoint, self._attempt)
+        endpoint = tcp_endpoint(self._reactor, self._address, self._connect_timeout)
+        return _TrackingEndpoint(wrapClientTLS(self._creator, endpoint), self._attempt)
 
 
 class _QuietPool(HookedConnectionPool):
@@ -166,25 +158,28 @@ class OriginClient:
     Sends requests to origin addresses over pooled persistent connections.
 
     Plain HTTP connections share one pool (keyed by address and port); TLS
-    connections get one pool per (server name, verify), so a connection set up
-    for one name is never reused for another.
+    connections get one pool and one connection creator (L{TLSPolicy}) per
+    (server name, verify), so a connection set up for one name is never
+    reused for another.
 
     A server name chosen by a client (a wildcard domain sends the client's
-    name) must not let clients grow the node's state: those pools live in a
-    small LRU of C{max_client_names} names, keep idle connections for
-    C{client_name_idle} seconds, and a name unused for that long is dropped
-    with its pool.
+    name) must not let clients grow the node's state: that TLS state (pool
+    and creator) lives in a small LRU of C{max_client_names} names, keeps
+    idle connections for C{client_name_idle} seconds, and a name unused for
+    that long is dropped with its pool.
     """
 
     def __init__(self, reactor, tls: Optional[TLSPolicy] = None,
                  max_per_origin: int = 64, idle_timeout: float = 60.0,
                  max_client_names: int = 64, client_name_idle: float = 15.0) -> None:
         self.reactor = reactor
-        self.tls = tls if tls is not None else TLSPolicy(max_client_names=max_client_names)
+        self.tls = tls if tls is not None else TLSPolicy()
         self._max = max_per_origin
         self._idle = idle_timeout
+        # (server name, verify) -> (pool, creator): the configured names.
         self._pools: dict = {}
-        # (server name, verify) -> (pool, last used), least recently used first.
+        # (server name, verify) -> (pool, creator, last used), for names
+        # chosen by clients, least recently used first.
         self._client_pools: OrderedDict = OrderedDict()
         self.max_client_names = max_client_names
         self.client_name_idle = client_name_idle
@@ -196,32 +191,36 @@ class OriginClient:
         pool.cachedConnectionTimeout = idle  # type: ignore[assignment]  # seconds, any float
         return pool
 
-    def _pool(self, scheme: str, server_name: str, verify: bool,
-              client_name: bool = False) -> _QuietPool:
-        if scheme == "https" and client_name:
-            return self._client_pool((server_name, verify))
-        key = (server_name, verify)  # (plain http goes through cdnpull.http.client)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = self._new_pool(self._idle)
-        return pool
+    def _tls_state(self, server_name: str, verify: bool,
+                   client_name: bool = False) -> tuple:
+        """(pool, connection creator) of a TLS server name (plain http goes through cdnpull.http.client)."""
+        key = (server_name, verify)
+        if client_name:
+            return self._client_state(key)
+        state = self._pools.get(key)
+        if state is None:
+            state = self._pools[key] = (self._new_pool(self._idle), self.tls.creator(*key))
+        return state
 
-    def _client_pool(self, key: tuple) -> _QuietPool:
+    def _client_state(self, key: tuple) -> tuple:
         now = self.reactor.seconds()
-        pools = self._client_pools
-        found = pools.pop(key, None)
-        pool = found[0] if found is not None else self._new_pool(self.client_name_idle)
+        states = self._client_pools
+        found = states.pop(key, None)
+        if found is not None:
+            pool, creator, _ = found
+        else:
+            pool, creator = self._new_pool(self.client_name_idle), self.tls.creator(*key)
         # Names unused for a while go (their pools are idle by then), and the
         # least recently used beyond the bound.
-        while pools:
-            oldest_key, (oldest, used) = next(iter(pools.items()))
-            if len(pools) < self.max_client_names and not (
+        while states:
+            oldest_key, (oldest, _, used) = next(iter(states.items()))
+            if len(states) < self.max_client_names and not (
                     now - used > self.client_name_idle and oldest.idle()):
                 break
-            del pools[oldest_key]
+            del states[oldest_key]
             self._retire(oldest)
-        pools[key] = (pool, now)
-        return pool
+        states[key] = (pool, creator, now)
+        return pool, creator
 
     def _retire(self, pool: "_QuietPool") -> None:
         pool.retired = True
@@ -270,9 +269,8 @@ class OriginClient:
             d = self._http.request(endpoint, address, method, target, headers, body, attempt,
                                    on_interim)
         else:
-            pool = self._pool(scheme, server_name, verify, client_name)
-            factory = _AddressEndpoints(self, attempt, address, scheme, server_name,
-                                        verify, connect_timeout, client_name)
+            pool, creator = self._tls_state(server_name, verify, client_name)
+            factory = _AddressEndpoints(self.reactor, attempt, address, creator, connect_timeout)
             agent = Agent.usingEndpointFactory(self.reactor, factory, pool=pool)
             host = f"[{address.host}]" if address.is_ipv6 else address.host
             url = f"{scheme}://{host}:{address.port}".encode("ascii") + target
@@ -325,7 +323,7 @@ class OriginClient:
         stuck origin never holds up shutdown.
         """
         self._http.close()
-        pools = list(self._pools.values()) + [p for p, _ in self._client_pools.values()]
+        pools = [state[0] for state in (*self._pools.values(), *self._client_pools.values())]
         self._pools.clear()
         self._client_pools.clear()
         if not pools:

@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from ..compat import HookedClientProtocol
-from ..headers import CONTROL_CHAR, FIELD_NAME, HOP_BY_HOP
+from ..headers import CONTROL_CHAR, FIELD_NAME, HOP_BY_HOP, connection_names
 
 __all__ = ["InvalidOriginResponse", "StrictClientProtocol", "check_head", "connection_named",
            "InterimHeaders", "interim_answer", "MAX_HEAD"]
@@ -104,13 +104,12 @@ def check_head(head: bytes, max_headers: int = MAX_HEADERS) -> Optional[str]:
 
 def connection_named(head: bytes) -> frozenset:
     """The lower-case header names listed in a (checked) head's C{Connection} fields."""
-    names: set = set()
+    values = []
     for line in head.split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
         if sep and name.lower() == b"connection":
-            names.update(t.strip(b" \t").lower() for t in value.split(b","))
-    names.discard(b"")
-    return frozenset(names)
+            values.append(value)
+    return connection_names(values)
 
 
 class InterimHeaders(Headers):

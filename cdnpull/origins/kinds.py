@@ -101,7 +101,7 @@ class OriginKind:
         """
         origin_host = domain.origin_host or host
         out = headers.copy()
-        out.setRawHeaders(b"host", [origin_host.encode("idna")])
+        out.setRawHeaders(b"host", [_host_field(origin_host)])
         return target, origin_host, out
 
     async def finish(self, response: IResponse, domain: str, address: Address) -> IResponse:
@@ -148,6 +148,20 @@ class OriginKind:
 
     def warn_signing(self, domain: str, field: str, logger: Any) -> None:
         pass
+
+
+_HOST_FIELDS: dict = {}
+
+
+def _host_field(host: str) -> bytes:
+    """C{host} as a Host field (IDNA, which is slow: the names seen are kept)."""
+    field = _HOST_FIELDS.get(host)
+    if field is None:
+        field = host.encode("idna")
+        if len(_HOST_FIELDS) >= 4096:
+            _HOST_FIELDS.clear()
+        _HOST_FIELDS[host] = field
+    return field
 
 
 class IPKind(OriginKind):

@@ -7,7 +7,6 @@ C{optionsForClientTLS}) with the system trust store or C{origin_ca_file}.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from typing import Optional
 
 from OpenSSL import SSL
@@ -56,30 +55,17 @@ class _UnverifiedSNI:
 
 class TLSPolicy:
     """
-    Makes (and caches) a connection creator per (server name, verify).
-    Names chosen by clients (wildcard domains) are cached in a bounded LRU of
-    C{max_client_names}, so that random names cannot grow it.
+    Makes the connection creator for a (server name, verify): SNI with that
+    name, and the certificate checked against it with the trust root read at
+    start-up.  It keeps no per-name state: L{cdnpull.origins.client.OriginClient}
+    keeps each creator with its name's connection pool, where the names
+    chosen by clients are bounded.
     """
 
-    def __init__(self, ca_file: Optional[str] = None, max_client_names: int = 64) -> None:
+    def __init__(self, ca_file: Optional[str] = None) -> None:
         self._trust = load_trust_root(ca_file)
-        self._creators: dict = {}
-        self._client_creators: OrderedDict = OrderedDict()
-        self.max_client_names = max_client_names
 
-    def creator_for(self, server_name: str, verify: bool = True,
-                    client_name: bool = False):
-        key = (server_name, verify)
-        cache = self._client_creators if client_name else self._creators
-        creator = cache.get(key)
-        if creator is None:
-            if verify:
-                creator = ssl.optionsForClientTLS(server_name, trustRoot=self._trust)
-            else:
-                creator = _UnverifiedSNI(server_name)
-            cache[key] = creator
-        if client_name:
-            self._client_creators.move_to_end(key)
-            while len(self._client_creators) > self.max_client_names:
-                self._client_creators.popitem(last=False)
-        return creator
+    def creator(self, server_name: str, verify: bool = True):
+        if verify:
+            return ssl.optionsForClientTLS(server_name, trustRoot=self._trust)
+        return _UnverifiedSNI(server_name)
