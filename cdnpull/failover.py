@@ -17,6 +17,10 @@ Decisions, in order:
     straight to it; without one, the blocked primaries are tried anyway.
  4. Other methods go to the primary only, and move to another address only
     when the connection failed before anything was sent.
+ 5. Cancelling the pull (the client left) stops it where it is: the try in
+    progress is dropped, and so is a primary's error answer kept while the
+    standby is asked; no other address is tried, and the try cut short
+    counts against no address.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Callable, Optional, Protocol
 from twisted.internet.defer import Deferred, CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
@@ -94,6 +99,37 @@ class PullResult:
     elapsed: float
 
 
+class _Stop:
+    """
+    Whether a pull was cancelled.  Twisted cancels only the Deferred a
+    coroutine awaits, and what that becomes is up to whoever made it (the
+    Agent turns it into "connection lost before a response", reading a body
+    into "cut short"): the chain looks here before it takes any of that for
+    an origin's failure or starts another try.
+    """
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise CancelledError()
+
+    def trap(self, failure: Failure) -> Failure:
+        """An errback: after a cancel, any failure is the cancel."""
+        if self.cancelled and not failure.check(CancelledError):
+            return Failure(CancelledError())
+        return failure
+
+
+def _drop(answer: Deferred) -> None:
+    """Stop reading a kept primary answer (its connection is closed)."""
+    answer.addErrback(lambda f: f.trap(CancelledError))
+    answer.cancel()
+
+
 class FailoverChain:
     """Runs the failover chain for one request at a time."""
 
@@ -112,9 +148,23 @@ class FailoverChain:
             self.observer.origin_try(live.name, group.role, str(address), outcome, seconds)
 
     def pull(self, live: LiveDomain, req: OriginRequest) -> "Deferred[PullResult]":
-        return Deferred.fromCoroutine(self._pull(live, req))
+        """
+        The answer for C{req}.  Cancelling the Deferred (the client left)
+        stops the chain: it fails with C{CancelledError}, and no other
+        address, primary or standby, is asked.
+        """
+        stop = _Stop()
+        inner = Deferred.fromCoroutine(self._pull(live, req, stop))
 
-    async def _pull(self, live: LiveDomain, req: OriginRequest) -> PullResult:
+        def cancel(outer: Deferred) -> None:
+            stop.cancelled = True
+            inner.cancel()
+
+        outer: "Deferred[PullResult]" = Deferred(cancel)
+        inner.chainDeferred(outer)
+        return outer
+
+    async def _pull(self, live: LiveDomain, req: OriginRequest, stop: _Stop) -> PullResult:
         domain = live.config
         start = self.clock.seconds() if req.started is None else req.started
         deadline = start + domain.total_timeout
@@ -128,11 +178,12 @@ class FailoverChain:
             # A hostname origin whose first DNS answer is not in yet.
             if not group.states and group.wait_for_addresses is not None:
                 await group.wait_for_addresses()
+                stop.check()
         primary_down = live.primary.is_down()
         order = live.primary.order(include_blocked=standby is None)
         if not order and standby is not None:
             tries.append("primary: every address is blocked")
-        outcome = await self._try_group(live, live.primary, order, req, deadline, tries, safe)
+        outcome = await self._try_group(live, live.primary, order, req, deadline, tries, safe, stop)
         if isinstance(outcome, PullResult):
             response = outcome.response
             if standby is None or response.code not in domain.failover_on:
@@ -158,22 +209,29 @@ class FailoverChain:
         if self.observer is not None:
             self.observer.failover(live.name)
         order = standby.order(include_blocked=primary_answer is None)
-        outcome = await self._try_group(live, standby, order, req, deadline, tries, safe)
+        try:
+            outcome = await self._try_group(live, standby, order, req, deadline, tries, safe, stop)
+        except BaseException:
+            # Cancelled (the client left): the primary's answer is nobody's either.
+            if primary_answer is not None:
+                _drop(primary_answer)
+            raise
         if isinstance(outcome, PullResult):
             if primary_answer is not None:
-                primary_answer.addErrback(lambda f: f.trap(CancelledError))
-                primary_answer.cancel()
+                _drop(primary_answer)
             return outcome
         timed_out = timed_out or outcome == "timeout"
         if primary_answer is not None and primary_result is not None:
             buffered = await primary_answer
+            stop.check()  # (a cancelled read ends as "cut short", not as an error)
             if buffered is not None:
                 primary_result.response = buffered
                 return primary_result
         # Last resort: a primary that was skipped because it was down.
         if primary_down and primary_answer is None:
             order = live.primary.order(include_blocked=True)
-            outcome = await self._try_group(live, live.primary, order, req, deadline, tries, safe)
+            outcome = await self._try_group(live, live.primary, order, req, deadline, tries, safe,
+                                            stop)
             if isinstance(outcome, PullResult):
                 return outcome
         raise self._give_up(live, req, tries, timed_out)
@@ -208,9 +266,11 @@ class FailoverChain:
 
     async def _try_group(self, live: LiveDomain, group: OriginGroup,
                          order: list[AddressState], req: OriginRequest,
-                         deadline: float, tries: list, safe: bool):
+                         deadline: float, tries: list, safe: bool, stop: _Stop):
         """
-        Try each address of C{order} at most once.
+        Try each address of C{order} at most once; none once C{stop} says
+        the pull was cancelled (then C{CancelledError}, whatever the try in
+        progress failed with).
 
         @return: a L{PullResult}, or C{"timeout"} / C{"unreachable"}.
         """
@@ -222,6 +282,7 @@ class FailoverChain:
         # what that name breaks is the request's problem, not the address's.
         client_name = kind.sends_client_name(domain)
         for state in order:
+            stop.check()
             remaining = deadline - self.clock.seconds()
             if remaining <= 0:
                 tries.append("time budget used up")
@@ -246,7 +307,7 @@ class FailoverChain:
                     verify=verify,
                     client_name=client_name,
                     on_interim=req.on_interim,
-                )
+                ).addErrback(stop.trap)
             except TLSFailed as e:
                 if not client_name:
                     self._connect_failed(live, group, state, address, e.detail, tries)
@@ -276,5 +337,6 @@ class FailoverChain:
             elapsed = self.clock.seconds() - started
             self._observe(live, group, address, f"{response.code // 100}xx", elapsed)
             response = await kind.finish(response, live.name, address)
+            stop.check()  # (only a bucket's 403 is read here: cancelling closed it)
             return PullResult(response, group.role, address, elapsed)
         return "unreachable"

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Optional
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -398,6 +398,78 @@ def test_a_background_refresh_that_fails_lets_waiters_try_on_their_own() -> None
     assert len(w.origin.pulls) == 3
     w.origin.answer(2, 200, b"v2", {b"cache-control": b"max-age=10"})
     assert late.body == b"v2"
+
+
+# -- a client that leaves stops a pull nobody else waits for --------------------------------
+
+
+def leave(ctx, d: Deferred) -> None:  # type: ignore[no-untyped-def]
+    """What the edge does when the client disconnects (Edge._finished)."""
+    assert ctx.pending is not None, "the request is not waiting on anything to cancel"
+    ctx.pending.cancel()
+    assert d.called
+    d.addErrback(lambda f: f.trap(CancelledError))
+
+
+def pull_cancelled(w: World, i: int) -> bool:
+    d = w.origin.pulls[i][1]
+    if not d.called:
+        return False
+    d.addErrback(lambda f: f.trap(CancelledError))
+    return True
+
+
+def test_the_only_waiter_leaving_a_miss_cancels_its_pull() -> None:
+    w = World()
+    _, ctx, d = w.get("/gone")
+    leave(ctx, d)
+    assert pull_cancelled(w, 0)
+    assert "http://www.test.com/gone" not in w.cache.inflight
+
+
+def test_a_collapsed_pull_goes_on_while_one_of_its_waiters_is_left() -> None:
+    w = World()
+    _, ctx1, d1 = w.get("/shared")
+    r2, ctx2, d2 = w.get("/shared")
+    leave(ctx1, d1)  # the one who started it leaves: the other still waits
+    assert not pull_cancelled(w, 0)
+    w.origin.answer(0, 200, b"shared", {b"cache-control": b"max-age=60"})
+    assert (r2.body, r2.finished) == (b"shared", True)
+    r3, _, _ = w.get("/shared")
+    assert (r3.body, r3.header("x-cache")) == (b"shared", "HIT")
+    # Both leave: nobody waits, the pull stops.
+    w2 = World()
+    _, ctx1, d1 = w2.get("/shared")
+    _, ctx2, d2 = w2.get("/shared")
+    leave(ctx2, d2)
+    assert not pull_cancelled(w2, 0)
+    leave(ctx1, d1)
+    assert pull_cancelled(w2, 0)
+
+
+def test_a_background_refresh_goes_on_when_its_waiters_leave() -> None:
+    w = World()
+    stored(w, "/bg", b"v1", {b"cache-control": b"max-age=10, stale-while-revalidate=5",
+                             b"etag": b'"1"'})
+    w.clock.advance(12)
+    w.get("/bg")  # served stale; the refresh runs behind
+    w.clock.advance(5)  # past the window: this one waits on the refresh
+    _, ctx, d = w.get("/bg")
+    assert len(w.origin.pulls) == 2
+    leave(ctx, d)
+    assert not pull_cancelled(w, 1)
+    w.origin.answer(1, 200, b"v2", {b"cache-control": b"max-age=60"})
+    r, _, _ = w.get("/bg")
+    assert (r.body, r.header("x-cache")) == (b"v2", "HIT")
+
+
+def test_leaving_a_hit_for_miss_pull_cancels_it() -> None:
+    w = World()
+    w.get("/own")
+    w.origin.answer(0, 200, b"mine", {b"cache-control": b"private"})
+    _, ctx, d = w.get("/own")  # relayed to this request alone (no Flight)
+    leave(ctx, d)
+    assert pull_cancelled(w, 1)
 
 
 # -- 8.5: a Range miss is passed on when fetching the whole would amplify it ----------------------

@@ -9,10 +9,11 @@ import random
 from typing import Optional
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 from twisted.web.iweb import IResponse
@@ -24,6 +25,7 @@ from cdnpull.errors import (
     NoResponse,
     OriginTimeout,
     OriginUnavailable,
+    TLSFailed,
 )
 from cdnpull.live import build_table
 from cdnpull.failover import OriginRequest, FailoverChain
@@ -46,13 +48,46 @@ class FakeResponse:
         protocol.connectionLost(Failure(ResponseDone()))
 
 
+class OpenTransport:
+    """The origin connection under a body: stopping it loses the connection."""
+
+    def __init__(self, protocol) -> None:  # type: ignore[no-untyped-def]
+        self.protocol = protocol
+        self.stopped = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.protocol.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
+
+
+@implementer(IResponse)
+class OpenResponse(FakeResponse):
+    """An answer whose body starts and never ends (until stopped)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code, b"part of it")
+        self.length = 1000
+        self.transport: Optional[OpenTransport] = None
+
+    def deliverBody(self, protocol):  # type: ignore[no-untyped-def]
+        self.transport = OpenTransport(protocol)
+        protocol.makeConnection(self.transport)
+        protocol.dataReceived(self.body)
+
+
 class ScriptedClient:
-    """Answers per address: an int status, 'refuse', 'lost' or 'hang'."""
+    """
+    Answers per address: an int status, 'refuse', 'lost', 'hang', ('open',
+    status) (an answer whose body never ends) or ('hang', error) (no answer,
+    and a cancel becomes C{error}, as the Agent makes a cancel "connection
+    lost before a response").
+    """
 
     def __init__(self, clock: Clock, script: dict) -> None:
         self.clock = clock
         self.script = script
         self.calls: list[tuple[str, bytes]] = []
+        self.open: list[OpenResponse] = []
 
     def request(self, *, address, method, first_byte_timeout, connect_timeout, **kw):  # type: ignore[no-untyped-def]
         key = str(address)
@@ -66,6 +101,18 @@ class ScriptedClient:
             d: Deferred = Deferred()
             self.clock.callLater(first_byte_timeout, d.errback,
                                  FirstByteTimeout(address, f"no response within {first_byte_timeout:g} s"))
+            return d
+        if isinstance(what, tuple) and what[0] == "open":
+            self.open.append(OpenResponse(what[1]))
+            return succeed(self.open[-1])
+        if isinstance(what, tuple) and what[0] == "hang":
+            def cancel(d: Deferred) -> None:
+                timer.cancel()
+                d.errback(what[1](address))
+
+            d = Deferred(cancel)
+            timer = self.clock.callLater(first_byte_timeout, d.errback,
+                                         FirstByteTimeout(address, "no response"))
             return d
         return succeed(FakeResponse(what, f"{what} from {key}".encode()))
 
@@ -240,3 +287,75 @@ def test_no_timers_left_after_a_pull():
     clock, live, client, puller = setup({P1: "hang", P2: 200, SB: 200}, first_byte_timeout=1.0)
     run(puller.pull(live, request()), clock)
     assert clock.getDelayedCalls() == []
+
+
+
+# -- the client left: cancelling the pull ----------------------------------------
+
+# What a cancelled try can come back as, depending on who made it: our HTTP
+# client says CancelledError; the Agent (HTTPS) "connection lost before a
+# response"; a connect or a TLS handshake cut short may look like theirs.
+CANCELLED_AS = {
+    "cancelled": lambda a: CancelledError(),
+    "lost": lambda a: NoResponse(a, "connection lost before a response (CancelledError)"),
+    "connect": lambda a: ConnectFailed(a, "connection was cancelled"),
+    "tls": lambda a: TLSFailed(a, "handshake cut short"),
+}
+
+
+def cancelled(d: Deferred) -> bool:
+    failures: list = []
+    d.addErrback(failures.append)
+    assert d.called, "the pull did not end when it was cancelled"
+    assert failures, "a cancelled pull gave an answer"
+    return bool(failures[0].check(CancelledError))
+
+
+@pytest.mark.parametrize("how", sorted(CANCELLED_AS))
+def test_a_cancelled_pull_asks_no_other_address(how):  # type: ignore[no-untyped-def]
+    hang = ("hang", CANCELLED_AS[how])
+    clock, live, client, puller = setup({P1: hang, P2: hang, SB: 200}, first_byte_timeout=2.0)
+    d = puller.pull(live, request())
+    clock.advance(1.0)
+    d.cancel()
+    assert cancelled(d)
+    clock.advance(60)
+    # Neither the other primary nor the standby, now or later; the try that
+    # was cut short counts against no address.
+    assert len(client.calls) == 1
+    assert all(s.failures == 0 and s.blocked_until is None for s in live.primary.states)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_pull_cancelled_while_the_standby_is_asked_drops_the_kept_primary_answer():
+    hang = ("hang", CANCELLED_AS["lost"])
+    clock, live, client, puller = setup({P1: ("open", 503), P2: ("open", 503), SB: hang},
+                                        first_byte_timeout=2.0)
+    d = puller.pull(live, request())
+    assert [c for c, _ in client.calls][-1] == SB
+    d.cancel()
+    assert cancelled(d)
+    # The primary's 503 was being kept in case the standby failed: its
+    # connection is closed, not left to run.
+    (kept,) = client.open
+    assert kept.transport is not None and kept.transport.stopped
+    assert len(client.calls) == 2 and clock.getDelayedCalls() == []
+
+
+def test_a_pull_cancelled_while_reading_the_kept_primary_answer_is_cancelled():
+    # The standby could not be reached: the chain waits for the primary's
+    # 503 to be read whole.  Cancelled then, it is not "no origin answered".
+    clock, live, client, puller = setup({P1: ("open", 503), P2: ("open", 503), SB: "refuse"})
+    d = puller.pull(live, request())
+    assert not d.called
+    d.cancel()
+    assert cancelled(d)
+    assert client.open[0].transport.stopped
+    assert len(client.calls) == 2
+
+
+def test_an_answer_before_the_cancel_is_the_callers():
+    clock, live, client, puller = setup({P1: 200, P2: 200, SB: 200})
+    d = puller.pull(live, request())
+    d.cancel()  # too late: nothing to stop
+    assert run(d).response.code == 200
