@@ -130,6 +130,16 @@ def fill_headers(headers: Headers, fields: dict) -> None:
         raw[encode(name)] = values
 
 
+def copy_headers(headers: Headers) -> Headers:
+    """
+    A copy of C{headers} (C{Headers.copy} checks every value again, which
+    the values of a C{Headers} have passed already).
+    """
+    out = Headers()
+    out._rawHeaders = {name: list(values) for name, values in headers._rawHeaders.items()}
+    return out
+
+
 def eager_write(transport: Any, data: bytes, body: bytes = b"") -> None:
     """
     Write C{data} then C{body} (a large body is not copied into one buffer

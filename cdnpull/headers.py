@@ -91,8 +91,13 @@ def connection_names(values: Iterable[bytes]) -> frozenset:
     (the one parse of the list for client requests, origin heads and
     interim answers alike; OWS is SP and HTAB, RFC 9110 section 5.6.1).
     """
+    if not values:
+        return _NO_NAMES
     names = frozenset(t.strip(b" \t").lower() for v in values for t in v.split(b","))
     return names - {b""}
+
+
+_NO_NAMES: frozenset = frozenset()
 
 
 def connection_tokens(headers: Headers) -> frozenset:

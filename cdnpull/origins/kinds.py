@@ -28,6 +28,7 @@ from ..config import (
     S3Credentials,
     parse_address,
 )
+from ..compat import copy_headers
 from ..errors import BadRequest
 from .bucket import prepare_bucket, strip_store_headers
 from .buffered import read_whole
@@ -100,7 +101,7 @@ class OriginKind:
         end-to-end headers and the C{host} it asked for.
         """
         origin_host = domain.origin_host or host
-        out = headers.copy()
+        out = copy_headers(headers)
         out.setRawHeaders(b"host", [_host_field(origin_host)])
         return target, origin_host, out
 
