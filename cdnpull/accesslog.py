@@ -3,9 +3,12 @@ The access log: one line per request in the combined format, followed by the
 fields a CDN operator needs (domain, cache status, origin group, origin
 address, origin time, total time).
 
- - C{Settings(access_log=None)} (the default): a structured C{twisted.logger}
-   event (namespace C{cdnpull.access}, every field kept), so C{twistd -n}
-   shows the traffic;
+ - C{Settings(access_log=None)} (the default): C{twisted.logger} events
+   (namespace C{cdnpull.access}), so C{twistd -n} shows the traffic.  The
+   lines of up to a second (or 1,000 lines) go out as one event, one line
+   each (formatting an event costs more than a whole cache hit: one per
+   request would halve the node's speed); its C{line} field holds them,
+   C{access_lines} counts them;
  - C{Settings(access_log=PATH)}: lines appended to that file through a
    buffer, written at least once a second and on shutdown (one write for
    many requests), reopened on SIGHUP (after logrotate moved it);
@@ -24,6 +27,11 @@ __all__ = ["AccessRecord", "AccessLog", "format_record", "FLUSH_SECONDS"]
 
 FLUSH_SECONDS = 1.0
 FLUSH_BYTES = 64 * 1024
+FLUSH_LINES = 1000  # lines in one twisted.logger event at most
+
+# (At module level: a Logger that is a class attribute names its events
+# after the class, whatever namespace it was given.)
+_log = Logger(namespace="cdnpull.access")
 
 
 @dataclass
@@ -88,7 +96,6 @@ class AccessLog:
     @param clock: schedules the flush of a file's buffer (needed with a path).
     """
 
-    log = Logger(namespace="cdnpull.access")
 
     def __init__(self, path: Optional[str] = None, clock: Any = None) -> None:
         self.off = path == "off"
@@ -110,13 +117,8 @@ class AccessLog:
                 old.close()
 
     def record(self, r: AccessRecord) -> None:
-        if self.off:
-            return
-        if self._file is not None:
+        if not self.off:
             self.write_line(format_record(r))
-            return
-        self.log.info("{line}", line=format_record(r),
-                      **{f"access_{k}": v for k, v in vars(r).items()})
 
     def answered(self, client: str, method: bytes, uri: bytes, version: bytes, status: int,
                  sent: int, fields: dict, domain: str, when: float, cache: str = "HIT",
@@ -135,20 +137,20 @@ class AccessLog:
         m, u, v = method.decode("latin-1"), uri.decode("latin-1"), version.decode("latin-1")
         ref = referer[0].decode("latin-1") if referer else ""
         ua = agent[0].decode("latin-1") if agent else ""
-        if self._file is None:
-            self.record(AccessRecord(
-                client=client, method=m, uri=u, version=v, status=status, sent=sent,
-                referer=ref, user_agent=ua, domain=domain, cache=cache, group=group,
-                origin=origin, origin_ms=origin_ms, total_ms=total_ms, when=when))
-            return
         self.write_line(_line(client, m, u, v, status, sent, ref, ua, when,
                               _tail(domain, cache, group, origin, origin_ms, total_ms)))
 
     def write_line(self, line: str) -> None:
-        data = (line + "\n").encode("utf-8", "replace")
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._buffered >= FLUSH_BYTES or self.clock is None:
+        """One access line: to the file's buffer, or to the next event."""
+        if self._file is not None:
+            data = (line + "\n").encode("utf-8", "replace")
+            self._buffer.append(data)
+            self._buffered += len(data)
+            full = self._buffered >= FLUSH_BYTES
+        else:
+            self._buffer.append(line)
+            full = len(self._buffer) >= FLUSH_LINES
+        if full or self.clock is None:
             self.flush()
         elif self._flush_call is None:
             self._flush_call = self.clock.callLater(FLUSH_SECONDS, self._timed_flush)
@@ -162,12 +164,17 @@ class AccessLog:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        if self._buffer and self._file is not None:
+        if not self._buffer:
+            return
+        if self._file is not None:
             data = b"".join(self._buffer)
             self._buffer.clear()
             self._buffered = 0
             self._file.write(data)
             self._file.flush()
+        elif not self.off:
+            lines, self._buffer = self._buffer, []
+            _log.info("{line}", line="\n".join(lines), access_lines=len(lines))
 
     def close(self) -> None:
         self.flush()

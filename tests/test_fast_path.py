@@ -146,18 +146,28 @@ def test_the_access_log_is_reopened_after_a_move(tmp_path):  # type: ignore[no-u
     assert '"GET /2 ' in path.read_text() and '"GET /1 ' not in path.read_text()
 
 
-def test_off_writes_nothing_and_the_default_is_an_event():  # type: ignore[no-untyped-def]
+def test_off_writes_nothing_and_the_default_is_one_event_a_second():  # type: ignore[no-untyped-def]
     from twisted.logger import globalLogPublisher
-    events = []
+    events: list = []
     globalLogPublisher.addObserver(events.append)
+    clock = Clock()
+    log = AccessLog(None, clock)
     try:
         AccessLog("off").record(record(uri="/off"))
-        AccessLog().answered("127.0.0.1", b"GET", b"/ev", b"HTTP/1.1", 200, 5, {}, HOST, NOW)
+        log.answered("127.0.0.1", b"GET", b"/ev", b"HTTP/1.1", 200, 5, {}, HOST, NOW)
+        log.record(record(uri="/ev2"))
+        assert [e for e in events if "access_lines" in e] == []
+        clock.advance(1)
+        AccessLog().answered("127.0.0.1", b"GET", b"/now", b"HTTP/1.1", 200, 5, {}, HOST, NOW)
     finally:
         globalLogPublisher.removeObserver(events.append)
-    lines = [e["line"] for e in events if "access_cache" in e]
-    assert len(lines) == 1 and '"GET /ev HTTP/1.1"' in lines[0]
-    assert [e["access_cache"] for e in events if "access_cache" in e] == ["HIT"]
+    batches = [e for e in events if "access_lines" in e]
+    assert [e["access_lines"] for e in batches] == [2, 1]  # (no clock: an event a line)
+    assert {e["log_namespace"] for e in batches} == {"cdnpull.access"}
+    first = batches[0]["line"].split("\n")
+    assert '"GET /ev HTTP/1.1"' in first[0] and "cache=HIT" in first[0]
+    assert '"GET /ev2 ' in first[1] and "/off" not in batches[0]["line"]
+    assert not clock.getDelayedCalls()
 
 
 def test_a_large_body_comes_apart_from_its_head():  # type: ignore[no-untyped-def]
