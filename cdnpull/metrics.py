@@ -13,10 +13,11 @@ counted under C{domain="-"}, never under the Host the client sent.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Callable, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from twisted.internet.interfaces import IReactorTime
 
 from .cache.store import Store
@@ -74,16 +75,39 @@ class _TableCollector:
             yield count
 
 
+# Upper bounds of the cdnpull_origin_seconds buckets.
+ORIGIN_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
 class _RequestCollector:
-    def __init__(self, counts: dict) -> None:
-        self._counts = counts
+    """What the request path counts in plain dicts, exposed at scrape time."""
+
+    def __init__(self, metrics: "Metrics") -> None:
+        self._metrics = metrics
 
     def collect(self):
+        m = self._metrics
         family = CounterMetricFamily("cdnpull_requests", "Client requests answered",
                                      labels=["domain", "status_class", "cache"])
-        for (domain, klass, cache), n in list(self._counts.items()):
+        for (domain, klass, cache), n in list(m._requests.items()):
             family.add_metric([domain, f"{klass}xx", cache], float(n))
         yield family
+        tries = CounterMetricFamily("cdnpull_origin_requests",
+                                    "Requests sent to origin addresses, by outcome",
+                                    labels=["domain", "group", "address", "outcome"])
+        for labels, n in list(m._origin_tries.items()):
+            tries.add_metric(list(labels), float(n))
+        yield tries
+        times = HistogramMetricFamily("cdnpull_origin_seconds",
+                                      "Time to an origin's response headers",
+                                      labels=["domain", "group"])
+        for labels, (counts, total) in list(m._origin_times.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip(ORIGIN_SECONDS + (float("inf"),), counts):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
+            times.add_metric(list(labels), buckets, total)
+        yield times
 
 
 class Metrics:
@@ -99,29 +123,23 @@ class Metrics:
                  store: Optional[Store] = None, stats: Optional[Stats] = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.origin_requests = Counter(
-            "cdnpull_origin_requests", "Requests sent to origin addresses, by outcome",
-            ["domain", "group", "address", "outcome"], registry=r)
         self.failovers = Counter(
             "cdnpull_failovers", "Requests that went to the standby", ["domain"], registry=r)
         self.probes = Counter(
             "cdnpull_probes", "Health probe results",
             ["domain", "group", "address", "result"], registry=r)
-        self.origin_seconds = Histogram(
-            "cdnpull_origin_seconds", "Time to an origin's response headers",
-            ["domain", "group"], registry=r,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         r.register(_TableCollector(table, clock, store))
-        # Client requests are counted in a plain dict (no lock, no label
-        # lookup per request) and exposed at scrape time; label sets are
-        # bounded (domains x 5 classes x cache statuses).
+        # Client requests and origin tries are counted in plain dicts (no
+        # lock, no label lookup per request) and exposed at scrape time.
+        # Label sets are bounded: domains x 5 classes x cache statuses, and
+        # one per configured or resolved origin address and outcome (never
+        # forgotten, as prometheus_client would not forget them either).
         self._requests: dict = {}
-        r.register(_RequestCollector(self._requests))
-        # The (counter, histogram) children per origin label set, so that a
-        # try costs no labels() lookup.  No bound of its own: it holds only
-        # children the metrics keep for good anyway (prometheus_client never
-        # forgets a label set), one per configured or resolved address.
-        self._origin_children: dict = {}
+        # (domain, group, address, outcome) -> tries
+        self._origin_tries: dict = {}
+        # (domain, group) -> ([count per bucket of ORIGIN_SECONDS, then +Inf], sum)
+        self._origin_times: dict = {}
+        r.register(_RequestCollector(self))
         # The recent history, told of the same events.
         self.stats = stats
 
@@ -137,14 +155,14 @@ class Metrics:
     def origin_try(self, domain: str, group: str, address: str, outcome: str,
                    seconds: Optional[float]) -> None:
         key = (domain, group, address, outcome)
-        children = self._origin_children.get(key)
-        if children is None:
-            children = self._origin_children[key] = (
-                self.origin_requests.labels(domain, group, address, outcome),
-                self.origin_seconds.labels(domain, group))
-        children[0].inc()
+        tries = self._origin_tries
+        tries[key] = tries.get(key, 0) + 1
         if seconds is not None:
-            children[1].observe(seconds)
+            times = self._origin_times.get((domain, group))
+            if times is None:
+                times = self._origin_times[(domain, group)] = [[0] * (len(ORIGIN_SECONDS) + 1), 0.0]
+            times[0][bisect_left(ORIGIN_SECONDS, seconds)] += 1  # (bounds are "le")
+            times[1] += seconds
         if self.stats is not None:
             self.stats.origin_try(domain, address, outcome, seconds)
 

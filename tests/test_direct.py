@@ -313,14 +313,20 @@ def test_a_client_that_leaves_before_the_answer_cancels_the_pull_and_is_a_499() 
     assert '" 499 0 ' in node.lines[0]
 
 
-def test_a_client_that_leaves_mid_body_stops_the_origin() -> None:
-    node = Node()
-    response = Response(200, (b"x" * 10,), length=100)
+def held(node: Node, length: int, sent: bytes = GET) -> tuple[Response, Any, StringTransport]:
+    """A request answered with a head whose body the test delivers."""
+    response = Response(200, (), length=length)
     response.hold = True
     node.failover.make = lambda: response
     proto, transport = node.connect()
-    proto.dataReceived(GET)
+    proto.dataReceived(sent)
     node.clock.advance(0)
+    return response, proto, transport
+
+
+def test_a_client_that_leaves_mid_body_stops_the_origin() -> None:
+    node = Node()
+    response, proto, transport = held(node, 100)
     response.protocol.dataReceived(b"x" * 10)
     assert transport.value().endswith(b"\r\n\r\n" + b"x" * 10)
     proto.connectionLost(Failure(Exception("gone")))
@@ -331,12 +337,7 @@ def test_a_client_that_leaves_mid_body_stops_the_origin() -> None:
 
 def test_a_slow_client_pauses_the_origin() -> None:
     node = Node()
-    response = Response(200, (), length=4)
-    response.hold = True
-    node.failover.make = lambda: response
-    proto, transport = node.connect()
-    proto.dataReceived(GET)
-    node.clock.advance(0)
+    response, proto, transport = held(node, 4)
     proto.pauseProducing()  # the client's socket buffer is full
     assert response.transport.paused == 1
     proto.resumeProducing()
@@ -349,12 +350,7 @@ def test_a_slow_client_pauses_the_origin() -> None:
 
 def test_a_body_the_origin_cuts_short_closes_the_client_connection() -> None:
     node = Node()
-    response = Response(200, (), length=100)
-    response.hold = True
-    node.failover.make = lambda: response
-    proto, transport = node.connect()
-    proto.dataReceived(GET + GET)  # (the second one is never answered)
-    node.clock.advance(0)
+    response, proto, transport = held(node, 100, GET + GET)  # (the second is never answered)
     response.protocol.dataReceived(b"x" * 10)
     response.protocol.connectionLost(Failure(ResponseFailed([Failure(Exception("lost"))])))
     assert transport.disconnecting
