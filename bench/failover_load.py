@@ -71,6 +71,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import cdn_argv, free_port, nginx_conf, pinned, wait_port  # noqa: E402
+from speed import busy  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOST = "failover.test"
@@ -458,11 +459,13 @@ def main() -> None:
           f"fault at {args.fault_at:.0%} of the run; paths {' '.join(paths)} ({args.size} B); "
           f"server on core 0, wrk and origins on core 1")
     results: dict = {}
+    loads: list[float] = []
     runner = Run(args, work, origin_port, lua)
     try:
         for rnd in range(args.rounds):
             for scenario in scenarios:
                 for server in servers:
+                    loads.append(max(busy()))
                     r = runner.run(server, scenario)
                     results.setdefault((scenario, server), []).append(r)
                     served = " ".join(f"{k}={v}" for k, v in r["served"].items())
@@ -481,8 +484,11 @@ def main() -> None:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'scenario':9s} {'server':8s} {'req/s':>7s} {'requests':>9s} {'errors':>7s} "
-          f"{'non-2xx':>8s} {'sock c/r/w/t':>13s} {'bad body':>9s}  200s from p1/p2/standby")
+    print(f"\nbusiest core before a run: median {statistics.median(loads):.0%}, max {max(loads):.0%} "
+          f"(other work on the machine); req/s: median of {args.rounds} round(s), the rest summed")
+    print(f"{'scenario':9s} {'server':8s} {'req/s':>7s} {'requests':>9s} {'errors':>7s} "
+          f"{'non-2xx':>8s} {'sock c/r/w/t':>13s} {'bad body':>9s}  200s from p1/p2/standby  "
+          f"req/s min-max")
     for scenario in scenarios:
         for server in servers:
             rs = results.get((scenario, server), [])
@@ -494,7 +500,8 @@ def main() -> None:
             sock = f"{tot('connect')}/{tot('read')}/{tot('write')}/{tot('timeout')}"
             print(f"{scenario:9s} {server:8s} {rps:7.0f} {tot('requests'):9d} "
                   f"{sum(errors_of(r) for r in rs):7d} {tot('non2xx'):8d} {sock:>13s} "
-                  f"{tot('bad'):9d}  {served}")
+                  f"{tot('bad'):9d}  {served:22s} {min(r['rps'] for r in rs):.0f}-"
+                  f"{max(r['rps'] for r in rs):.0f}")
 
 
 if __name__ == "__main__":
