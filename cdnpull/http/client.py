@@ -16,7 +16,9 @@ C{on_interim} callback (not 101), without their hop-by-hop headers;
 headers the final answer names in C{Connection} are removed from it.  Bytes
 after a complete response, or while no request is outstanding, drop the
 connection.  A response to HEAD ends at its head and its connection is not
-reused (llhttp cannot be told the request was HEAD).
+reused (llhttp cannot be told the request was HEAD).  A GET or HEAD on a
+reused connection that is lost before any byte of an answer (the origin
+closed it while idle) is sent once more on a new connection.
 
 The caller (L{cdnpull.fetch.OriginClient}) keeps the first-byte timeout
 (it cancels the Deferred) and turns connect failures into
@@ -48,6 +50,8 @@ MAX_HEAD = 64 * 1024
 MAX_LENGTH = 2 ** 63 - 1  # the largest Content-Length believed
 MAX_HEADERS = 200
 BODY_METHODS_WITH_LENGTH = (b"POST", b"PUT")
+# Sent once more on a new connection when a reused one is lost before any answer.
+RETRY_METHODS = (b"GET", b"HEAD")
 CONNECTION_CONTROL = frozenset((b"content-length", b"connection", b"keep-alive", b"te", b"trailers",
                                 b"transfer-encoding", b"upgrade", b"proxy-connection"))
 
@@ -159,6 +163,7 @@ class OriginConnection(Protocol):
         self._body_transport: Optional[_BodyTransport] = None
         self._idle_since = 0.0  # when it went back to the pool
         self._on_interim: Any = None
+        self._heard = False  # a byte of an answer to the current request came
 
     # -- sending -------------------------------------------------------------
 
@@ -176,6 +181,7 @@ class OriginConnection(Protocol):
         self._ended = None
         self._framed = True
         self._reusable = True
+        self._heard = False
         self._parser = httptools.HttpResponseParser(self)
         d: Deferred[Any] = Deferred(self._cancel)
         self._d = d
@@ -242,6 +248,7 @@ class OriginConnection(Protocol):
             return
         if self.state == "dead":
             return
+        self._heard = True
         try:
             self._parser.feed_data(data)
         except _Stop:
@@ -503,7 +510,44 @@ class OriginPool:
                     self._stop_sweeping()
             if conn.transport is not None and conn.transport.connected and conn.state == "idle":
                 attempt.connecting = attempt.connected = True
-                return conn.send(method, target, headers, body, on_interim)
+                d = conn.send(method, target, headers, body, on_interim)
+                if body is None and method in RETRY_METHODS:
+                    return self._retrying(d, conn, endpoint, key, address, method, target, headers,
+                                          attempt, on_interim)
+                return d
+        return self._connect(endpoint, key, address, method, target, headers, body, attempt,
+                             on_interim)
+
+    def _retrying(self, first: Deferred, conn: OriginConnection, endpoint: Any, key: Any,
+                  address: Any, method: bytes, target: bytes, headers: Headers, attempt: Any,
+                  on_interim: Any) -> Deferred:
+        """
+        A GET or HEAD sent on a reused connection.  An origin closes its idle
+        keep-alive connections (a reload, its keep-alive timeout) whenever it
+        likes, and one it closes just as it is reused takes the request with
+        it before any byte of an answer: that request goes once more, on a
+        new connection, as nginx and Twisted's own pool do, rather than
+        failing the address (a 502 with a single origin).
+        """
+        current = [first]
+        result: Deferred = Deferred(lambda _: current[0].cancel())
+
+        def failed(f: Failure) -> None:
+            if result.called:
+                return
+            if f.check(NoResponse) and not conn._heard:
+                attempt.connected = False
+                current[0] = self._connect(endpoint, key, address, method, target, headers, None,
+                                           attempt, on_interim)
+                current[0].chainDeferred(result)
+                return
+            result.errback(f)
+
+        first.addCallbacks(result.callback, failed)
+        return result
+
+    def _connect(self, endpoint: Any, key: Any, address: Any, method: bytes, target: bytes,
+                 headers: Headers, body: Any, attempt: Any, on_interim: Any) -> Deferred:
         attempt.connecting = True
         connecting = endpoint.connect(_ConnectFactory(self, key, address))
         sent: list = []
