@@ -49,7 +49,11 @@ can bind 127.0.0.2-4:
 
     python bench/failover_load.py [--seconds 10] [--connections 50] [--rounds 1]
         [--scenarios none,kill,503,404] [--servers cdnpull,nginx] [--cacheable]
-        [--size 1024] [--keep]
+        [--size 1024] [--primaries 2] [--no-standby] [--keep]
+
+(``--primaries 1 --no-standby --scenarios reload``: a single origin address
+reloaded under load, where only a retry of the request can hide the
+connections the origin closes.)
 """
 
 from __future__ import annotations
@@ -166,12 +170,13 @@ def origin_conf(work: str, label: str, ip: str, port: int) -> str:
         "nginx-error.log", f"nginx-{label}-error.log")
 
 
-def proxy_conf(work: str, port: int, origin_port: int) -> str:
+def proxy_conf(work: str, port: int, origin_port: int, primaries: list[str], standby: bool) -> str:
+    servers = "".join(f"server {ip}:{origin_port};\n" for ip in primaries)
+    if standby:
+        servers += f"server 127.0.0.4:{origin_port} backup;\n"
     conf = nginx_conf(work, f"""
         upstream failover {{
-            server 127.0.0.2:{origin_port};
-            server 127.0.0.3:{origin_port};
-            server 127.0.0.4:{origin_port} backup;
+            {servers}
             keepalive 64;
         }}
         server {{
@@ -284,10 +289,10 @@ class Run:
             else:
                 raise RuntimeError("127.0.0.2 still answers after its nginx was killed")
         elif scenario == "reload":
-            for label in ("p1", "p2"):
+            for label in ("p1", "p2")[:self.args.primaries]:
                 origins[label].send_signal(signal.SIGHUP)
         elif scenario in ("503", "404"):
-            for label in ("p1", "p2"):
+            for label in ("p1", "p2")[:self.args.primaries]:
                 open(os.path.join(self.work, f"flags-{label}", scenario), "w").close()
 
     def run(self, server: str, scenario: str) -> dict:
@@ -300,13 +305,14 @@ class Run:
         try:
             origins = self.origins()
             if server == "cdnpull":
+                standby = "None" if args.no_standby else f'IPOrigin(["127.0.0.4"], port={self.origin_port})'
                 with open(os.path.join(work, "site.py"), "w") as f:
                     f.write(textwrap.dedent(f"""
                         from cdnpull.config import CacheRule, Domain, IPOrigin, Settings
                         settings = Settings(access_log={os.path.join(work, "access.log")!r})
                         domains = [Domain({HOST!r},
-                                          origin=IPOrigin(["127.0.0.2", "127.0.0.3"], port={self.origin_port}),
-                                          standby=IPOrigin(["127.0.0.4"], port={self.origin_port}),
+                                          origin=IPOrigin({self.primaries()!r}, port={self.origin_port}),
+                                          standby={standby},
                                           cache=[CacheRule(prefix="/bypass/", ttl=0)])]
                         """))
                 env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
@@ -315,7 +321,8 @@ class Run:
                                          logfile=os.path.join(work, "twistd.log")), env=env)
             else:
                 with open(os.path.join(work, "nginx-proxy.conf"), "w") as f:
-                    f.write(proxy_conf(work, port, self.origin_port))
+                    f.write(proxy_conf(work, port, self.origin_port, self.primaries(),
+                                       not args.no_standby))
                 self.start("0", ["nginx", "-c", os.path.join(work, "nginx-proxy.conf"),
                                  "-g", "daemon off;"])
             wait_port(port)
@@ -347,6 +354,9 @@ class Run:
         else:
             res["log"] = self.nginx_log()
         return res
+
+    def primaries(self) -> list[str]:
+        return [ip for _, ip in ORIGINS[:self.args.primaries]]
 
     def paths(self) -> list[str]:
         paths = ["/nostore/obj", "/bypass/obj"]
@@ -425,6 +435,9 @@ def main() -> None:
     ap.add_argument("--servers", default="cdnpull,nginx")
     ap.add_argument("--cacheable", action="store_true", help="also ask for a max-age=1 object")
     ap.add_argument("--size", type=int, default=1024, help="object size in bytes")
+    ap.add_argument("--primaries", type=int, choices=(1, 2), default=2,
+                    help="primary origin IPs (1: only 127.0.0.2)")
+    ap.add_argument("--no-standby", action="store_true", help="no standby (nginx: no backup server)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -458,6 +471,8 @@ def main() -> None:
     print(f"wrk -t1 -c{args.connections} -d{args.seconds}s --timeout {args.timeout:g}s (keep-alive), "
           f"fault at {args.fault_at:.0%} of the run; paths {' '.join(paths)} ({args.size} B); "
           f"server on core 0, wrk and origins on core 1")
+    print(f"primaries {' '.join(ip for _, ip in ORIGINS[:args.primaries])}, "
+          f"standby {'none' if args.no_standby else '127.0.0.4'}")
     results: dict = {}
     loads: list[float] = []
     runner = Run(args, work, origin_port, lua)
