@@ -18,6 +18,10 @@ fault is applied:
    (SIGHUP, same configuration): their old workers close the idle
    keep-alive connections the server holds.
 
+cdnpull's domain keeps every default but the origins and the cache rule:
+``Probe()`` (HEAD / every 5 s, a failure blocks the address for 60 s),
+``failover_on``, the timeouts; its access log goes to a file.
+
 The faults are switched by a flag file each origin nginx tests per request
 (``if (-f .../503) { return 503; }``), so no reload blurs the moment.
 
@@ -34,8 +38,9 @@ errors (connect, read, write, timeout: wrk's --timeout, 2 s by default) and
 bodies that are not an origin's object.  (wrk 4.1 hands the bytes of a
 body cut short, already a read error, over in front of the next body it
 reads: such a body, an origin's object after a few stray bytes, is counted
-as that object, and the number of them shown.)  For cdnpull the access log (statuses
-by group) and the twistd log's warnings are summarised after each run.
+as that object, and the number of them shown.)  For cdnpull the access
+log (statuses by group) and the twistd log's warnings are summarised after
+each run.
 
 The same scenarios run through nginx as a failover proxy for comparison
 (``proxy_next_upstream error timeout http_503 http_404``, the standby a
