@@ -350,3 +350,13 @@ def test_cancelling_the_second_try_closes_its_connection():  # type: ignore[no-u
     first.protocol.connectionLost(Failure(ConnectionDone()))
     d.cancel()  # the first-byte timeout, or the client left
     assert result(d).check(Exception) and endpoint.transports[1].disconnected
+
+
+def test_no_second_try_once_the_pool_is_closed():  # type: ignore[no-untyped-def]
+    # Shutdown aborts the connections in use: no new one is made for them.
+    pool, endpoint, clock = setup()
+    first = reused(pool, endpoint)
+    d = ask(pool, endpoint)
+    pool.close()
+    first.protocol.connectionLost(Failure(ConnectionLost()))
+    assert result(d).check(NoResponse) and len(endpoint.transports) == 1

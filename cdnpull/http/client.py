@@ -496,6 +496,7 @@ class OriginPool:
         self._idle: dict = {}  # (host, port) -> idle connections, oldest first
         self._all: set = set()
         self._sweep_call: Any = None
+        self._closed = False  # shut down: no new connection for a second try
 
     def request(self, endpoint: Any, address: Any, method: bytes, target: bytes,
                 headers: Headers, body: Any, attempt: Any,
@@ -535,7 +536,7 @@ class OriginPool:
         def failed(f: Failure) -> None:
             if result.called:
                 return
-            if f.check(NoResponse) and not conn._heard:
+            if f.check(NoResponse) and not conn._heard and not self._closed:
                 attempt.connected = False
                 current[0] = self._connect(endpoint, key, address, method, target, headers, None,
                                            attempt, on_interim)
@@ -625,6 +626,7 @@ class OriginPool:
                     self._stop_sweeping()
 
     def close(self) -> Deferred:
+        self._closed = True
         self._stop_sweeping()
         self._idle.clear()
         for conn in list(self._all):
