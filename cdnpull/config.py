@@ -450,6 +450,9 @@ class Settings:
     client_header_timeout: float = 30.0
     client_idle_timeout: float = 75.0
     client_send_timeout: float = 60.0
+    # On SIGTERM, how long answers in progress may take to finish before the
+    # origin connections close (idle client connections close at once).
+    shutdown_grace: float = 10.0
     # Host names (besides IP literals and localhost) the admin listener
     # answers to; any other Host gets 421 (DNS rebinding).
     admin_hosts: tuple = ()
@@ -832,6 +835,9 @@ def _settings_problems(s: object) -> list[str]:
     for f in ("client_header_timeout", "client_idle_timeout", "client_send_timeout"):
         if (e := _positive(getattr(s, f))):
             p.append(f"settings.{f}: {e}")
+    grace = s.shutdown_grace
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
+        p.append("settings.shutdown_grace: must be a number of seconds >= 0")
     for f in ("cache_memory", "cache_disk", "cache_max_object", "client_max_body"):
         try:
             parse_size(getattr(s, f))

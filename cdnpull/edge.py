@@ -424,5 +424,15 @@ class EdgeSite(Site):
         conn.factory = self
         return conn
 
+    def drain(self) -> int:
+        """
+        On the way down (the listeners are closed): idle client connections
+        close now, busy ones after the answer in progress.  Returns how many
+        are still busy.
+        """
+        for conn in list(self.sweeper.connections):
+            conn.finish_and_close()
+        return len(self.sweeper.connections)
+
     def log(self, request: Any) -> None:
         pass

@@ -127,6 +127,9 @@ class Runtime:
             live.certificate = self.certificates.for_domain(live.config)
 
 
+DRAIN_CHECK = 0.05  # seconds between looks at the answers left on the way down
+
+
 class Listener(StreamServerEndpointService):
     """
     A listening port that, when it cannot bind, says so in one line and ends
@@ -167,6 +170,9 @@ class CdnService(MultiService):
         self._old_sighup: Any = None
         # The certificates of tls: listeners, when there are any.
         self.tls: Optional[SNIServer] = None
+        # The client-facing sites, drained on the way down (within grace seconds).
+        self.sites: list = []
+        self.grace = 0.0
 
     def startService(self) -> None:
         self.runtime.start()
@@ -184,7 +190,8 @@ class CdnService(MultiService):
         if self._old_sighup is not None:
             signal.signal(signal.SIGHUP, self._old_sighup)
             self._old_sighup = None
-        d = maybeDeferred(super().stopService)
+        d = maybeDeferred(super().stopService)  # the listeners close
+        d.addBoth(lambda _: self._drain())
         d.addBoth(lambda _: self.runtime.stop())
 
         def close_log(result: object) -> object:
@@ -193,6 +200,32 @@ class CdnService(MultiService):
 
         d.addBoth(close_log)
         return d
+
+    def _drain(self) -> Deferred:
+        """
+        Let the answers in progress finish (within C{shutdown_grace}) before
+        the origin connections close: a stop loses no request that had
+        started, and sends none of them to the standby because its origin
+        connection was closed under it.
+        """
+        done: Deferred = Deferred()
+        sites = self.sites
+        clock = self.runtime.reactor
+        deadline = clock.seconds() + self.grace
+
+        def check() -> None:
+            busy = sum(site.drain() for site in sites)
+            if not busy:
+                done.callback(None)
+            elif clock.seconds() >= deadline:
+                self.log.warn("stopping with {n} answers still in progress after {t:g} s",
+                              n=busy, t=self.grace)
+                done.callback(None)
+            else:
+                clock.callLater(DRAIN_CHECK, check)
+
+        check()
+        return done
 
     def reload(self) -> Deferred:
         """
@@ -310,6 +343,8 @@ def build_service(loaded: LoadedConfig, reactor: IReactorTime,
         send_timeout=float(settings.client_send_timeout),
     )
     site = EdgeSite(edge, limits=limits, reactor=reactor)
+    service.sites.append(site)
+    service.grace = float(settings.shutdown_grace)
     tls_site = None
     if any(is_tls_listen(d) for d in settings.listen):
         service.tls = SNIServer(runtime.certificates, protocols=(H2, HTTP11))

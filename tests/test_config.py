@@ -140,8 +140,10 @@ def test_credentials_from_env(monkeypatch):  # type: ignore[no-untyped-def]
 
 def test_settings_problems():
     message = problems(Domain("a.test", origin=IPOrigin(["1.2.3.4"])),
-                       settings=Settings(cache_memory="lots", nameservers=["nope"], listen=[]))
+                       settings=Settings(cache_memory="lots", nameservers=["nope"], listen=[],
+                                         shutdown_grace=-1))
     assert "settings.cache_memory" in message
+    assert "settings.shutdown_grace: must be a number of seconds >= 0" in message
     assert "settings.nameservers[0]" in message
     assert "settings.listen" in message
 

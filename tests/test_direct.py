@@ -410,3 +410,17 @@ def test_a_reader_that_comes_after_an_unstored_body_went_by_ends_instead_of_spin
     # unexpected error.)
     assert failures == []
     assert transport.disconnecting
+
+
+def test_a_draining_site_closes_idle_connections_now_and_busy_ones_after_their_answer() -> None:
+    node = Node()
+    idle_proto, idle = node.connect()
+    response, proto, transport = held(node, 4)
+    assert node.site.drain() == 1  # the idle one is closed, the busy one answers first
+    assert idle.disconnecting and not transport.disconnecting
+    idle_proto.connectionLost(Failure(Exception("closed")))
+    response.protocol.dataReceived(b"abcd")
+    response.protocol.connectionLost(Failure(ResponseDone()))
+    assert transport.disconnecting and transport.value().endswith(b"\r\n\r\nabcd")
+    proto.connectionLost(Failure(Exception("closed")))
+    assert node.site.drain() == 0

@@ -641,6 +641,12 @@ class ClientConnection(Protocol):
     def loseConnection(self) -> None:
         self._close()
 
+    def finish_and_close(self) -> None:
+        """Close now when idle, else after the answer in progress (shutdown)."""
+        self.persistent = False
+        if self._active is None and not self._queue and self._head is None:
+            self._close()
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         self.refuse(400, "malformed request")
 
