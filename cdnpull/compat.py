@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web import client as _client
 from twisted.web._newclient import HTTP11ClientProtocol
@@ -23,7 +24,7 @@ from twisted.web.http_headers import Headers, _nameEncoder
 
 __all__ = [
     "HookedClientProtocol", "HookedConnectionPool", "request_gone", "raise_listen_errors",
-    "stop_rereading_resolv_conf", "eager_write", "fill_headers",
+    "stop_rereading_resolv_conf", "eager_write", "fill_headers", "before_cancel",
 ]
 
 
@@ -92,6 +93,23 @@ class HookedConnectionPool(_client.HTTPConnectionPool):
 def request_gone(request: object) -> bool:
     """Whether a twisted.web request's client connection is gone."""
     return bool(getattr(request, "_disconnected", False))
+
+
+def before_cancel(d: Deferred, hook: Callable[[], None]) -> Deferred:
+    """
+    Call C{hook} when C{d} is cancelled, before C{d}'s own canceller (the
+    same as chaining C{d} to a new Deferred whose canceller calls C{hook}
+    and cancels C{d}, without that Deferred).  Returns C{d}.
+    """
+    canceller = d._canceller
+
+    def cancel(cancelled: Deferred) -> None:
+        hook()
+        if canceller is not None:
+            canceller(cancelled)
+
+    d._canceller = cancel
+    return d
 
 
 def raise_listen_errors(service: Any) -> None:

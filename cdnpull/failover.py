@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
+from .compat import before_cancel
 from .config import DEFAULT_PORTS, Address
 from .errors import (
     ConnectFailed,
@@ -49,6 +50,7 @@ from .origins.client import OriginClient
 from .live import LiveDomain
 from .origins.buffered import read_whole
 from .origins.group import AddressState, OriginGroup
+from .origins.kinds import OriginKind
 
 __all__ = ["OriginRequest", "PullResult", "FailoverChain"]
 
@@ -113,6 +115,9 @@ class _Stop:
     def __init__(self) -> None:
         self.cancelled = False
 
+    def cancel(self) -> None:
+        self.cancelled = True
+
     def check(self) -> None:
         if self.cancelled:
             raise CancelledError()
@@ -154,15 +159,8 @@ class FailoverChain:
         address, primary or standby, is asked.
         """
         stop = _Stop()
-        inner = Deferred.fromCoroutine(self._pull(live, req, stop))
-
-        def cancel(outer: Deferred) -> None:
-            stop.cancelled = True
-            inner.cancel()
-
-        outer: "Deferred[PullResult]" = Deferred(cancel)
-        inner.chainDeferred(outer)
-        return outer
+        # The stop flag is up before the coroutine's own canceller runs.
+        return before_cancel(Deferred.fromCoroutine(self._pull(live, req, stop)), stop.cancel)
 
     async def _pull(self, live: LiveDomain, req: OriginRequest, stop: _Stop) -> PullResult:
         domain = live.config
@@ -336,7 +334,8 @@ class FailoverChain:
                 continue
             elapsed = self.clock.seconds() - started
             self._observe(live, group, address, f"{response.code // 100}xx", elapsed)
-            response = await kind.finish(response, live.name, address)
+            if type(kind).finish is not OriginKind.finish:  # (the base's is the identity)
+                response = await kind.finish(response, live.name, address)
             stop.check()  # (only a bucket's 403 is read here: cancelling closed it)
             return PullResult(response, group.role, address, elapsed)
         return "unreachable"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.names import client
@@ -16,6 +17,7 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from cdnpull.compat import (
     HookedClientProtocol,
+    before_cancel,
     HookedConnectionPool,
     raise_listen_errors,
     request_gone,
@@ -75,3 +77,22 @@ def test_the_resolver_stops_rereading_resolv_conf(tmp_path: Any) -> None:
     assert clock.getDelayedCalls()  # the re-read timer
     stop_rereading_resolv_conf(resolver)
     assert not [c for c in clock.getDelayedCalls() if c.active()]
+
+
+def test_a_hook_runs_before_a_deferreds_own_canceller() -> None:
+    seen: list = []
+    d: Deferred = Deferred(lambda d: seen.append("canceller"))
+    assert before_cancel(d, lambda: seen.append("hook")) is d
+    failures: list = []
+    d.addErrback(failures.append)
+    d.cancel()
+    assert seen == ["hook", "canceller"] and failures[0].check(CancelledError)
+    # Without a canceller of its own, and once fired: no hook after the result.
+    bare: Deferred = before_cancel(Deferred(), lambda: seen.append("bare"))
+    bare.addErrback(failures.append)
+    bare.cancel()
+    assert seen[-1] == "bare" and failures[1].check(CancelledError)
+    done: Deferred = Deferred()
+    done.callback(1)
+    before_cancel(done, lambda: seen.append("late")).cancel()
+    assert seen[-1] == "bare"

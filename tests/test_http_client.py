@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -350,6 +350,19 @@ def test_cancelling_the_second_try_closes_its_connection():  # type: ignore[no-u
     first.protocol.connectionLost(Failure(ConnectionDone()))
     d.cancel()  # the first-byte timeout, or the client left
     assert result(d).check(Exception) and endpoint.transports[1].disconnected
+
+
+def test_cancelling_the_second_try_while_it_connects_stops_connecting():  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    first = reused(pool, endpoint)
+    d = ask(pool, endpoint)
+    connecting: Deferred = Deferred()
+    endpoint.connect = lambda factory: connecting  # the new connection is not up yet
+    first.protocol.connectionLost(Failure(ConnectionDone()))
+    assert not d.called
+    d.cancel()
+    assert connecting.called  # cancelled: no connection is made for nobody
+    assert result(d).check(CancelledError)
 
 
 def test_no_second_try_once_the_pool_is_closed():  # type: ignore[no-untyped-def]

@@ -164,12 +164,21 @@ class OriginConnection(Protocol):
         self._idle_since = 0.0  # when it went back to the pool
         self._on_interim: Any = None
         self._heard = False  # a byte of an answer to the current request came
+        # A GET or HEAD sent on a reused connection: (endpoint, attempt,
+        # target, headers), to send it once more if the connection is lost
+        # before any answer (L{OriginPool.request}).
+        self._retry: Any = None
+        # Its Deferred went to a new connection: how to cancel that one.
+        self._moved: Any = None
 
     # -- sending -------------------------------------------------------------
 
     def send(self, method: bytes, target: bytes, headers: Headers, body: Any,
-             on_interim: Optional[Callable[[int, bytes, list], None]] = None) -> Deferred:
+             on_interim: Optional[Callable[[int, bytes, list], None]] = None,
+             retry: Any = None) -> Deferred:
         self.state = "head"
+        self._retry = retry
+        self._moved = None
         self._on_interim = on_interim
         self._method = method
         self._headers = []
@@ -417,6 +426,10 @@ class OriginConnection(Protocol):
             d.errback(failure)
 
     def _cancel(self, d: Deferred) -> None:
+        moved, self._moved = self._moved, None
+        if moved is not None:
+            moved(d)  # sent once more: that try is the one cancelled
+            return
         self._d = None
         self._reusable = False
         self.state = "dead"
@@ -445,7 +458,15 @@ class OriginConnection(Protocol):
         state, self.state = self.state, "dead"
         self.pool._lost(self)
         if state == "head" and self._d is not None:
-            self._fail(Failure(NoResponse(self.address, "connection lost before a response")))
+            retry = self._retry
+            if retry is not None and not self._heard and not self.pool._closed:
+                # Closed by the origin as it was reused: the same request
+                # (and the same Deferred) goes once more on a new connection.
+                self._reusable = False
+                d, self._d = self._d, None
+                self._moved = self.pool._resend(d, self, retry)
+            else:
+                self._fail(Failure(NoResponse(self.address, "connection lost before a response")))
         elif state == "body" and self._ended is None:
             if not self._framed and reason is not None and reason.check(ierror.ConnectionDone):
                 self._end(Failure(PotentialDataLoss()))
@@ -511,47 +532,39 @@ class OriginPool:
                     self._stop_sweeping()
             if conn.transport is not None and conn.transport.connected and conn.state == "idle":
                 attempt.connecting = attempt.connected = True
-                d = conn.send(method, target, headers, body, on_interim)
                 if body is None and method in RETRY_METHODS:
-                    return self._retrying(d, conn, endpoint, key, address, method, target, headers,
-                                          attempt, on_interim)
-                return d
+                    return conn.send(method, target, headers, body, on_interim,
+                                     (endpoint, attempt, target, headers))
+                return conn.send(method, target, headers, body, on_interim)
         return self._connect(endpoint, key, address, method, target, headers, body, attempt,
-                             on_interim)
+                             on_interim)[0]
 
-    def _retrying(self, first: Deferred, conn: OriginConnection, endpoint: Any, key: Any,
-                  address: Any, method: bytes, target: bytes, headers: Headers, attempt: Any,
-                  on_interim: Any) -> Deferred:
+    def _resend(self, d: Deferred, conn: OriginConnection, retry: Any) -> Callable[[Deferred], None]:
         """
-        A GET or HEAD sent on a reused connection.  An origin closes its idle
-        keep-alive connections (a reload, its keep-alive timeout) whenever it
-        likes, and one it closes just as it is reused takes the request with
-        it before any byte of an answer: that request goes once more, on a
-        new connection, as nginx and Twisted's own pool do, rather than
-        failing the address (a 502 with a single origin).
+        A GET or HEAD sent on a reused connection C{conn} was lost before any
+        byte of an answer.  An origin closes its idle keep-alive connections
+        (a reload, its keep-alive timeout) whenever it likes, and one it
+        closes just as it is reused takes the request with it: that request
+        goes once more, on a new connection, as nginx and Twisted's own pool
+        do, rather than failing the address (a 502 with a single origin).
+        C{d} (the request's Deferred) fires with that try's outcome; the
+        returned canceller cancels that try.
         """
-        current = [first]
-        result: Deferred = Deferred(lambda _: current[0].cancel())
-
-        def failed(f: Failure) -> None:
-            if result.called:
-                return
-            if f.check(NoResponse) and not conn._heard and not self._closed:
-                attempt.connected = False
-                current[0] = self._connect(endpoint, key, address, method, target, headers, None,
-                                           attempt, on_interim)
-                current[0].chainDeferred(result)
-                return
-            result.errback(f)
-
-        first.addCallbacks(result.callback, failed)
-        return result
+        endpoint, attempt, target, headers = retry
+        attempt.connected = False
+        return self._connect(endpoint, conn.key, conn.address, conn._method, target, headers, None,
+                             attempt, conn._on_interim, d)[1]
 
     def _connect(self, endpoint: Any, key: Any, address: Any, method: bytes, target: bytes,
-                 headers: Headers, body: Any, attempt: Any, on_interim: Any) -> Deferred:
+                 headers: Headers, body: Any, attempt: Any, on_interim: Any,
+                 result: Optional[Deferred] = None) -> tuple:
+        """
+        Send on a new connection: (the request's Deferred, its canceller).
+        C{result} is that Deferred when it exists already (a second try).
+        """
         attempt.connecting = True
-        connecting = endpoint.connect(_ConnectFactory(self, key, address))
         sent: list = []
+        connecting: Any = None
 
         def cancel(_: Deferred) -> None:
             if sent:
@@ -559,7 +572,8 @@ class OriginPool:
             else:
                 connecting.cancel()
 
-        result: Deferred = Deferred(cancel)
+        if result is None:
+            result = Deferred(cancel)
 
         def connected(conn: OriginConnection) -> None:
             attempt.connected = True
@@ -574,8 +588,9 @@ class OriginPool:
             if not result.called:
                 result.errback(f)
 
+        connecting = endpoint.connect(_ConnectFactory(self, key, address))
         connecting.addCallbacks(connected, failed)
-        return result
+        return result, cancel
 
     # Idle connections are closed after idle_timeout by one timer per pool
     # (set for the oldest), not one per connection: a connection is taken
