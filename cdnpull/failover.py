@@ -172,9 +172,9 @@ class FailoverChain:
         timed_out = False
 
         # -- primary ------------------------------------------------------
-        for group in live.groups():
+        for group in (live.primary, live.standby):  # (live.groups(), without its list)
             # A hostname origin whose first DNS answer is not in yet.
-            if not group.states and group.wait_for_addresses is not None:
+            if group is not None and not group.states and group.wait_for_addresses is not None:
                 await group.wait_for_addresses()
                 stop.check()
         primary_down = live.primary.is_down()
