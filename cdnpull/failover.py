@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
-from twisted.internet.defer import Deferred, CancelledError
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -157,34 +157,103 @@ class FailoverChain:
         The answer for C{req}.  Cancelling the Deferred (the client left)
         stops the chain: it fails with C{CancelledError}, and no other
         address, primary or standby, is asked.
+
+        The most common pull, the first primary address answering with the
+        client's answer, is made with plain callbacks (no coroutine): the
+        first try is sent here and, unless its answer is final
+        (L{_final}), the coroutine L{_pull} takes over from that try's
+        outcome and decides everything else.
         """
         stop = _Stop()
-        # The stop flag is up before the coroutine's own canceller runs.
-        return before_cancel(Deferred.fromCoroutine(self._pull(live, req, stop)), stop.cancel)
-
-    async def _pull(self, live: LiveDomain, req: OriginRequest, stop: _Stop) -> PullResult:
-        domain = live.config
         start = self.clock.seconds() if req.started is None else req.started
-        deadline = start + domain.total_timeout
+        deadline = start + live.config.total_timeout
+        primary = live.primary
+        if (_needs_addresses(primary) or _needs_addresses(live.standby)
+                or _finishes(primary.kind)):
+            return self._run(live, req, stop, deadline, None)
+        try:
+            plan = self._plan(live, req)
+            _, standby, order, _ = plan
+            sent = self._send(live, primary, order[0], req, deadline) if order else None
+        except Exception:
+            return fail()  # (as the coroutine's Deferred would)
+        if sent is None:
+            return self._run(live, req, stop, deadline, (*plan, None))
+        first, started, address, _ = sent
+        current = [first]  # what a cancel reaches: the first try, then the coroutine
+
+        def cancel(_: Deferred) -> None:
+            stop.cancelled = True
+            current[0].cancel()
+
+        result: "Deferred[PullResult]" = Deferred(cancel)
+
+        def answered(response: IResponse) -> None:
+            if not stop.cancelled and self._final(live, standby, response):
+                try:
+                    done = self._answered(live, primary, address, response, started)
+                except Exception:
+                    result.errback(Failure())
+                    return
+                result.callback(done)
+                return
+            resume(succeed(response))
+
+        def resume(outcome: Deferred) -> None:
+            rest = current[0] = self._run(live, req, stop, deadline,
+                                          (*plan, (outcome, *sent[1:])))
+            rest.chainDeferred(result)
+
+        first.addCallbacks(answered, lambda f: resume(fail(f)))
+        return result
+
+    def _run(self, live: LiveDomain, req: OriginRequest, stop: _Stop, deadline: float,
+             resume: Optional[tuple]) -> "Deferred[PullResult]":
+        # The stop flag is up before the coroutine's own canceller runs.
+        return before_cancel(Deferred.fromCoroutine(self._pull(live, req, stop, deadline, resume)),
+                             stop.cancel)
+
+    def _plan(self, live: LiveDomain, req: OriginRequest) -> tuple:
+        """(primary_down, standby, the primary's order, tries) of a pull, once its
+        addresses are known (C{order} rotates the group: called once a pull)."""
         safe = req.method in SAFE_METHODS
         standby = live.standby if safe else None
         tries: list = []
-        timed_out = False
-
-        # -- primary ------------------------------------------------------
-        for group in (live.primary, live.standby):  # (live.groups(), without its list)
-            # A hostname origin whose first DNS answer is not in yet.
-            if group is not None and not group.states and group.wait_for_addresses is not None:
-                await group.wait_for_addresses()
-                stop.check()
         primary_down = live.primary.is_down()
         order = live.primary.order(include_blocked=standby is None)
         if not order and standby is not None:
             tries.append("primary: every address is blocked")
-        outcome = await self._try_group(live, live.primary, order, req, deadline, tries, safe, stop)
+        return primary_down, standby, order, tries
+
+    @staticmethod
+    def _final(live: LiveDomain, standby: Optional[OriginGroup], response: IResponse) -> bool:
+        """Whether the primary's answer is the client's, without asking the standby."""
+        return standby is None or response.code not in live.config.failover_on
+
+    async def _pull(self, live: LiveDomain, req: OriginRequest, stop: _Stop, deadline: float,
+                    resume: Optional[tuple]) -> PullResult:
+        """
+        The chain.  C{resume}, when the pull began in L{pull}: its L{_plan},
+        then the first try already sent there (or None).
+        """
+        safe = req.method in SAFE_METHODS
+        timed_out = False
+        first = None
+
+        # -- primary ------------------------------------------------------
+        if resume is None:
+            for group in (live.primary, live.standby):  # (live.groups(), without its list)
+                if _needs_addresses(group):
+                    await group.wait_for_addresses()
+                    stop.check()
+            primary_down, standby, order, tries = self._plan(live, req)
+        else:
+            primary_down, standby, order, tries, first = resume
+        outcome = await self._try_group(live, live.primary, order, req, deadline, tries, safe, stop,
+                                        first)
         if isinstance(outcome, PullResult):
             response = outcome.response
-            if standby is None or response.code not in domain.failover_on:
+            if self._final(live, standby, response):
                 return outcome
             primary_answer: Optional[Deferred] = read_whole(response, KEEP_PRIMARY_ANSWER)
             primary_result = outcome
@@ -262,50 +331,75 @@ class FailoverChain:
         self._failed(live, group, state, address, "connect_error", detail, tries)
         group.block(state, detail)
 
-    async def _try_group(self, live: LiveDomain, group: OriginGroup,
-                         order: list[AddressState], req: OriginRequest,
-                         deadline: float, tries: list, safe: bool, stop: _Stop):
+    def _send(self, live: LiveDomain, group: OriginGroup, state: AddressState,
+              req: OriginRequest, deadline: float) -> Optional[tuple]:
         """
-        Try each address of C{order} at most once; none once C{stop} says
-        the pull was cancelled (then C{CancelledError}, whatever the try in
-        progress failed with).
-
-        @return: a L{PullResult}, or C{"timeout"} / C{"unreachable"}.
+        Send one try to C{state}'s address: (its Deferred, when it started,
+        the address, the server name), or None (and nothing done) when the
+        time budget is used up.
         """
+        remaining = deadline - self.clock.seconds()
+        if remaining <= 0:
+            return None
         domain = live.config
         kind = group.kind
         scheme = kind.scheme(req.client_scheme)
-        verify = kind.verify
+        address = state.address.with_port(DEFAULT_PORTS[scheme])
+        now = self.clock.seconds()
+        target, server_name, headers = kind.prepare(domain, req.method, req.target,
+                                                    req.headers, req.host, now)
+        state.requests += 1
+        d = self.client.request(
+            address=address,
+            scheme=scheme,
+            server_name=server_name.split(":")[0],
+            method=req.method,
+            target=target,
+            headers=headers,
+            body=req.body() if req.body else None,
+            connect_timeout=min(domain.connect_timeout, remaining),
+            first_byte_timeout=min(domain.first_byte_timeout, remaining),
+            verify=kind.verify,
+            client_name=kind.sends_client_name(domain),
+            on_interim=req.on_interim,
+        )
+        return d, now, address, server_name
+
+    def _answered(self, live: LiveDomain, group: OriginGroup, address: Address,
+                  response: IResponse, started: float) -> PullResult:
+        """An address answered: the metric, and the result."""
+        elapsed = self.clock.seconds() - started
+        self._observe(live, group, address, f"{response.code // 100}xx", elapsed)
+        return PullResult(response, group.role, address, elapsed)
+
+    async def _try_group(self, live: LiveDomain, group: OriginGroup,
+                         order: list[AddressState], req: OriginRequest,
+                         deadline: float, tries: list, safe: bool, stop: _Stop,
+                         first: Optional[tuple] = None):
+        """
+        Try each address of C{order} at most once; none once C{stop} says
+        the pull was cancelled (then C{CancelledError}, whatever the try in
+        progress failed with).  C{first}: the try of C{order[0]}, sent
+        already (L{_send}'s tuple, its Deferred fired).
+
+        @return: a L{PullResult}, or C{"timeout"} / C{"unreachable"}.
+        """
+        kind = group.kind
         # A wildcard domain sends the client's own name as Host and TLS name:
         # what that name breaks is the request's problem, not the address's.
-        client_name = kind.sends_client_name(domain)
+        client_name = kind.sends_client_name(live.config)
         for state in order:
-            stop.check()
-            remaining = deadline - self.clock.seconds()
-            if remaining <= 0:
-                tries.append("time budget used up")
-                return "timeout"
-            address = state.address.with_port(DEFAULT_PORTS[scheme])
-            now = self.clock.seconds()
-            target, server_name, headers = kind.prepare(domain, req.method, req.target,
-                                                        req.headers, req.host, now)
-            state.requests += 1
-            started = now
+            if first is not None:
+                sent, first = first, None
+            else:
+                stop.check()
+                sent = self._send(live, group, state, req, deadline)
+                if sent is None:
+                    tries.append("time budget used up")
+                    return "timeout"
+            d, started, address, server_name = sent
             try:
-                response = await self.client.request(
-                    address=address,
-                    scheme=scheme,
-                    server_name=server_name.split(":")[0],
-                    method=req.method,
-                    target=target,
-                    headers=headers,
-                    body=req.body() if req.body else None,
-                    connect_timeout=min(domain.connect_timeout, remaining),
-                    first_byte_timeout=min(domain.first_byte_timeout, remaining),
-                    verify=verify,
-                    client_name=client_name,
-                    on_interim=req.on_interim,
-                ).addErrback(stop.trap)
+                response = await d.addErrback(stop.trap)
             except TLSFailed as e:
                 if not client_name:
                     self._connect_failed(live, group, state, address, e.detail, tries)
@@ -332,10 +426,19 @@ class FailoverChain:
                 state.failures += 1
                 tries.append(f"{group.role} {address}: {e.detail}")
                 continue
-            elapsed = self.clock.seconds() - started
-            self._observe(live, group, address, f"{response.code // 100}xx", elapsed)
-            if type(kind).finish is not OriginKind.finish:  # (the base's is the identity)
-                response = await kind.finish(response, live.name, address)
+            result = self._answered(live, group, address, response, started)
+            if _finishes(kind):
+                result.response = await kind.finish(response, live.name, address)
             stop.check()  # (only a bucket's 403 is read here: cancelling closed it)
-            return PullResult(response, group.role, address, elapsed)
+            return result
         return "unreachable"
+
+
+def _needs_addresses(group: Optional[OriginGroup]) -> bool:
+    """A hostname origin whose first DNS answer is not in yet."""
+    return group is not None and not group.states and group.wait_for_addresses is not None
+
+
+def _finishes(kind: OriginKind) -> bool:
+    """Whether C{kind} changes an answer (L{OriginKind.finish} is the identity)."""
+    return type(kind).finish is not OriginKind.finish

@@ -359,3 +359,45 @@ def test_an_answer_before_the_cancel_is_the_callers():
     d = puller.pull(live, request())
     d.cancel()  # too late: nothing to stop
     assert run(d).response.code == 200
+
+
+# -- what every pull tells, however it ran ------------------------------------------
+
+
+class Observed:
+    def __init__(self) -> None:
+        self.tries: list = []
+        self.failovers = 0
+
+    def origin_try(self, domain, group, address, outcome, seconds):  # type: ignore[no-untyped-def]
+        self.tries.append((group, outcome))
+
+    def failover(self, domain: str) -> None:
+        self.failovers += 1
+
+
+@pytest.mark.parametrize("script, tries, failovers", [
+    ({P1: 200, P2: 200, SB: 200}, [("primary", "2xx")], 0),
+    ({P1: 503, P2: 503, SB: 200}, [("primary", "5xx"), ("standby", "2xx")], 1),
+    ({P1: "lost", P2: "lost", SB: 404},
+     [("primary", "no_response"), ("primary", "no_response"), ("standby", "4xx")], 1),
+])
+def test_each_try_is_observed_once(script, tries, failovers):  # type: ignore[no-untyped-def]
+    clock, live, client, puller = setup(script)
+    puller.observer = observer = Observed()
+    run(puller.pull(live, request()))
+    assert (observer.tries, observer.failovers) == (tries, failovers)
+
+
+def test_a_first_try_that_raises_fails_the_pull():
+    # Whatever goes wrong while the first try is sent is the pull's failure,
+    # not an exception in the caller's face.
+    clock, live, client, puller = setup({P1: 200, P2: 200, SB: 200})
+
+    def broken(**kw):  # type: ignore[no-untyped-def]
+        raise RuntimeError("broken")
+
+    client.request = broken
+    d = puller.pull(live, request())
+    with pytest.raises(RuntimeError):
+        run(d)
