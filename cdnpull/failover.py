@@ -168,7 +168,7 @@ class FailoverChain:
         start = self.clock.seconds() if req.started is None else req.started
         deadline = start + live.config.total_timeout
         primary = live.primary
-        if (_needs_addresses(primary) or _needs_addresses(live.standby)
+        if (_address_wait(primary) is not None or _address_wait(live.standby) is not None
                 or _finishes(primary.kind)):
             return self._run(live, req, stop, deadline, None)
         try:
@@ -243,8 +243,9 @@ class FailoverChain:
         # -- primary ------------------------------------------------------
         if resume is None:
             for group in (live.primary, live.standby):  # (live.groups(), without its list)
-                if _needs_addresses(group):
-                    await group.wait_for_addresses()
+                wait = _address_wait(group)
+                if wait is not None:
+                    await wait()
                     stop.check()
             primary_down, standby, order, tries = self._plan(live, req)
         else:
@@ -389,9 +390,8 @@ class FailoverChain:
         # what that name breaks is the request's problem, not the address's.
         client_name = kind.sends_client_name(live.config)
         for state in order:
-            if first is not None:
-                sent, first = first, None
-            else:
+            sent, first = first, None
+            if sent is None:
                 stop.check()
                 sent = self._send(live, group, state, req, deadline)
                 if sent is None:
@@ -434,9 +434,11 @@ class FailoverChain:
         return "unreachable"
 
 
-def _needs_addresses(group: Optional[OriginGroup]) -> bool:
-    """A hostname origin whose first DNS answer is not in yet."""
-    return group is not None and not group.states and group.wait_for_addresses is not None
+def _address_wait(group: Optional[OriginGroup]) -> Optional[Callable[[], Deferred]]:
+    """How to wait for a hostname origin's first DNS answer, when it is not in yet."""
+    if group is not None and not group.states:
+        return group.wait_for_addresses
+    return None
 
 
 def _finishes(kind: OriginKind) -> bool:
