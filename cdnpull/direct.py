@@ -222,12 +222,10 @@ class DirectAnswer:
         fields = self.head.fields
         verdict = storable(b"GET", fields, code, headers, self.rule, self.edge.clock.seconds(),
                            cache.targeted)
-        if verdict.ok:
-            cache.unshared.clear(self.key)  # stored by the next request, the ordinary way
-        elif code < 500 and not authorized(fields):
-            cache.unshared.mark(self.key, "private")
-        elif length is not UNKNOWN_LENGTH and length > cache.max_object:
-            cache.unshared.mark(self.key, "large")
+        # (Lifted, the next request goes through the cache and stores it.)
+        cache.unshared.learn(self.key, verdict.ok, code,
+                             length is not UNKNOWN_LENGTH and length > cache.max_object,
+                             authorized(fields))
 
     def _interim(self, status: int, reason: bytes, fields: list) -> None:
         """An origin's 1xx, passed on to an HTTP/1.1 client before the answer."""

@@ -95,6 +95,20 @@ class Unshared:
     def clear(self, key: str) -> None:
         self._marks.pop(key, None)
 
+    def learn(self, key: str, stored: bool, status: int, too_big: bool, authorized: bool) -> None:
+        """
+        What an origin's answer for C{key} says of the next requests for it:
+        not storable (and not an error, nor kept from one request for its
+        Authorization, which says nothing about anyone else's answer):
+        C{"private"}; too large to store: C{"large"}; storable: no mark.
+        """
+        if not stored and status < 500 and not authorized:
+            self.mark(key, "private")
+        elif too_big:
+            self.mark(key, "large")
+        elif stored:
+            self.clear(key)
+
 
 class _Waiter:
     def __init__(self) -> None:
@@ -228,14 +242,7 @@ class Flight:
         self.auth_ok = verdict.auth_ok
         self.strip_cookies = verdict.strip_cookies
         if self.remember:
-            if not verdict.ok and response.code < 500 and not authorized(reqh):
-                # (An answer kept from one request for its Authorization
-                # says nothing about the URL's answers to anyone else.)
-                cache.unshared.mark(self.key, "private")
-            elif too_big:
-                cache.unshared.mark(self.key, "large")
-            elif verdict.ok:
-                cache.unshared.clear(self.key)
+            cache.unshared.learn(self.key, verdict.ok, response.code, too_big, authorized(reqh))
         fill = Fill(self.key, cache.max_object, cache.budget)
         self.fill = fill
         if not storing:

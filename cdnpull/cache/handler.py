@@ -559,10 +559,9 @@ class Cache:
             streamed = Deferred.fromCoroutine(self._join(ask, flight, flight.join()))
             flight.adopt(result, ask.rule, ask.reqh, request_time)
             return await streamed
-        if response.code < 500 and not authorized(ask.reqh):
-            self.unshared.mark(ask.key, "private")
-        elif response.length is not UNKNOWN_LENGTH and response.length > self.max_object:
-            self.unshared.mark(ask.key, "large")
+        self.unshared.learn(ask.key, False, response.code,
+                            response.length is not UNKNOWN_LENGTH and response.length > self.max_object,
+                            authorized(ask.reqh))
         await self._relay(ask, result, headers)
 
     async def _join(self, ask: _Ask, flight: Flight, waiter: Any) -> None:
