@@ -231,8 +231,7 @@ class DirectAnswer:
         """An origin's 1xx, passed on to an HTTP/1.1 client before the answer."""
         if self.startedWriting or self.gone or self.head.version != b"HTTP/1.1":
             return
-        lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [n + b": " + v for n, v in fields]
-        eager_write(self.conn.transport, b"\r\n".join(lines) + b"\r\n\r\n")
+        self.conn.send_interim(status, reason, fields)
 
     def _body_ended(self, reason: Failure, stopped: bool) -> None:
         conn = self.conn

@@ -346,10 +346,9 @@ def _send_interim(request: Request, status: int, reason: bytes, fields: list) ->
     if (request.startedWriting or request.finished or request.clientproto != b"HTTP/1.1"
             or request_gone(request) or request.channel is None):
         return
-    lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [name + b": " + value for name, value in fields]
-    transport = request.channel.transport
-    if transport is not None:
-        transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+    channel: Any = request.channel  # (over HTTP/1.1: a ClientConnection)
+    if channel.transport is not None:
+        channel.send_interim(status, reason, fields)
 
 
 def _has_body(request: Request) -> bool:

@@ -588,6 +588,11 @@ class ClientConnection(Protocol):
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
 
+    def send_interim(self, status: int, reason: bytes, fields: list) -> None:
+        """An interim (1xx) answer, before the final one (RFC 9110 15.2)."""
+        lines = [b"HTTP/1.1 %d %s" % (status, reason)] + [name + b": " + value for name, value in fields]
+        eager_write(self.transport, b"\r\n".join(lines) + b"\r\n\r\n")
+
     def send_head(self, data: bytes) -> None:
         """A response head, sent with the first body bytes (or at the end)."""
         self._flush()
