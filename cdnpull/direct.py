@@ -42,7 +42,7 @@ from .cache.collapse import authorized, header_map
 from .cache.handler import CLIENT_ONLY
 from .cache.policy import match_rule, parse_cache_control, storable
 from .compat import eager_write, fill_headers
-from .errors import EdgeError, error_body
+from .errors import error_body, failure_status, log_gateway_error
 from .failover import OriginRequest, PullResult
 from .headers import HOP_BY_HOP, VIA, connection_names, origin_fields, wire_name
 from .stream import Discard, body_loss
@@ -261,17 +261,9 @@ class DirectAnswer:
         self.pending = None
         if self.gone or failure.check(CancelledError):
             return
-        error = failure.value
-        if isinstance(error, EdgeError):
-            status, message = error.status, error.message
-        else:
-            self.log.failure("unexpected error serving {uri}", failure,
-                             uri=self.head.target.decode("latin-1"))
-            status, message = 500, "internal error"
-        if status >= 500:
-            self.log.warn("{status} for {host}{uri}: {message}", status=status,
-                          host=self.live.name, uri=self.head.target.decode("ascii", "replace"),
-                          message=message)
+        uri = self.head.target.decode("ascii", "replace")
+        status, message = failure_status(failure, self.log, uri)
+        log_gateway_error(self.log, status, self.live.name, uri, message)
         body = error_body(status, message)
         self.code = status
         self.startedWriting = True

@@ -23,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .accesslog import AccessLog, AccessRecord
 from .cache import Cache
 from .compat import request_gone
-from .errors import EdgeError, error_body
+from .errors import EdgeError, error_body, failure_status, log_gateway_error
 from .cache.hit import fresh_hit
 from .direct import DirectAnswer, direct_answer
 from .http import ClientConnection, ClientLimits, Sweeper
@@ -271,12 +271,8 @@ class Edge(Resource):
             return
         if getattr(request.channel, "_refused", False):
             return  # the connection already answered (413 mid-upload) and is closing
-        if isinstance(failure.value, EdgeError):
-            error = failure.value
-            status, message = error.status, error.message
-        else:
-            self.log.failure("unexpected error serving {uri}", failure, uri=request.uri)
-            status, message = 500, "internal error"
+        uri = request.uri.decode("ascii", "replace")
+        status, message = failure_status(failure, self.log, uri)
         if request.startedWriting:
             # (An HTTP/2 stream has no transport: resetting the stream is its abort.)
             (request.transport or request.channel).abortConnection()  # type: ignore[union-attr]
@@ -287,14 +283,7 @@ class Edge(Resource):
         request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
         request.responseHeaders.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
         request.responseHeaders.setRawHeaders(b"age", [b"0"])
-        if status >= 500:
-            self.log.warn(
-                "{status} for {host}{uri}: {message}",
-                status=status,
-                host=ctx.domain or "-",
-                uri=request.uri.decode("ascii", "replace"),
-                message=message,
-            )
+        log_gateway_error(self.log, status, ctx.domain, uri, message)
         request.write(body)
         request.finish()
 

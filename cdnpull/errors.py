@@ -7,6 +7,7 @@ turned into one of these.
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 __all__ = [
     "EdgeError",
@@ -18,6 +19,8 @@ __all__ = [
     "OriginUnavailable",
     "OriginTimeout",
     "error_body",
+    "failure_status",
+    "log_gateway_error",
     "phrase",
 ]
 
@@ -28,6 +31,26 @@ def phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+def failure_status(failure: Any, log: Any, uri: str) -> tuple[int, str]:
+    """
+    The status and message a request that failed with C{failure} is
+    answered with: an L{EdgeError}'s own; anything else is a bug, logged
+    with its traceback, and a 500.
+    """
+    error = failure.value
+    if isinstance(error, EdgeError):
+        return error.status, error.message
+    log.failure("unexpected error serving {uri}", failure, uri=uri)
+    return 500, "internal error"
+
+
+def log_gateway_error(log: Any, status: int, host: str, uri: str, message: str) -> None:
+    """A 5xx the node answers is one warning line saying why (the client is not told)."""
+    if status >= 500:
+        log.warn("{status} for {host}{uri}: {message}", status=status, host=host or "-",
+                 uri=uri, message=message)
 
 
 def error_body(status: int, message: str) -> bytes:
