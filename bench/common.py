@@ -29,6 +29,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
+def shared_port(*ips: str) -> int:
+    """A port that is free on every one of C{ips}."""
+    for _ in range(50):
+        port = free_port(ips[0])
+        socks = []
+        try:
+            for ip in ips:
+                s = socket.socket()
+                s.bind((ip, port))
+                socks.append(s)
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no shared free port")
+
+
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -79,7 +79,7 @@ import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cdn_argv, free_port, nginx_conf, pinned, wait_port  # noqa: E402
+from common import cdn_argv, free_port, nginx_conf, pinned, shared_port, wait_port  # noqa: E402
 from speed import busy  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -453,7 +453,7 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="cdnpull-failover-")
     os.chmod(work, 0o755)  # nginx workers may run as another user
-    origin_port = free_port("127.0.0.2")
+    origin_port = shared_port(*(ip for _, ip in ORIGINS))  # (one port on every origin IP)
     paths = ["/nostore/obj", "/bypass/obj"] + (["/cache/obj"] if args.cacheable else [])
     for label, ip in ORIGINS:
         for path in paths:

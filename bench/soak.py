@@ -53,7 +53,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cdn_argv, free_port, rss_kib  # noqa: E402
+from common import cdn_argv, free_port, rss_kib, shared_port  # noqa: E402
 BIG = 5 * 1024 * 1024
 SIZES = (512, 4096, 20000, 100000)
 VERSION_PERIOD = 20  # /v/ objects change every 20 s
@@ -432,24 +432,6 @@ async def resetter(port: int, t: Tally, seed: int, stop: float) -> None:
 
 
 # -- processes and chaos --------------------------------------------------------------------
-
-
-def shared_port(*ips: str) -> int:
-    for _ in range(50):
-        port = free_port(ips[0])
-        socks = []
-        try:
-            for ip in ips:
-                s = socket.socket()
-                s.bind((ip, port))
-                socks.append(s)
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no shared free port")
 
 
 def accepts(ip: str, port: int) -> bool:

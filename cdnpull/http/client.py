@@ -532,10 +532,9 @@ class OriginPool:
                     self._stop_sweeping()
             if conn.transport is not None and conn.transport.connected and conn.state == "idle":
                 attempt.connecting = attempt.connected = True
-                if body is None and method in RETRY_METHODS:
-                    return conn.send(method, target, headers, body, on_interim,
-                                     (endpoint, attempt, target, headers))
-                return conn.send(method, target, headers, body, on_interim)
+                retry = ((endpoint, attempt, target, headers)
+                         if body is None and method in RETRY_METHODS else None)
+                return conn.send(method, target, headers, body, on_interim, retry)
         return self._connect(endpoint, key, address, method, target, headers, body, attempt,
                              on_interim)[0]
 
