@@ -98,23 +98,28 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _cpu_ticks(pid: int) -> int:
+def _cpu_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) CPU ticks of process C{pid}."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    return int(fields[11]), int(fields[12])  # utime, stime
 
 
 def cpu_per_request(pid: int, port: int, path: str, seconds: int) -> str:
-    before = _cpu_ticks(pid)
+    user0, sys0 = _cpu_ticks(pid)
     out = subprocess.run(pinned("1", ["wrk", "-t1", "-c50", f"-d{seconds}s",
                                       "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}{path}"]),
                          capture_output=True, text=True).stdout
-    used = (_cpu_ticks(pid) - before) / os.sysconf("SC_CLK_TCK")
+    user1, sys1 = _cpu_ticks(pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    user, system = (user1 - user0) / tick, (sys1 - sys0) / tick
+    used = user + system
     done = [line for line in out.splitlines() if "requests in" in line]
     errors = [line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line]
     n = int(done[0].split()[0]) if done else 0
-    per = f"{used / n * 1e6:.0f} us" if n else "?"
-    return f"{path}: {n} requests, node CPU {used:.2f} s, {per} per request {' '.join(errors)}"
+    per = (f"{used / n * 1e6:.0f} us per request ({user / n * 1e6:.0f} user, "
+           f"{system / n * 1e6:.0f} system)") if n else "?"
+    return f"{path}: {n} requests, node CPU {used:.2f} s, {per} {' '.join(errors)}"
 
 
 def report(raw: str, top: int) -> None:

@@ -35,16 +35,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.http import RESPONSES, datetimeToString
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from .cache.collapse import authorized, header_map
 from .cache.handler import CLIENT_ONLY
 from .cache.policy import match_rule, parse_cache_control, storable
-from .compat import eager_write, fill_headers
+from .compat import eager_write
 from .errors import error_body, failure_status, log_gateway_error
 from .failover import OriginRequest, PullResult
-from .headers import HOP_BY_HOP, VIA, connection_names, origin_fields, wire_name
+from .headers import VIA, connection_names, origin_fields, wire_name
 from .stream import Discard, body_loss
 
 __all__ = ["DirectAnswer", "direct_answer"]
@@ -145,11 +144,10 @@ class DirectAnswer:
 
     def start(self) -> None:
         head = self.head
-        headers = Headers()
-        fill_headers(headers, origin_fields(head.fields, self.conn.peer_host, self.scheme))
-        oreq = OriginRequest(method=head.method, target=head.target, headers=headers,
+        oreq = OriginRequest(method=head.method, target=head.target, headers=None,
                              host=self.host, client_scheme=self.scheme,
-                             on_interim=self._interim, started=self.started)
+                             on_interim=self._interim, started=self.started,
+                             fields=origin_fields(head.fields, self.conn.peer_host, self.scheme))
         d = self.pending = self.edge.failover.pull(self.live, oreq)
         d.addCallbacks(self._answer, self._failed)
 

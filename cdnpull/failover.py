@@ -26,7 +26,7 @@ Decisions, in order:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Union
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
-from .compat import before_cancel
+from .compat import before_cancel, fill_headers
 from .config import DEFAULT_PORTS, Address
 from .errors import (
     ConnectFailed,
@@ -50,7 +50,9 @@ from .origins.client import OriginClient
 from .live import LiveDomain
 from .origins.buffered import read_whole
 from .origins.group import AddressState, OriginGroup
-from .origins.kinds import OriginKind
+from .headers import wire_name
+from .http.client import header_lines
+from .origins.kinds import OriginKind, host_field
 
 __all__ = ["OriginRequest", "PullResult", "FailoverChain"]
 
@@ -71,11 +73,15 @@ class FailoverObserver(Protocol):
 
 @dataclass
 class OriginRequest:
-    """What the edge asks the origins for."""
+    """
+    What the edge asks the origins for.  Its end-to-end headers come as
+    C{headers}, or (None there) as C{fields}: then a try that only adds Host
+    (a plain-HTTP IP or hostname origin) sends them without a C{Headers}.
+    """
 
     method: bytes
     target: bytes  # origin-form: path and query
-    headers: Headers  # end-to-end headers, without Host
+    headers: Optional[Headers]  # end-to-end headers, without Host (None: C{fields})
     host: str  # the host name the client asked for
     client_scheme: str = "http"
     # A fresh body producer for each try (None: no body).
@@ -89,6 +95,24 @@ class OriginRequest:
     # When the client's time budget started (None: now).  A request that
     # waited on another's origin pull keeps its own budget, not a new one.
     started: Optional[float] = None
+    # The end-to-end headers as lower-case name -> [values], when C{headers} is None.
+    fields: Optional[dict] = None
+
+    def request_headers(self) -> Headers:
+        """The end-to-end headers as a C{Headers} (made from C{fields} once)."""
+        headers = self.headers
+        if headers is None:
+            headers = self.headers = Headers()
+            fill_headers(headers, self.fields or {})
+        return headers
+
+    def header_lines(self) -> bytes:
+        """The end-to-end headers as they go on the wire, one line each."""
+        fields = self.fields
+        if self.headers is not None or fields is None:
+            return header_lines(self.request_headers())
+        return b"".join([b"%s: %s\r\n" % (wire_name(name), value)
+                         for name, values in fields.items() for value in values])
 
 
 @dataclass
@@ -347,8 +371,15 @@ class FailoverChain:
         scheme = kind.scheme(req.client_scheme)
         address = state.address.with_port(DEFAULT_PORTS[scheme])
         now = self.clock.seconds()
-        target, server_name, headers = kind.prepare(domain, req.method, req.target,
-                                                    req.headers, req.host, now)
+        headers: Union[Headers, bytes]
+        if scheme == "http" and _adds_host_only(kind):
+            # No Headers made or copied: Host and the request's own lines.
+            server_name = domain.origin_host or req.host
+            target = req.target
+            headers = b"Host: %s\r\n%s" % (host_field(server_name), req.header_lines())
+        else:
+            target, server_name, headers = kind.prepare(domain, req.method, req.target,
+                                                        req.request_headers(), req.host, now)
         state.requests += 1
         d = self.client.request(
             address=address,
@@ -439,6 +470,11 @@ def _address_wait(group: Optional[OriginGroup]) -> Optional[Callable[[], Deferre
     if group is not None and not group.states:
         return group.wait_for_addresses
     return None
+
+
+def _adds_host_only(kind: OriginKind) -> bool:
+    """Whether C{kind}'s try is the client's request with a Host (L{OriginKind.prepare} as is)."""
+    return type(kind).prepare is OriginKind.prepare
 
 
 def _finishes(kind: OriginKind) -> bool:

@@ -439,7 +439,7 @@ class Cache:
     @staticmethod
     def _origin_request(oreq: OriginRequest, extra: Optional[dict] = None,
                         started: Optional[float] = None) -> OriginRequest:
-        headers = oreq.headers.copy()
+        headers = oreq.request_headers().copy()
         for name in CLIENT_ONLY:
             headers.removeHeader(name)
         for name, value in (extra or {}).items():
@@ -650,7 +650,7 @@ class Cache:
         sent = _range_for_origin(value, one_range) if value is not None else None
         if sent is not None and (sent != ask.reqh.get(b"range", [None])[0]
                                  or len(ask.reqh.get(b"range", ())) > 1):
-            headers = oreq.headers.copy()
+            headers = oreq.request_headers().copy()
             headers.setRawHeaders(b"range", [sent])
             oreq = replace(oreq, headers=headers)
         flight.launch(ask.live, replace(oreq, method=b"GET", started=ctx.start), ask.rule,

@@ -27,7 +27,7 @@ L{cdnpull.errors.ConnectFailed}.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import httptools
 from twisted.internet import error as ierror
@@ -44,7 +44,7 @@ from ..headers import HOP_BY_HOP, connection_names
 from ..upload import BodyInterrupted
 from ..compat import eager_write, fill_headers
 
-__all__ = ["OriginPool", "OriginResponse", "MAX_HEAD", "MAX_HEADERS"]
+__all__ = ["OriginPool", "OriginResponse", "header_lines", "MAX_HEAD", "MAX_HEADERS"]
 
 MAX_HEAD = 64 * 1024
 MAX_LENGTH = 2 ** 63 - 1  # the largest Content-Length believed
@@ -173,7 +173,7 @@ class OriginConnection(Protocol):
 
     # -- sending -------------------------------------------------------------
 
-    def send(self, method: bytes, target: bytes, headers: Headers, body: Any,
+    def send(self, method: bytes, target: bytes, lines: bytes, body: Any,
              on_interim: Optional[Callable[[int, bytes, list], None]] = None,
              retry: Any = None) -> Deferred:
         self.state = "head"
@@ -194,20 +194,14 @@ class OriginConnection(Protocol):
         self._parser = httptools.HttpResponseParser(self)
         d: Deferred[Any] = Deferred(self._cancel)
         self._d = d
-        lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                lines.append(b"%s: %s\r\n" % (name, value))
         length = None if body is None else body.length
         if body is None:
-            if method in BODY_METHODS_WITH_LENGTH:
-                lines.append(b"Content-Length: 0\r\n")
+            framing = b"Content-Length: 0\r\n\r\n" if method in BODY_METHODS_WITH_LENGTH else b"\r\n"
         elif length is UNKNOWN_LENGTH:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+            framing = b"Transfer-Encoding: chunked\r\n\r\n"
         else:
-            lines.append(b"Content-Length: %d\r\n" % length)  # type: ignore[str-format]
-        lines.append(b"\r\n")
-        eager_write(self.transport, b"".join(lines))
+            framing = b"Content-Length: %d\r\n\r\n" % length  # type: ignore[str-format]
+        eager_write(self.transport, b"%s %s HTTP/1.1\r\n%s%s" % (method, target, lines, framing))
         if body is not None:
             self._produce(body, length is UNKNOWN_LENGTH)
         return d
@@ -477,6 +471,12 @@ class OriginConnection(Protocol):
             body.stopProducing()
 
 
+def header_lines(headers: Headers) -> bytes:
+    """C{headers} as they go on the wire, one line each."""
+    return b"".join([b"%s: %s\r\n" % (name, value)
+                     for name, values in headers.getAllRawHeaders() for value in values])
+
+
 class _ChunkedConsumer:
     """Frames a body of unknown length in chunks on its way out."""
 
@@ -520,8 +520,14 @@ class OriginPool:
         self._closed = False  # shut down: no new connection for a second try
 
     def request(self, endpoint: Any, address: Any, method: bytes, target: bytes,
-                headers: Headers, body: Any, attempt: Any,
+                headers: Union[Headers, bytes], body: Any, attempt: Any,
                 on_interim: Optional[Callable[[int, bytes, list], None]] = None) -> Deferred:
+        """
+        Send a request (C{headers}: with Host; a C{Headers}, or its header
+        lines) on an idle connection to C{address}, else on a new one.
+        """
+        if not isinstance(headers, bytes):
+            headers = header_lines(headers)
         key = (address.host, address.port)
         idle = self._idle.get(key)
         while idle:
@@ -555,7 +561,7 @@ class OriginPool:
                              attempt, conn._on_interim, d)[1]
 
     def _connect(self, endpoint: Any, key: Any, address: Any, method: bytes, target: bytes,
-                 headers: Headers, body: Any, attempt: Any, on_interim: Any,
+                 headers: bytes, body: Any, attempt: Any, on_interim: Any,
                  result: Optional[Deferred] = None) -> tuple:
         """
         Send on a new connection: (the request's Deferred, its canceller).

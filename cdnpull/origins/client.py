@@ -7,7 +7,7 @@ as the L{cdnpull.errors} types that the failover chain decides on.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -239,7 +239,7 @@ class OriginClient:
         server_name: str,
         method: bytes,
         target: bytes,
-        headers: Headers,
+        headers: Union[Headers, bytes],
         body: Optional[IBodyProducer] = None,
         connect_timeout: float,
         first_byte_timeout: float,
@@ -252,7 +252,9 @@ class OriginClient:
         headers have arrived.
 
         @param target: the origin-form request target (path and query).
-        @param headers: the complete request headers, including Host.
+        @param headers: the complete request headers, including Host (for
+            plain HTTP they may come as header lines, C{b"Name: value\\r\\n"}
+            each).
         @raise ConnectFailed: nothing was sent; the address is unreachable.
         @raise NoResponse: the connection broke before any response.
         @raise FirstByteTimeout: no response within C{first_byte_timeout}.
@@ -269,6 +271,7 @@ class OriginClient:
             d = self._http.request(endpoint, address, method, target, headers, body, attempt,
                                    on_interim)
         else:
+            assert isinstance(headers, Headers), "header lines go over plain HTTP only"
             pool, creator = self._tls_state(server_name, verify, client_name)
             factory = _AddressEndpoints(self.reactor, attempt, address, creator, connect_timeout)
             agent = Agent.usingEndpointFactory(self.reactor, factory, pool=pool)

@@ -33,7 +33,7 @@ from ..errors import BadRequest
 from .bucket import prepare_bucket, strip_store_headers
 from .buffered import read_whole
 
-__all__ = ["OriginKind", "kind_of", "origin_from_json", "origin_to_json", "BadRequest"]
+__all__ = ["OriginKind", "host_field", "kind_of", "origin_from_json", "origin_to_json", "BadRequest"]
 
 ConfigOrigin = Union[IPOrigin, DomainOrigin, BucketOrigin]
 
@@ -102,7 +102,7 @@ class OriginKind:
         """
         origin_host = domain.origin_host or host
         out = copy_headers(headers)
-        out.setRawHeaders(b"host", [_host_field(origin_host)])
+        out.setRawHeaders(b"host", [host_field(origin_host)])
         return target, origin_host, out
 
     async def finish(self, response: IResponse, domain: str, address: Address) -> IResponse:
@@ -154,7 +154,7 @@ class OriginKind:
 _HOST_FIELDS: dict = {}
 
 
-def _host_field(host: str) -> bytes:
+def host_field(host: str) -> bytes:
     """C{host} as a Host field (IDNA, which is slow: the names seen are kept)."""
     field = _HOST_FIELDS.get(host)
     if field is None:
