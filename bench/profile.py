@@ -15,6 +15,7 @@ import argparse
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,10 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true",
                     help="no py-spy: the node's CPU time per request (user + system, from "
                          "/proc), which other work on the machine moves far less than req/s")
+    ap.add_argument("--calls", action="store_true",
+                    help="no py-spy: run the node under cProfile (twistd --profiler=cprofile) and "
+                         "print the functions by own time, with their calls per request (cProfile "
+                         "slows everything, so read the call counts more than the times)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="cdnpull-profile-")
     os.chmod(work, 0o755)
@@ -66,10 +71,14 @@ def main() -> None:
             """))
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
     nginx = start_nginx(os.path.join(work, "nginx.conf"), core="1")
-    cdn = subprocess.Popen(pinned("0", cdn_argv(work, os.path.join(work, "site.py"),
-                                                f"tcp:{cdn_port}:interface=127.0.0.1:backlog=1024",
-                                                logfile=os.path.join(work, "twistd.log"))),
-                           env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = cdn_argv(work, os.path.join(work, "site.py"),
+                    f"tcp:{cdn_port}:interface=127.0.0.1:backlog=1024",
+                    logfile=os.path.join(work, "twistd.log"))
+    stats = os.path.join(work, "cprofile.stats")
+    if args.calls:
+        argv[1:1] = [f"--profile={stats}", "--profiler=cprofile", "--savestats"]
+    cdn = subprocess.Popen(pinned("0", argv), env=env, cwd=work,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     raw = os.path.join(work, "stacks.txt")
     try:
         wait_port(origin_port, "127.0.0.2")
@@ -78,6 +87,13 @@ def main() -> None:
         get(cdn_port, args.path)
         if args.cpu:
             print(cpu_per_request(cdn.pid, cdn_port, args.path, args.seconds))
+            return
+        if args.calls:
+            line = cpu_per_request(cdn.pid, cdn_port, args.path, args.seconds)
+            print(line + " (under cProfile)")
+            cdn.send_signal(signal.SIGTERM)
+            cdn.wait(30)
+            calls_report(stats, int(line.split()[1]) + 2, args.top)
             return
         load = subprocess.Popen(pinned("1", ["wrk", "-t1", "-c50", f"-d{args.seconds + 2}s", "-H",
                                              f"Host: {HOST}", f"http://127.0.0.1:{cdn_port}{args.path}"]),
@@ -120,6 +136,21 @@ def cpu_per_request(pid: int, port: int, path: str, seconds: int) -> str:
     per = (f"{used / n * 1e6:.0f} us per request ({user / n * 1e6:.0f} user, "
            f"{system / n * 1e6:.0f} system)") if n else "?"
     return f"{path}: {n} requests, node CPU {used:.2f} s, {per} {' '.join(errors)}"
+
+
+def calls_report(stats: str, requests: int, top: int) -> None:
+    """cProfile's functions by own time, with calls per request."""
+    import pstats
+
+    table = pstats.Stats(stats).stats  # type: ignore[attr-defined]
+    total = sum(row[2] for row in table.values())
+    calls = sum(row[1] for row in table.values())
+    print(f"\n{calls / requests:.0f} function calls per request; by own time:")
+    print("   own  calls/req  function")
+    rows = sorted(table.items(), key=lambda kv: kv[1][2], reverse=True)
+    for (path, line, name), (_, ncalls, own, _, _) in rows[:top]:
+        print(f"  {100 * own / total:4.1f}%  {ncalls / requests:9.2f}  {name} "
+              f"({os.path.basename(path)}:{line})")
 
 
 def report(raw: str, top: int) -> None:

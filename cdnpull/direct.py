@@ -39,10 +39,11 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from .cache.collapse import authorized, header_map
 from .cache.handler import CLIENT_ONLY
-from .cache.policy import match_rule, parse_cache_control, storable
+from .cache.policy import parse_cache_control, storable
 from .compat import eager_write
 from .errors import error_body, failure_status, log_gateway_error
 from .failover import OriginRequest, PullResult
+from .http.client import RESPONSE_DONE
 from .headers import VIA, connection_names, origin_fields, wire_name
 from .stream import Discard, body_loss
 
@@ -65,11 +66,16 @@ def _http_date() -> bytes:
 
 
 def direct_answer(edge: Any, live: Any, head: Any, conn: Any, host: str, scheme: str,
-                  now: float) -> Optional["DirectAnswer"]:
+                  found: tuple, now: float) -> Optional["DirectAnswer"]:
     """
     The L{DirectAnswer} for a GET or HEAD that takes this way (see the
     module), not started; None: the ordinary way.
+
+    @param found: what the cache holds for its URL (L{cdnpull.cache.hit.lookup}).
     """
+    rule, key, stored = found
+    if stored:
+        return None  # something is stored: the cache decides
     fields = head.fields
     cache = edge.cache
     if cache.store.loading or not _CACHE_ANSWERS.isdisjoint(fields):
@@ -78,16 +84,9 @@ def direct_answer(edge: Any, live: Any, head: Any, conn: Any, host: str, scheme:
     if control and parse_cache_control(control).has("only-if-cached"):
         return None
     method = head.method
-    target = head.target
-    rule = match_rule(live.config.cache, target.split(b"?", 1)[0].decode("latin-1")) \
-        if live.config.cache else None
-    key = None
-    if rule is not None and rule.ttl == 0:
-        status = "BYPASS"
+    if key is None:
+        status = "BYPASS"  # a rule with ttl=0
     else:
-        key = cache.key_of(scheme, host, target, bool(rule and rule.ignore_query))
-        if cache.store.variants(key):
-            return None  # something is stored: the cache decides
         if method == b"HEAD":
             status = "MISS"
             key = None  # (a HEAD tells nothing about the object's storing)
@@ -235,7 +234,7 @@ class DirectAnswer:
         conn = self.conn
         if self.gone or stopped:
             return  # the client side went (counted when the connection tells it)
-        if reason.check(ResponseDone, PotentialDataLoss):
+        if reason is RESPONSE_DONE or reason.check(ResponseDone, PotentialDataLoss):
             if self.chunked:
                 conn.write(b"0\r\n\r\n")
             self._done(self.code)

@@ -24,7 +24,7 @@ from .accesslog import AccessLog, AccessRecord
 from .cache import Cache
 from .compat import request_gone
 from .errors import EdgeError, error_body, failure_status, log_gateway_error
-from .cache.hit import fresh_hit
+from .cache.hit import fresh_hit, lookup
 from .direct import DirectAnswer, direct_answer
 from .http import ClientConnection, ClientLimits, Sweeper
 from .upload import BodyPipe
@@ -117,11 +117,12 @@ class Edge(Resource):
         if config.hsts if secure else config.https_only:
             return None  # an HSTS header, or a redirect to https: the ordinary way
         now = self.clock.seconds()
-        answer = fresh_hit(cache, live, "https" if secure else "http", host, target,
-                           method, head.fields, now, not head.keep_alive)
+        scheme = "https" if secure else "http"
+        found = lookup(cache, live, scheme, host, target)
+        answer = fresh_hit(cache, found, method, head.fields, now, not head.keep_alive)
         if answer is None:
             # An uncacheable miss the connection can answer itself, or None.
-            return direct_answer(self, live, head, conn, host, "https" if secure else "http", now)
+            return direct_answer(self, live, head, conn, host, scheme, found, now)
         data, body, status, sent = answer
         if self.metrics is not None:
             self.metrics.request(live.name, status, "HIT")

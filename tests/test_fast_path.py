@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from cdnpull.accesslog import AccessLog, AccessRecord
 from cdnpull.cache import Cache, MemoryStore, Store
-from cdnpull.cache.hit import fresh_hit
+from cdnpull.cache.hit import fresh_hit, lookup
 from cdnpull.cache.store import Entry
 from cdnpull.config import CacheRule
 
@@ -40,8 +40,8 @@ LIVE = SimpleNamespace(config=SimpleNamespace(cache=()))
 
 
 def hit(cache, target=b"/a", method=b"GET", fields=None, now=NOW + 5, close=False, live=LIVE):  # type: ignore[no-untyped-def]
-    return fresh_hit(cache, live, "http", HOST, target, method, fields or {b"host": [HOST.encode()]},
-                     now, close)
+    return fresh_hit(cache, lookup(cache, live, "http", HOST, target), method,
+                     fields or {b"host": [HOST.encode()]}, now, close)
 
 
 def head_of(data: bytes) -> tuple[bytes, dict, bytes]:

@@ -17,7 +17,7 @@ from ..headers import VIA, wire_name
 from .policy import current_age, match_rule, not_modified, vary_key
 from .store import Entry
 
-__all__ = ["fresh_hit", "Wire", "NOT_MODIFIED_HEADERS"]
+__all__ = ["fresh_hit", "lookup", "Wire", "NOT_MODIFIED_HEADERS"]
 
 # Headers a 304 carries from the stored answer (RFC 9110 section 15.4.5).
 NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag", b"expires",
@@ -54,26 +54,39 @@ class Wire:
         self.validators = bool(headers.get(b"etag") or headers.get(b"last-modified"))
 
 
-def fresh_hit(cache: Any, live: Any, scheme: str, host: str, target: bytes, method: bytes,
-              fields: dict, now: float, close: bool) -> Optional[tuple[bytes, bytes, int, int]]:
+def lookup(cache: Any, live: Any, scheme: str, host: str, target: bytes) -> tuple:
+    """
+    What the cache holds for a request's URL: (its C{CacheRule} or None, its
+    key, the stored variants); the key is None and nothing is looked up
+    under a rule with C{ttl=0}.  Made once per request for the hit and the
+    direct miss (L{cdnpull.direct}) alike.
+    """
+    config = live.config
+    rule = match_rule(config.cache, target.partition(b"?")[0].decode("latin-1")) \
+        if config.cache else None
+    if rule is not None and rule.ttl == 0:
+        return rule, None, ()
+    key = cache.key_of(scheme, host, target, bool(rule and rule.ignore_query))
+    return rule, key, cache.store.variants(key)
+
+
+def fresh_hit(cache: Any, found: tuple, method: bytes, fields: dict, now: float,
+              close: bool) -> Optional[tuple[bytes, bytes, int, int]]:
     """
     The whole answer to a GET or HEAD that a fresh memory entry answers:
     (head, body, status, body bytes sent), or None.  A small body comes joined to its head
     (one buffer), a large one apart (not copied).
 
+    @param found: the request's L{lookup}.
     @param fields: the request headers, lower-case name -> [values].
     @param close: the connection ends after this answer (C{Connection: close}).
     """
-    if b"range" in fields or cache.store.loading:
+    stored = found[2]
+    if not stored or b"range" in fields or cache.store.loading:
         return None
-    path, _, query = target.partition(b"?")
-    rule = match_rule(live.config.cache, path.decode("latin-1")) if live.config.cache else None
-    if rule is not None and rule.ttl == 0:
-        return None
-    key = cache.key_of(scheme, host, target, bool(rule and rule.ignore_query))
     authorized = bool(fields.get(b"authorization"))
     entry = None
-    for candidate in cache.store.variants(key):
+    for candidate in stored:
         if (not candidate.vary or vary_key(candidate.vary, fields) == candidate.variant) \
                 and (candidate.auth_ok or not authorized):
             entry = candidate

@@ -56,6 +56,12 @@ CONNECTION_CONTROL = frozenset((b"content-length", b"connection", b"keep-alive",
                                 b"transfer-encoding", b"upgrade", b"proxy-connection"))
 
 
+# How every complete body ends (one Failure: making one per response costs
+# more than the rest of its ending).
+RESPONSE_DONE = Failure(ResponseDone())
+_NO_NAMES: frozenset = frozenset()
+
+
 class _Stop(Exception):
     """Stops llhttp: the response was refused, or a HEAD answer is complete."""
 
@@ -283,14 +289,9 @@ class OriginConnection(Protocol):
         self._phrase += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # (Counted and measured once the head is complete; a head that never
+        # completes is bounded by what dataReceived has seen.)
         self._headers.append((name, value))
-        self._head_seen += len(name) + len(value) + 4
-        if self._head_seen > MAX_HEAD:
-            self._refuse(f"response head larger than {MAX_HEAD} bytes")
-            raise _Stop()
-        if len(self._headers) > MAX_HEADERS:
-            self._refuse(f"more than {MAX_HEADERS} header fields")
-            raise _Stop()
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -298,11 +299,26 @@ class OriginConnection(Protocol):
         if parser.get_http_version() not in ("1.0", "1.1"):
             self._refuse(f"HTTP version {parser.get_http_version()}")
             raise _Stop()
+        headers = self._headers
+        if len(headers) > MAX_HEADERS:
+            self._refuse(f"more than {MAX_HEADERS} header fields")
+            raise _Stop()
         fields: dict = {}
-        for name, value in self._headers:
-            fields.setdefault(name.lower(), []).append(value)
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value)
+            lower = name.lower()
+            values = fields.get(lower)
+            if values is None:
+                fields[lower] = [value]
+            else:
+                values.append(value)
+        if size + 4 * len(headers) > MAX_HEAD:
+            self._refuse(f"response head larger than {MAX_HEAD} bytes")
+            raise _Stop()
         # Headers the origin names in Connection are for this hop only.
-        named = connection_names(fields.get(b"connection", ()))
+        connection = fields.get(b"connection")
+        named = connection_names(connection) if connection else _NO_NAMES
         if 100 <= code < 200:
             # An interim answer: passed on (not 101), the final head follows.
             if self._on_interim is not None and code != 101:
@@ -325,7 +341,11 @@ class OriginConnection(Protocol):
             raise _Stop()
         # As Agent: the connection's own headers are not the answer's (nor
         # those the origin named in Connection).
-        own = {k: v for k, v in fields.items() if k not in CONNECTION_CONTROL and k not in named}
+        own = fields
+        for name in CONNECTION_CONTROL.intersection(fields):
+            del own[name]
+        for name in named:
+            own.pop(name, None)
         if self._method == b"HEAD" and cl and b"content-length" not in named:
             # As Agent: a HEAD answer's Content-Length describes the GET's
             # body and is passed on to the client.
@@ -349,7 +369,7 @@ class OriginConnection(Protocol):
             # llhttp would wait for the body the head announces.
             self._reusable = False
             self.state = "done"
-            self._end(Failure(ResponseDone()))
+            self._end(RESPONSE_DONE)
             if d is not None:
                 d.callback(self._response)
             raise _Stop()
@@ -368,7 +388,7 @@ class OriginConnection(Protocol):
         if self._body_producer is not None:
             self._stop_sending()  # answered before the request body ended
         self.state = "done"
-        self._end(Failure(ResponseDone()))
+        self._end(RESPONSE_DONE)
 
     # -- the body's consumer -----------------------------------------------------
 
