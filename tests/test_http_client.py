@@ -141,6 +141,24 @@ def test_bad_heads_fail_the_request_and_the_connection(name, answer):  # type: i
     assert len(endpoint.transports) == 2
 
 
+def test_a_head_that_never_ends_is_refused_once_too_large():  # type: ignore[no-untyped-def]
+    # Fed a field at a time and never complete: its fields are measured only
+    # at its end, so its bytes bound it meanwhile.
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    transport = endpoint.transports[0]
+    transport.protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")
+    sent = 0
+    while not d.called:
+        line = b"X-%d: %s\r\n" % (sent, b"h" * 1000)
+        transport.protocol.dataReceived(line)
+        sent += len(line)
+        assert sent < 80 * 1024, "never refused"
+    failure = result(d)
+    assert failure.check(NoResponse) and "larger than 65536 bytes" in failure.value.detail
+    assert 64 * 1024 < sent <= 64 * 1024 + 4096 + len(line) and transport.disconnected
+
+
 def test_a_bad_chunk_after_the_head_fails_the_body():  # type: ignore[no-untyped-def]
     pool, endpoint, clock = setup()
     d = ask(pool, endpoint)

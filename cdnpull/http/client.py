@@ -271,8 +271,10 @@ class OriginConnection(Protocol):
                 self._end(Failure(ResponseFailed([Failure(ValueError(f"bad body: {e}"))])))
                 self._abort()
         if self.state == "head":
-            self._head_seen += len(data)  # (a head cut anywhere is bounded too)
-            if self._head_seen > 2 * MAX_HEAD:
+            # A head not complete yet is bounded by its bytes (its fields are
+            # measured once it is complete); the slack is for the status line.
+            self._head_seen += len(data)
+            if self._head_seen > MAX_HEAD + 4096:
                 self._refuse(f"response head larger than {MAX_HEAD} bytes")
         elif self.state == "done":
             self._release()
