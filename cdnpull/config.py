@@ -104,8 +104,13 @@ class Address:
         return self if self.port else Address(self.host, default)
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if self.is_ipv6 else self.host
-        return f"{host}:{self.port}" if self.port else host
+        # (Asked for every origin try, for its metrics and log: made once.)
+        text = self.__dict__.get("_text")
+        if text is None:
+            host = f"[{self.host}]" if self.is_ipv6 else self.host
+            text = f"{host}:{self.port}" if self.port else host
+            object.__setattr__(self, "_text", text)
+        return text
 
 
 def parse_address(text: str, default_port: int = 0) -> Address:

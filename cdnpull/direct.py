@@ -44,7 +44,7 @@ from .compat import eager_write
 from .errors import error_body, failure_status, log_gateway_error
 from .failover import OriginRequest, PullResult
 from .http.client import RESPONSE_DONE
-from .headers import VIA, connection_names, origin_fields, wire_name
+from .headers import _WIRE_NAMES, VIA, connection_names, origin_fields, wire_name
 from .stream import Discard, body_loss
 
 __all__ = ["DirectAnswer", "direct_answer"]
@@ -101,6 +101,24 @@ def direct_answer(edge: Any, live: Any, head: Any, conn: Any, host: str, scheme:
         if group.kind.scheme(scheme) != "http":
             return None
     return DirectAnswer(edge, conn, head, live, scheme, host, status, key, rule, now)
+
+
+_STATUS = {"MISS": b"MISS", "BYPASS": b"BYPASS"}
+_SKIPS: dict = {}
+
+
+def _relay_skip(base: frozenset, sized: bool, ranges: bool) -> frozenset:
+    """C{base} (the cache's relay_skip) and the framing and ranges fields the answer sets."""
+    key = (base, sized, ranges)
+    skip = _SKIPS.get(key)
+    if skip is None:
+        skip = base | {b"content-length"} if sized else base
+        if ranges:
+            skip = skip | {b"accept-ranges"}
+        if len(_SKIPS) > 64:
+            _SKIPS.clear()
+        _SKIPS[key] = skip
+    return skip
 
 
 class DirectAnswer:
@@ -167,44 +185,44 @@ class DirectAnswer:
         fields = field_map() if field_map is not None else header_map(response.headers)
         if self.key is not None:
             self._remember(code, length, fields)
-        method = self.head.method
+        head = self.head
+        method = head.method
         self.code = code
-        skip = self.edge.cache.relay_skip  # (hop-by-hop, ours, targeted)
-        more: list = []
+        ranges = self.key is not None and code == 200 and length is not UNKNOWN_LENGTH
+        sized = length is not UNKNOWN_LENGTH and method != b"HEAD"
+        # What the node writes itself: hop-by-hop, ours, targeted fields,
+        # and the framing and ranges it sets.
+        skip = _relay_skip(self.edge.cache.relay_skip, sized, ranges)
         connection = fields.get(b"connection")
         if connection:
-            more.extend(connection_names(connection))
-        extra = b""
-        if self.key is not None and code == 200 and length is not UNKNOWN_LENGTH:
-            more.append(b"accept-ranges")
-            extra = b"Accept-Ranges: bytes\r\n"
-        if length is not UNKNOWN_LENGTH and method != b"HEAD":
-            more.append(b"content-length")
-        out = [b"%s %d %s\r\nServer: cdnpull\r\n" % (self.head.version, code,
+            skip = skip | connection_names(connection)
+        out = [b"%s %d %s\r\nServer: cdnpull\r\n" % (head.version, code,
                                                       response.phrase or RESPONSES.get(code, b"Unknown Status"))]
+        names = _WIRE_NAMES
         for name, values in fields.items():
-            if name in skip or name in more:
+            if name in skip:
                 continue
-            wire = wire_name(name)
+            wire = names.get(name) or wire_name(name)
             for value in values:
                 out.append(b"%s: %s\r\n" % (wire, value))
-        via = fields.get(b"via", ())
         if b"date" not in fields:
             out.append(b"Date: %s\r\n" % _http_date())
-        if length is not UNKNOWN_LENGTH:
-            if method != b"HEAD":
-                out.append(b"Content-Length: %d\r\n" % length)
-        elif self.head.version == b"HTTP/1.1" and method != b"HEAD" and code not in NO_BODY_CODES:
-            out.append(b"Transfer-Encoding: chunked\r\n")
-            self.chunked = True
-        else:
-            self.framed = False  # ends with the connection
-            self.conn.persistent = False
-        out.append(b"Via: %s\r\nX-Cache: %s\r\n" % (b", ".join([*via, VIA]), self.status.encode()))
+        if sized:
+            out.append(b"Content-Length: %d\r\n" % length)
+        elif length is UNKNOWN_LENGTH:
+            if head.version == b"HTTP/1.1" and method != b"HEAD" and code not in NO_BODY_CODES:
+                out.append(b"Transfer-Encoding: chunked\r\n")
+                self.chunked = True
+            else:
+                self.framed = False  # ends with the connection
+                self.conn.persistent = False
+        via = fields.get(b"via")
+        out.append(b"Via: %s\r\nX-Cache: %s\r\n" % (b", ".join([*via, VIA]) if via else VIA,
+                                                      _STATUS[self.status]))
         if b"age" not in fields:
             out.append(b"Age: 0\r\n")
-        if extra:
-            out.append(extra)
+        if ranges:
+            out.append(b"Accept-Ranges: bytes\r\n")
         if not self.conn.persistent:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")

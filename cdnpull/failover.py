@@ -401,7 +401,8 @@ class FailoverChain:
                   response: IResponse, started: float) -> PullResult:
         """An address answered: the metric, and the result."""
         elapsed = self.clock.seconds() - started
-        self._observe(live, group, address, f"{response.code // 100}xx", elapsed)
+        n = response.code // 100
+        self._observe(live, group, address, _CLASSES.get(n) or f"{n}xx", elapsed)
         return PullResult(response, group.role, address, elapsed)
 
     async def _try_group(self, live: LiveDomain, group: OriginGroup,
@@ -463,6 +464,10 @@ class FailoverChain:
             stop.check()  # (only a bucket's 403 is read here: cancelling closed it)
             return result
         return "unreachable"
+
+
+# The outcome of a try that got an answer, by the answer's status class.
+_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
 
 
 def _address_wait(group: Optional[OriginGroup]) -> Optional[Callable[[], Deferred]]:
