@@ -96,6 +96,7 @@ def main() -> None:
                     help="cdnpull's access log: file (buffered, the production set-up), "
                          "event (the default: a twisted.logger event) or off")
     ap.add_argument("--only", default="", help="comma-separated row names to run")
+    ap.add_argument("--each", action="store_true", help="also print every round's req/s, in order")
     ap.add_argument("--memory", action="store_true",
                     help="also run idle_conns.py and cache_bench.py --stream-only")
     args = ap.parse_args()
@@ -217,7 +218,8 @@ def main() -> None:
                 v = results[(row, label)]
                 med = statistics.median(v)
                 ratio = "" if label == "cdnpull" else f"{ours / med:.2f}x" if med else "-"
-                print(f"{row:18s} {label:22s} {med:9.0f} ({min(v):.0f}-{max(v):.0f}) {ratio:>14s}")
+                print(f"{row:18s} {label:22s} {med:9.0f} ({min(v):.0f}-{max(v):.0f}) {ratio:>14s}"
+                      + (f"   rounds: {' '.join(f'{x:.0f}' for x in v)}" if args.each else ""))
             print()
     finally:
         stop(procs)
