@@ -218,7 +218,7 @@ def lean_dispatch(reactor: Any) -> bool:
         return False
     if type(reactor) is not EPollReactor or type(reactor).doIteration is not _KNOWN_POLL:
         return False
-    reactor.doIteration = types.MethodType(_lean_poll, reactor)
+    setattr(reactor, "doIteration", types.MethodType(_lean_poll, reactor))
     return True
 
 
