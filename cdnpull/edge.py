@@ -21,14 +21,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
+from .answer import RELAY_SKIP, apply, own_fields, relay_fields
 from .cache import Cache
+from .cache.collapse import header_map
 from .compat import request_gone
 from .errors import EdgeError, error_body, failure_status, log_gateway_error
 from .cache.hit import fresh_hit, lookup
 from .direct import DirectAnswer, direct_answer
 from .http import ClientConnection, ClientLimits, Sweeper
 from .upload import BodyPipe
-from .headers import VIA, end_to_end, origin_headers
+from .headers import origin_headers
 from .live import Routes
 from .metrics import Metrics
 from .failover import OriginRequest, PullResult, FailoverChain
@@ -244,20 +246,15 @@ class Edge(Resource):
             # The client left while the origin was answering.
             response.deliverBody(Discard(stop=True))
             return
-        request.setResponseCode(response.code, response.phrase)
-        out = request.responseHeaders
-        # Like nginx, the origin's Server header is replaced by ours; its
-        # Date stays (it dates the content, and caches compute Age from it).
-        # Targeted cache-control fields (CDN-Cache-Control) are for this node only.
-        ours = self.cache.targeted if self.cache is not None else ()
-        for name, values in end_to_end(response.headers, drop=(b"server",) + ours).getAllRawHeaders():
-            out.setRawHeaders(name, list(values))
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
-            out.setRawHeaders(b"content-length", [b"%d" % response.length])
-        out.setRawHeaders(b"via", [b", ".join(response.headers.getRawHeaders(b"via", []) + [VIA])])
-        out.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
-        if not out.hasHeader(b"age"):
-            out.setRawHeaders(b"age", [b"0"])  # every answer says its Age (docs/cache.md)
+        # The head by the rules of every relayed answer (cdnpull.answer).
+        length = response.length
+        field_map = getattr(response, "field_map", None)
+        fields = field_map() if field_map is not None else header_map(response.headers)
+        skip = self.cache.relay_skip if self.cache is not None else RELAY_SKIP
+        apply(request, response.code, response.phrase,
+              relay_fields(fields, skip, ctx.cache,
+                           length if length is not UNKNOWN_LENGTH and request.method != b"HEAD"
+                           else None))
         relay = BodyRelay(request)
         ctx.relay = relay
         response.deliverBody(relay)
@@ -279,11 +276,7 @@ class Edge(Resource):
             (request.transport or request.channel).abortConnection()  # type: ignore[union-attr]
             return
         body = error_body(status, message)
-        request.setResponseCode(status)
-        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
-        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
-        request.responseHeaders.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
-        request.responseHeaders.setRawHeaders(b"age", [b"0"])
+        apply(request, status, None, own_fields(len(body), ctx.cache))
         log_gateway_error(self.log, status, ctx.domain, uri, message)
         request.write(body)
         request.finish()

@@ -34,15 +34,17 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from ..answer import (apply, not_modified_fields, own_fields, ranged, relay_fields, relay_skip,
+                      unsatisfiable)
 from ..errors import OriginTimeout, OriginUnavailable
-from ..compat import fill_headers, request_gone
-from ..headers import HOP_BY_HOP, VIA, connection_names, end_to_end
+from ..compat import request_gone
+from ..headers import end_to_end
 from ..failover import OriginRequest, PullResult
 from ..stream import BodyRelay, Discard
 from ..routing import normalise_host
 from .collapse import Flight, Unshared, authorized, header_map
 from .fill import Fill, FillBudget, Reader, StaticSource
-from .hit import NOT_MODIFIED_HEADERS
+from .hit import stored_fields
 from .policy import (
     byte_ranges,
     current_age,
@@ -182,7 +184,7 @@ class Cache:
         self.targeted = tuple(targeted)
         # What an answer relayed to a client never carries from the origin:
         # hop-by-hop fields, the ones the node sets, the targeted ones.
-        self.relay_skip = HOP_BY_HOP | frozenset((b"server", b"x-cache", b"via") + self.targeted)
+        self.relay_skip = relay_skip(self.targeted)
         self.puller = puller
         self.clock = clock
         self.max_object = max_object
@@ -328,23 +330,22 @@ class Cache:
         request, ctx, reqh = ask.request, ask.ctx, ask.reqh
         ctx.cache = status
         ctx.group, ctx.origin = "cache", "-"
-        out = request.responseHeaders
-        headers = entry.header_map()
+        headers = stored_fields(entry)
         if not_modified(reqh, headers) and entry.status == 200:
             self._answer_304(request, headers, status, age)
             return
-        request.setResponseCode(entry.status, entry.phrase)
-        for name, values in headers.items():
-            if name not in (b"age", b"content-length"):
-                out.setRawHeaders(name, values)
-        self._answer_headers(out, status, age)
-        first, last, size = 0, None, full.length
-        if entry.status == 200:
-            chosen = self._apply_range(request, reqh, headers, size)
-            if chosen is None:
+        size = full.length
+        code, phrase = entry.status, entry.phrase  # type: tuple[int, Optional[bytes]]
+        fields = relay_fields(headers, self.relay_skip, status, size, int(age), code == 200)
+        first, last = 0, None
+        if code == 200:
+            cut = self._cut(request, reqh, headers, fields, size)
+            if cut is None:
                 return
-            first, last, size = chosen
-        out.setRawHeaders(b"content-length", [b"%d" % size])
+            first, last = cut
+            if last is not None:
+                code, phrase, size = 206, None, last - first + 1
+        apply(request, code, phrase, fields)
         if request.method == b"HEAD" or size == 0:
             request.finish()
             return
@@ -353,30 +354,24 @@ class Cache:
         reader.pump()
         await reader.done
 
-    def _apply_range(self, request: Any, reqh: dict, headers: dict,
-                     size: int) -> Optional[tuple[int, Optional[int], int]]:
+    def _cut(self, request: Any, reqh: dict, headers: dict, fields: dict,
+             size: int) -> Optional[tuple[int, Optional[int]]]:
         """
-        Answer the client's Range on a 200 of C{size} bytes: returns (first,
-        last, length to send), or None when a 416 was answered.
+        The client's Range on a 200 of C{size} bytes whose answer has these
+        C{fields}: (first, last) to send (last None: the whole body; else
+        C{fields} are made a 206's), or None when a 416 was answered.
         """
-        out = request.responseHeaders
-        out.setRawHeaders(b"accept-ranges", [b"bytes"])
         try:
             wanted = self._range(reqh, headers, size)
         except ValueError:
-            request.setResponseCode(416)
-            for name in (b"content-type", b"etag", b"last-modified", b"cache-control", b"expires"):
-                out.removeHeader(name)
-            out.setRawHeaders(b"content-range", [b"bytes */%d" % size])
-            out.setRawHeaders(b"content-length", [b"0"])
+            apply(request, 416, None, unsatisfiable(fields, size))
             request.finish()
             return None
         if wanted is None:
-            return 0, None, size
+            return 0, None
         first, last = wanted
-        request.setResponseCode(206)
-        out.setRawHeaders(b"content-range", [b"bytes %d-%d/%d" % (first, last, size)])
-        return first, last, last - first + 1
+        ranged(fields, first, last, size)
+        return first, last
 
     @staticmethod
     def _range(reqh: dict, headers: dict, size: int) -> Optional[tuple[int, int]]:
@@ -401,38 +396,15 @@ class Cache:
         """
         body = b"504 Gateway Timeout\n"
         ctx.cache, ctx.group, ctx.origin = "MISS", "cache", "-"
-        request.setResponseCode(504)
-        out = request.responseHeaders
-        out.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
-        out.setRawHeaders(b"content-length", [b"%d" % len(body)])
-        out.setRawHeaders(b"age", [b"0"])
-        out.setRawHeaders(b"x-cache", [b"MISS"])
+        apply(request, 504, None, own_fields(len(body), "MISS"))
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
 
     def _answer_304(self, request: Any, headers: dict, status: str, age: float) -> None:
-        out = request.responseHeaders
-        request.setResponseCode(304)
-        for name in NOT_MODIFIED_HEADERS:
-            if name in headers:
-                out.setRawHeaders(name, headers[name])
-        self._answer_headers(out, status, age)
+        """A 304 for the 200 with these C{headers} (stored, or from the origin: age 0)."""
+        apply(request, 304, None, not_modified_fields(headers, self.relay_skip, status, int(age)))
         request.finish()
-
-    def _answer_headers(self, out: Headers, status: str, age: Optional[float]) -> None:
-        """
-        Age (None: keep the origin's, else 0; docs/cache.md: it is on every
-        answer), Via, X-Cache; targeted cache-control fields are ours only.
-        """
-        for name in self.targeted:
-            out.removeHeader(name)
-        if age is not None:
-            out.setRawHeaders(b"age", [b"%d" % int(age)])
-        elif not out.hasHeader(b"age"):
-            out.setRawHeaders(b"age", [b"0"])
-        out.setRawHeaders(b"via", [b", ".join([*out.getRawHeaders(b"via", []), VIA])])
-        out.setRawHeaders(b"x-cache", [status.encode("ascii")])
 
     # -- misses and revalidation ------------------------------------------------------
 
@@ -580,29 +552,15 @@ class Cache:
         ctx.group = result.group
         ctx.origin = str(result.address)
         ctx.origin_ms = result.elapsed * 1000
-        # end_to_end(), on the map: no hop-by-hop field, none named in
-        # Connection, and our Server instead of the origin's.
-        skip = HOP_BY_HOP | connection_names(headers.get(b"connection", ())) | {b"server"}
-        headers = {name: values for name, values in headers.items() if name not in skip}
         if response.code == 200 and not_modified(reqh, headers):
             response.deliverBody(Discard(stop=True))
             self._answer_304(request, headers, "MISS", 0)
             return
-        request.setResponseCode(response.code, response.phrase)
-        # What _common does, on the map; then one fill of the response
-        # headers (the origin's fields were checked by its parser).
-        for name in self.targeted:
-            headers.pop(name, None)
-        if b"age" not in headers:
-            headers[b"age"] = [b"0"]
-        headers[b"via"] = [b", ".join(headers.get(b"via", []) + [VIA])]
-        headers[b"x-cache"] = [b"MISS"]
         length = response.length
-        if response.code == 200 and length is not UNKNOWN_LENGTH:
-            headers[b"accept-ranges"] = [b"bytes"]
-        if length is not UNKNOWN_LENGTH:
-            headers[b"content-length"] = [b"%d" % length]
-        fill_headers(request.responseHeaders, headers)
+        known = length is not UNKNOWN_LENGTH
+        apply(request, response.code, response.phrase,
+              relay_fields(headers, self.relay_skip, "MISS", length if known else None, None,
+                           response.code == 200 and known))
         relay = BodyRelay(request)
         ctx.relay = relay
         response.deliverBody(relay)
@@ -692,25 +650,26 @@ class Cache:
         ctx.group = result.group
         ctx.origin = str(result.address)
         ctx.origin_ms = result.elapsed * 1000
-        out = request.responseHeaders
-        headers = header_map(end_to_end(response.headers, drop=(b"server",)))
+        headers = header_map(response.headers)
         if strip_cookies:
             headers.pop(b"set-cookie", None)
         if response.code == 200 and not_modified(reqh, headers):
             self._answer_304(request, headers, status, 0)
             return
-        request.setResponseCode(response.code, response.phrase)
-        for name, values in headers.items():
-            out.setRawHeaders(name, values)
-        self._answer_headers(out, status, None)  # fresh from the origin: its own Age, or 0
-        first, last, length = 0, None, response.length
-        if response.code == 200 and length is not UNKNOWN_LENGTH:
-            chosen = self._apply_range(request, reqh, headers, length)
-            if chosen is None:
+        code, phrase, length = response.code, response.phrase, response.length
+        known = length is not UNKNOWN_LENGTH
+        # Fresh from the origin: its own Age, or 0.
+        fields = relay_fields(headers, self.relay_skip, status, length if known else None, None,
+                              code == 200 and known)
+        first, last = 0, None
+        if code == 200 and known:
+            cut = self._cut(request, reqh, headers, fields, length)
+            if cut is None:
                 return
-            first, last, length = chosen
-        if length is not UNKNOWN_LENGTH:
-            out.setRawHeaders(b"content-length", [b"%d" % length])
+            first, last = cut
+            if last is not None:
+                code, phrase = 206, None
+        apply(request, code, phrase, fields)
         if request.method == b"HEAD":
             request.finish()
             return
