@@ -92,7 +92,8 @@ def phrase_of(code: int, phrase: Optional[bytes] = None) -> bytes:
 
 class Answer:
     """
-    One answer to a client, before its head is written.
+    One answer to a client, as the cache (or the edge, for what it relays
+    itself) decides it; the edge writes it (L{cdnpull.edge.deliver}).
 
     @ivar code: the status code.
     @ivar phrase: the reason phrase (None: the standard one).
@@ -100,23 +101,45 @@ class Answer:
         L{relay_fields} and its siblings make them (framing and C{Date}
         aside: see the module).
     @ivar cache: the X-Cache status (C{HIT}, C{MISS}, C{STALE}, C{BYPASS}).
-    @ivar group: which origin group served it (C{"cache"} for a stored answer).
+    @ivar group: which origin group served it (C{"cache"}: the store).
     @ivar origin: the origin address that served it (C{"-"}: none).
-    @ivar length: the body bytes that follow the head (None: until the
-        source ends).
+    @ivar origin_ms: how long the origin took to answer (None: not asked).
+    @ivar body: where the body comes from: None (none: a HEAD, 304, 416,
+        an empty body), C{bytes} (the node's own text, not sent to a HEAD),
+        an origin C{IResponse} (relayed as it comes), or a
+        L{cdnpull.cache.fill.Fill} or C{StaticSource} read from byte
+        C{first} to C{last} (inclusive; None: to the end).
     """
 
-    __slots__ = ("code", "phrase", "fields", "cache", "group", "origin", "length")
+    __slots__ = ("code", "phrase", "fields", "cache", "group", "origin", "origin_ms", "body",
+                 "first", "last")
 
     def __init__(self, code: int, phrase: Optional[bytes], fields: dict, cache: str,
-                 group: str = "", origin: str = "", length: Optional[int] = None) -> None:
+                 group: str = "", origin: str = "", origin_ms: Optional[float] = None,
+                 body: Any = None, first: int = 0, last: Optional[int] = None) -> None:
         self.code = code
         self.phrase = phrase
         self.fields = fields
         self.cache = cache
         self.group = group
         self.origin = origin
-        self.length = length
+        self.origin_ms = origin_ms
+        self.body = body
+        self.first = first
+        self.last = last
+
+    @classmethod
+    def pulled(cls, result: Any, code: int, phrase: Optional[bytes], fields: dict, cache: str,
+               body: Any = None, first: int = 0, last: Optional[int] = None) -> "Answer":
+        """An answer from the origin's C{result} (a L{cdnpull.failover.PullResult})."""
+        return cls(code, phrase, fields, cache, result.group, str(result.address),
+                   result.elapsed * 1000, body, first, last)
+
+    @classmethod
+    def stored(cls, code: int, phrase: Optional[bytes], fields: dict, cache: str,
+               body: Any = None, first: int = 0, last: Optional[int] = None) -> "Answer":
+        """An answer from the store (or the cache's own): no origin was asked."""
+        return cls(code, phrase, fields, cache, "cache", "-", None, body, first, last)
 
     def __repr__(self) -> str:
         return f"<Answer {self.code} {self.cache} {sorted(self.fields)}>"

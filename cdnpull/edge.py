@@ -21,9 +21,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
-from .answer import RELAY_SKIP, apply, own_fields, relay_fields
+from .answer import RELAY_SKIP, Answer, apply, own_fields, relay_fields
 from .cache import Cache
 from .cache.collapse import header_map
+from .cache.fill import Fill, Reader, StaticSource
 from .compat import request_gone
 from .errors import EdgeError, error_body, failure_status, log_gateway_error
 from .cache.hit import fresh_hit, lookup
@@ -213,22 +214,27 @@ class Edge(Resource):
         )
 
         cache = self.cache
-
-        async def passthrough() -> None:
+        answer: Union[Answer, str] = "BYPASS"
+        if cache is not None and request.method in (b"GET", b"HEAD"):
+            # The cache decides the answer (a client that leaves cancels it),
+            # or leaves it to the origin.
+            ctx.pending = Deferred.fromCoroutine(
+                cache.handle(live, oreq, header_map(request.requestHeaders), ctx.start))
+            try:
+                answer = await ctx.pending
+            finally:
+                ctx.pending = None
+        if isinstance(answer, str):
+            ctx.cache = answer
             ctx.pending = self.failover.pull(live, oreq)
-            result: PullResult = await ctx.pending
-            ctx.pending = None
+            try:
+                result: PullResult = await ctx.pending
+            finally:
+                ctx.pending = None
             if cache is not None and request.method not in SAFE_METHODS and 200 <= result.response.code < 400:
                 cache.invalidate(live, oreq, result.response.headers)
-            ctx.group = result.group
-            ctx.origin = str(result.address)
-            ctx.origin_ms = result.elapsed * 1000
-            await self._respond(request, ctx, result)
-
-        if cache is not None and request.method in (b"GET", b"HEAD"):
-            await cache.handle(request, live, oreq, ctx, passthrough)
-        else:
-            await passthrough()
+            answer = self._relayed(request, result, answer)
+        await deliver(request, ctx, answer)
 
     def _body_producer(self, request: Request):
         content = request.content
@@ -240,27 +246,18 @@ class Edge(Resource):
 
         return make
 
-    async def _respond(self, request: Request, ctx: _Context, result: PullResult) -> None:
+    def _relayed(self, request: Request, result: PullResult, cache: str) -> Answer:
+        """The answer of an origin the edge asked itself, relayed as it comes."""
         response = result.response
-        if ctx.gone:
-            # The client left while the origin was answering.
-            response.deliverBody(Discard(stop=True))
-            return
-        # The head by the rules of every relayed answer (cdnpull.answer).
         length = response.length
         field_map = getattr(response, "field_map", None)
         fields = field_map() if field_map is not None else header_map(response.headers)
         skip = self.cache.relay_skip if self.cache is not None else RELAY_SKIP
-        apply(request, response.code, response.phrase,
-              relay_fields(fields, skip, ctx.cache,
-                           length if length is not UNKNOWN_LENGTH and request.method != b"HEAD"
-                           else None))
-        relay = BodyRelay(request)
-        ctx.relay = relay
-        response.deliverBody(relay)
-        complete = await relay.done
-        if complete and not ctx.gone:
-            request.finish()
+        return Answer.pulled(result, response.code, response.phrase,
+                             relay_fields(fields, skip, cache,
+                                          length if length is not UNKNOWN_LENGTH
+                                          and request.method != b"HEAD" else None),
+                             cache, response)
 
     # -- endings ---------------------------------------------------------
 
@@ -314,6 +311,39 @@ class Edge(Resource):
         )
 
 
+
+
+async def deliver(request: Request, ctx: Any, answer: Answer) -> None:
+    """
+    Write an L{Answer} on a twisted.web C{Request}: its head (the one way
+    a resource sets one, L{cdnpull.answer.apply}), then its body as it
+    comes, with the client's pace; C{ctx} notes what the access log says
+    of it and what to stop when the client leaves.
+    """
+    ctx.cache, ctx.group, ctx.origin, ctx.origin_ms = (answer.cache, answer.group, answer.origin,
+                                                        answer.origin_ms)
+    body = answer.body
+    if body is None or isinstance(body, bytes):
+        apply(request, answer.code, answer.phrase, answer.fields)
+        if body and request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+    elif isinstance(body, (Fill, StaticSource)):
+        # (Attached at once: a fill starts when its answer's readers are.)
+        apply(request, answer.code, answer.phrase, answer.fields)
+        reader = Reader(body, request, answer.first, answer.last)
+        ctx.relay = reader
+        reader.pump()
+        await reader.done
+    elif ctx.gone:
+        body.deliverBody(Discard(stop=True))  # the client left while the origin answered
+    else:
+        apply(request, answer.code, answer.phrase, answer.fields)
+        relay = BodyRelay(request)
+        ctx.relay = relay
+        body.deliverBody(relay)
+        if await relay.done and not ctx.gone:
+            request.finish()
 
 
 def _client_ip(request: Request) -> Optional[str]:
