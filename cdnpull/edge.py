@@ -1,7 +1,8 @@
 """
-The client-facing resource: route by Host, pull from the origins through the
-failover chain, stream the answer back, and log one access line.  Every error
-becomes an HTTP status here and only here.
+The client-facing resource: route by Host, ask the cache for the answer (or
+pull from the origins through the failover chain itself), write it
+(L{deliver}: the one place an L{Answer} meets a twisted.web C{Request}), and
+log one access line.  Every error becomes an HTTP status here and only here.
 """
 
 from __future__ import annotations

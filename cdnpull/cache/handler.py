@@ -21,6 +21,11 @@ address, so the standby's answer is cached like the primary's.
 
 A stored body that vanished between lookup and read (purged, evicted,
 damaged on disk) is fetched again, never a 5xx.
+
+The cache decides and never writes: L{Cache.handle} returns an
+L{cdnpull.answer.Answer} (its head made by the rules of
+L{cdnpull.answer}, its body a stored body, a fill, an origin answer or
+none), which the edge writes (L{cdnpull.edge.deliver}).
 """
 
 from __future__ import annotations
