@@ -192,8 +192,9 @@ class FailoverChain:
         start = self.clock.seconds() if req.started is None else req.started
         deadline = start + live.config.total_timeout
         primary = live.primary
-        if (_address_wait(primary) is not None or _address_wait(live.standby) is not None
-                or _finishes(primary.kind)):
+        standby_group = live.standby
+        if (not primary.has_addresses or (standby_group is not None and not standby_group.has_addresses)
+                or _finishes(primary.kind)):  # (_address_wait, or a kind that finishes answers)
             return self._run(live, req, stop, deadline, None)
         try:
             plan = self._plan(live, req)
@@ -243,8 +244,9 @@ class FailoverChain:
         safe = req.method in SAFE_METHODS
         standby = live.standby if safe else None
         tries: list = []
-        primary_down = live.primary.is_down()
-        order = live.primary.order(include_blocked=standby is None)
+        usable = live.primary.usable()
+        primary_down = not usable  # (is_down)
+        order = live.primary.order(include_blocked=standby is None, usable=usable)
         if not order and standby is not None:
             tries.append("primary: every address is blocked")
         return primary_down, standby, order, tries
@@ -472,7 +474,7 @@ _CLASSES = {n: f"{n}xx" for n in range(1, 6)}
 
 def _address_wait(group: Optional[OriginGroup]) -> Optional[Callable[[], Deferred]]:
     """How to wait for a hostname origin's first DNS answer, when it is not in yet."""
-    if group is not None and not group.states:
+    if group is not None and not group.has_addresses:
         return group.wait_for_addresses
     return None
 

@@ -58,6 +58,7 @@ def overrides(options: Options) -> dict:
 def makeService(options: Options):
     from twisted.internet import reactor
 
+    from .compat import lean_dispatch
     from .service import build_service
 
     try:
@@ -73,4 +74,7 @@ def makeService(options: Options):
     # walks it (under load those walks were several per cent of a miss).
     gc.collect()
     gc.freeze()
+    # Socket events reach their connections without a legacy log context
+    # pushed and popped around each (compat.lean_dispatch).
+    lean_dispatch(reactor)
     return service

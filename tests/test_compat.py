@@ -96,3 +96,72 @@ def test_a_hook_runs_before_a_deferreds_own_canceller() -> None:
     done.callback(1)
     before_cancel(done, lambda: seen.append("late")).cancel()
     assert seen[-1] == "bare"
+
+
+def test_lean_dispatch_delivers_reads_errors_and_closes_as_twisted_does() -> None:
+    import socket
+
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.logger import globalLogPublisher
+
+    from cdnpull.compat import lean_dispatch
+
+    class Echo(Protocol):
+        lost: list = []
+
+        def dataReceived(self, data: bytes) -> None:
+            if data == b"boom":
+                raise RuntimeError("protocol bug")
+            self.transport.write(data.upper())
+
+        def connectionLost(self, reason: Any = None) -> None:
+            Echo.lost.append(reason.type.__name__)
+
+    assert not lean_dispatch(Clock())  # another reactor is left as it is
+    r = EPollReactor()
+    assert lean_dispatch(r)
+    logged: list = []
+    globalLogPublisher.addObserver(logged.append)
+    port = r.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+    try:
+        def turn(until: Any) -> None:
+            for _ in range(200):
+                r.doIteration(0.01)
+                if until():
+                    return
+            raise AssertionError("not within 200 turns")
+
+        # A read reaches the protocol; what it writes reaches the peer.
+        a = socket.create_connection(("127.0.0.1", port.getHost().port))
+        a.setblocking(False)
+        a.sendall(b"hi")
+        got: list = []
+
+        def answered() -> bool:
+            try:
+                got.append(a.recv(10))
+            except BlockingIOError:
+                return False
+            return True
+
+        turn(answered)
+        assert got == [b"HI"]
+        # A peer that closes: connectionLost, as a clean close.
+        a.close()
+        turn(lambda: "ConnectionDone" in Echo.lost)
+        # A protocol that raises: logged and disconnected, as Twisted does.
+        b = socket.create_connection(("127.0.0.1", port.getHost().port))
+        b.sendall(b"boom")
+        turn(lambda: len(Echo.lost) == 2)
+        failures = [e.get("log_failure") or e.get("failure") for e in logged]
+        assert any(f is not None and f.check(RuntimeError) for f in failures), logged
+        b.settimeout(2)
+        assert b.recv(10) == b""  # closed by the node
+        b.close()
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        port.stopListening()
+        for _ in range(5):
+            r.doIteration(0)
+        r._poller.close()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from twisted.internet.task import Clock
 
-from cdnpull.accesslog import AccessLog, AccessRecord
+from cdnpull.accesslog import AccessLog, AccessRecord, format_record
 from cdnpull.cache import Cache, MemoryStore, Store
 from cdnpull.cache.hit import fresh_hit, lookup
 from cdnpull.cache.store import Entry
@@ -112,6 +113,24 @@ def record(**kw) -> AccessRecord:  # type: ignore[no-untyped-def]
                   origin="127.0.0.2:80", origin_ms=1.0, total_ms=2.0, when=NOW)
     values.update(kw)
     return AccessRecord(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("referer,agent,origin_ms", [
+    (None, None, None), (b"http://a/", b'x "y" \\z', 12.4), (b"", b"ua", 0.0)])
+def test_a_line_answered_by_the_connection_is_the_line_of_its_record(referer, agent, origin_ms):  # type: ignore[no-untyped-def]
+    lines: list = []
+    log = AccessLog()
+    log.write_line = lines.append  # type: ignore[method-assign]
+    fields = {k: [v] for k, v in ((b"referer", referer), (b"user-agent", agent)) if v is not None}
+    log.answered("127.0.0.2", b"GET", b'/a?"q"', b"HTTP/1.0", 404, 7, fields, HOST, NOW,
+                 cache="MISS", group="primary", origin="127.0.0.3:80", origin_ms=origin_ms,
+                 total_ms=3.6)
+    expected = format_record(AccessRecord(
+        client="127.0.0.2", method="GET", uri='/a?"q"', version="HTTP/1.0", status=404, sent=7,
+        referer=(referer or b"").decode(), user_agent=(agent or b"").decode(), domain=HOST,
+        cache="MISS", group="primary", origin="127.0.0.3:80", origin_ms=origin_ms, total_ms=3.6,
+        when=NOW))
+    assert lines == [expected]
 
 
 def test_the_access_log_file_is_written_within_a_second_and_on_close(tmp_path):  # type: ignore[no-untyped-def]

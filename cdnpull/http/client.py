@@ -126,12 +126,16 @@ class _BodyTransport:
         self.ended = False
 
     def pauseProducing(self) -> None:
-        if not self.ended and self._conn.transport is not None:
-            self._conn.transport.pauseProducing()
+        conn = self._conn
+        if not self.ended and conn.transport is not None:
+            conn._paused = True
+            conn.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        if not self.ended and self._conn.transport is not None:
-            self._conn.transport.resumeProducing()
+        conn = self._conn
+        if not self.ended and conn.transport is not None:
+            conn._paused = False
+            conn.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         self._conn._stop_body()
@@ -170,6 +174,7 @@ class OriginConnection(Protocol):
         self._idle_since = 0.0  # when it went back to the pool
         self._on_interim: Any = None
         self._heard = False  # a byte of an answer to the current request came
+        self._paused = False  # its body's reader paused its reading
         # A GET or HEAD sent on a reused connection: (endpoint, attempt,
         # target, headers), to send it once more if the connection is lost
         # before any answer (L{OriginPool.request}).
@@ -197,7 +202,10 @@ class OriginConnection(Protocol):
         self._framed = True
         self._reusable = True
         self._heard = False
-        self._parser = httptools.HttpResponseParser(self)
+        if self._parser is None:
+            # (Kept from the last response on this connection otherwise: llhttp
+            # is ready for the next message after a complete one.)
+            self._parser = httptools.HttpResponseParser(self)
         d: Deferred[Any] = Deferred(self._cancel)
         self._d = d
         length = None if body is None else body.length
@@ -456,11 +464,12 @@ class OriginConnection(Protocol):
     def _release(self) -> None:
         if self._reusable and self._body_producer is None and self.transport is not None:
             self.state = "idle"
-            self._parser = None
             self._body_transport = None
-            # Its body's reader may have paused it (a slow client) in the
-            # read that ended the body: the next request must be read.
-            self.transport.resumeProducing()
+            if self._paused:
+                # Its body's reader paused it (a slow client) in the read
+                # that ended the body: the next request must be read.
+                self._paused = False
+                self.transport.resumeProducing()
             self.pool._put(self)
         else:
             self.state = "dead"

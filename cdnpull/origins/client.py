@@ -75,25 +75,72 @@ def tcp_endpoint(reactor: object, address: Address, timeout: float) -> IStreamCl
     return kind(reactor, address.host, address.port, timeout=timeout)
 
 
-class _LazyTCP:
-    """L{tcp_endpoint}, made when C{connect} is called (most requests reuse a connection)."""
+class _Attempt:
+    """
+    One try at an origin address: what happened to its connection (for
+    telling a first-byte timeout's kind), its timer, and the failure it
+    ended with in the terms of L{cdnpull.errors}.  It is also the endpoint
+    of a plain-HTTP try, made into a TCP endpoint only when no pooled
+    connection is idle (most tries reuse one).
+    """
 
-    __slots__ = ("reactor", "address", "timeout")
+    __slots__ = ("reactor", "address", "server_name", "connect_timeout", "first_byte_timeout",
+                 "connecting", "connected", "timed_out", "timer", "d")
 
-    def __init__(self, reactor: object, address: Address, timeout: float) -> None:
+    def __init__(self, reactor: Any, address: Address, server_name: str, connect_timeout: float,
+                 first_byte_timeout: float) -> None:
         self.reactor = reactor
         self.address = address
-        self.timeout = timeout
+        self.server_name = server_name
+        self.connect_timeout = connect_timeout
+        self.first_byte_timeout = first_byte_timeout
+        self.connecting = False
+        self.connected = False
+        self.timed_out = False
+        self.timer: Any = None
+        self.d: Any = None
 
-    def connect(self, factory):
-        return tcp_endpoint(self.reactor, self.address, self.timeout).connect(factory)
+    def connect(self, factory: Any) -> Deferred:
+        return tcp_endpoint(self.reactor, self.address, self.connect_timeout).connect(factory)
 
+    def watch(self, d: Deferred) -> Deferred:
+        """C{d} (the try's answer) under the first-byte timeout, its failures classified."""
+        self.d = d
+        self.timer = self.reactor.callLater(self.first_byte_timeout, self._time_out)
+        return d.addBoth(self._classify)
 
-class _Attempt:
-    """What happened to the connection of one try, for classifying a timeout."""
+    def _time_out(self) -> None:
+        self.timed_out = True
+        self.d.cancel()
 
-    connecting = False
-    connected = False
+    def _classify(self, result: Any) -> Any:
+        timer = self.timer
+        if timer.active():
+            timer.cancel()
+        if not isinstance(result, Failure):
+            return result
+        address = self.address
+        if self.timed_out:
+            if self.connecting and not self.connected:
+                raise FirstByteTimeout(address, f"no connection within {self.first_byte_timeout:g} s")
+            raise FirstByteTimeout(address, f"no response within {self.first_byte_timeout:g} s")
+        if result.check(ierror.ConnectError):
+            raise ConnectFailed(address, describe_connect_failure(result, self.connect_timeout))
+        reasons = getattr(result.value, "reasons", None) or []
+        if result.check(RequestGenerationFailed) and any(
+                isinstance(r, Failure) and r.check(BodyInterrupted) for r in reasons):
+            raise ClientBodyInterrupted()
+        if result.check(ResponseFailed, RequestTransmissionFailed):
+            for r in reasons:
+                if isinstance(r, Failure) and r.check(InvalidOriginResponse):
+                    raise NoResponse(address, f"invalid response: {r.getErrorMessage()}")
+            tls = _tls_failure(result, self.server_name)
+            if tls:
+                raise TLSFailed(address, tls)
+            inner = [r.getErrorMessage() for r in reasons if isinstance(r, Failure)]
+            raise NoResponse(address, "connection lost before a response" +
+                             (f" ({'; '.join(inner)})" if inner else ""))
+        return result
 
 
 @implementer(IStreamClientEndpoint)
@@ -263,12 +310,11 @@ class OriginClient:
         @param on_interim: called with (status, reason, [(name, value)]) for
             each interim (1xx) answer before the final one.
         """
-        attempt = _Attempt()
+        attempt = _Attempt(self.reactor, address, server_name, connect_timeout, first_byte_timeout)
         if scheme == "http":
             # Plain HTTP: cdnpull's own client on llhttp (cdnpull/http/client.py).
-            # (The endpoint is made only when no pooled connection is idle.)
-            endpoint = _LazyTCP(self.reactor, address, connect_timeout)
-            d = self._http.request(endpoint, address, method, target, headers, body, attempt,
+            # (The attempt is the endpoint: used only when no pooled connection is idle.)
+            d = self._http.request(attempt, address, method, target, headers, body, attempt,
                                    on_interim)
         else:
             assert isinstance(headers, Headers), "header lines go over plain HTTP only"
@@ -282,42 +328,7 @@ class OriginClient:
                 # unchanged (it has Host), so it carries the callback there.
                 headers = InterimHeaders(dict(headers.getAllRawHeaders()), on_interim)
             d = agent.request(method, url, headers, body)
-        timed_out = []
-
-        def on_timeout() -> None:
-            timed_out.append(True)
-            d.cancel()
-
-        timer = self.reactor.callLater(first_byte_timeout, on_timeout)
-
-        def classify(result):
-            if timer.active():
-                timer.cancel()
-            if not isinstance(result, Failure):
-                return result
-            if timed_out:
-                if attempt.connecting and not attempt.connected:
-                    raise FirstByteTimeout(address, f"no connection within {first_byte_timeout:g} s")
-                raise FirstByteTimeout(address, f"no response within {first_byte_timeout:g} s")
-            if result.check(ierror.ConnectError):
-                raise ConnectFailed(address, describe_connect_failure(result, connect_timeout))
-            reasons = getattr(result.value, "reasons", None) or []
-            if result.check(RequestGenerationFailed) and any(
-                    isinstance(r, Failure) and r.check(BodyInterrupted) for r in reasons):
-                raise ClientBodyInterrupted()
-            if result.check(ResponseFailed, RequestTransmissionFailed):
-                for r in reasons:
-                    if isinstance(r, Failure) and r.check(InvalidOriginResponse):
-                        raise NoResponse(address, f"invalid response: {r.getErrorMessage()}")
-                tls = _tls_failure(result, server_name)
-                if tls:
-                    raise TLSFailed(address, tls)
-                inner = [r.getErrorMessage() for r in reasons if isinstance(r, Failure)]
-                raise NoResponse(address, "connection lost before a response" +
-                                 (f" ({'; '.join(inner)})" if inner else ""))
-            return result
-
-        return d.addBoth(classify)
+        return attempt.watch(d)
 
     def close(self, grace: float = 1.0) -> Deferred:
         """

@@ -108,6 +108,11 @@ class OriginGroup:
     def states(self) -> Sequence[AddressState]:
         return tuple(self._states)
 
+    @property
+    def has_addresses(self) -> bool:
+        """Whether any address is known (a hostname's first DNS answer may not be in yet)."""
+        return bool(self._states)
+
     def state_of(self, address: Address) -> Optional[AddressState]:
         for s in self._states:
             if s.address == address:
@@ -140,14 +145,16 @@ class OriginGroup:
         """Every address is blocked (or there is none)."""
         return not self.usable()
 
-    def order(self, include_blocked: bool = False) -> list[AddressState]:
+    def order(self, include_blocked: bool = False,
+              usable: Optional[list[AddressState]] = None) -> list[AddressState]:
         """
         The addresses to try for one request, in order: the usable ones
         rotated by one position per call.  With C{include_blocked} and no
         usable address, every address is returned (rotated) instead, for a
-        group that must be tried even though it is down.
+        group that must be tried even though it is down.  C{usable}: what
+        L{usable} just said, when the caller asked it already.
         """
-        candidates = self.usable()
+        candidates = self.usable() if usable is None else usable
         if not candidates and include_blocked:
             candidates = list(self._states)
         if not candidates:
