@@ -21,12 +21,12 @@ The head of an answer relayed from an origin, or served from a stored one
    keeps the origin's, which tells the GET's length); C{Age} by the stored
    answer's current age (a relayed answer keeps the origin's);
    C{Accept-Ranges} by C{bytes} where the node answers ranges itself;
- - B{added}: C{Server: cdnpull} (first), C{Via} (the origin's with
+ - B{added}: C{Server: cdnpull} and C{Date} first, C{Via} (the origin's with
    C{1.1 cdnpull} appended), C{X-Cache}, C{Age} (C{0} when the origin sent
    none: every answer says its age), C{Accept-Ranges: bytes} on a 200 of
-   known length the cache answers ranges of; C{Date} when the origin sent
-   none (a relayed answer: now; a stored one: when it was received, RFC
-   9110 6.6.1).
+   known length the cache answers ranges of; the C{Date} is the origin's, or
+   when the origin sent none: now for a relayed answer, when it was
+   received for a stored one (RFC 9110 6.6.1).
 
 A 304 carries only the stored answer's fields RFC 9110 15.4.5 lists
 (L{not_modified_fields}); a 206 or 416 the node cuts from a 200 gets its
@@ -62,7 +62,7 @@ NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag",
                         b"vary", b"last-modified")
 # What a relayed answer never carries from the origin (with the targeted
 # fields: L{relay_skip}).
-RELAY_SKIP = HOP_BY_HOP | frozenset((b"server", b"x-cache", b"via"))
+RELAY_SKIP = HOP_BY_HOP | frozenset((b"server", b"date", b"x-cache", b"via"))
 # The validators and description a 416 does not carry from the 200 it refuses.
 _NOT_SATISFIABLE_DROP = (b"content-type", b"etag", b"last-modified", b"cache-control",
                          b"expires")
@@ -163,7 +163,8 @@ def relay_fields(fields: dict, skip: frozenset, cache: str, length: Optional[int
     connection = fields.get(b"connection")
     if connection:
         skip = skip | connection_names(connection)
-    out = {b"server": [SERVER]}
+    # Server and Date first, where twisted.web's Request puts them.
+    out = {b"server": [SERVER], b"date": fields.get(b"date") or [http_date()]}
     for name, values in fields.items():
         if name not in skip:
             out[name] = values
@@ -191,8 +192,9 @@ def not_modified_fields(fields: dict, skip: frozenset, cache: str, age: Optional
         skip = skip | connection_names(connection)
     kept = {name: fields[name] for name in NOT_MODIFIED_HEADERS
             if name in fields and name not in skip}
-    if b"via" in fields:
-        kept[b"via"] = fields[b"via"]  # (the chain it came through, ours appended)
+    for name in (b"date", b"via"):  # (the node's to place; Via: ours appended)
+        if name in fields:
+            kept[name] = fields[name]
     return relay_fields(kept, skip, cache, None, age)
 
 
@@ -214,7 +216,8 @@ def unsatisfiable(fields: dict, size: int) -> dict:
 
 def own_fields(length: int, cache: str) -> dict:
     """The head of an answer the node makes itself: C{length} bytes of plain text."""
-    return {b"server": [SERVER], b"content-type": [b"text/plain; charset=utf-8"],
+    return {b"server": [SERVER], b"date": [http_date()],
+            b"content-type": [b"text/plain; charset=utf-8"],
             b"content-length": [b"%d" % length], b"x-cache": [cache.encode("ascii")],
             b"age": [b"0"]}
 

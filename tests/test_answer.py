@@ -7,7 +7,8 @@ head for the same stored or relayed answer.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import re
+from typing import Any
 
 import pytest
 from twisted.internet.testing import StringTransport
@@ -16,6 +17,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from cdnpull.answer import (RELAY_SKIP, not_modified_fields, own_fields, ranged, relay_fields,
                             relay_skip, render, unsatisfiable)
+from cdnpull.errors import OriginUnavailable
 
 from .test_direct import Node, Response
 from .test_edge import head_of
@@ -221,3 +223,37 @@ def test_a_direct_miss_and_an_error_are_rendered_by_the_same_rules() -> None:
     assert got[b"x-cache"] == [b"BYPASS"] and got[b"server"] == [b"cdnpull"]
     assert got[b"age"] == [b"4"] and got[b"connection"] == [b"close"]
     assert b"accept-ranges" not in got  # (a bypass: the node answers no ranges of it)
+
+
+def _same_date(raw: bytes) -> bytes:
+    """C{raw} with its Date value blanked (now may be a second later on the second way)."""
+    return re.sub(rb"\r\nDate: [^\r]*\r\n", b"\r\nDate: -\r\n", raw, count=1)
+
+
+@pytest.mark.parametrize("make, request_bytes", [
+    pytest.param(lambda: Response(200, (b"hello",), {
+        b"server": b"apache", b"x-kept": b"1", b"via": b"1.0 up", b"content-type": b"text/plain",
+        b"etag": b'"e"', b"connection": b"x-s", b"x-s": b"1"}), b"/bypass/a", id="bypass"),
+    pytest.param(lambda: Response(200, (b"ab", b"cd"), {b"date": b"Mon, 30 Nov 2026 00:00:00 GMT"},
+                                  length=UNKNOWN_LENGTH), b"/bypass/a", id="chunked"),
+    pytest.param(lambda: Response(200, (b"mine",), {b"cache-control": b"private"}), b"/p",
+                 id="hit-for-miss"),
+    pytest.param(lambda: OriginUnavailable("127.0.0.2:80: refused"), b"/bypass/a", id="502"),
+    pytest.param(lambda: Response(200, (b"hello",), STORED), b"/s", id="hit"),
+    pytest.param(lambda: Response(206, (b"hello",), {b"cache-control": b"max-age=60",
+                                                     b"content-range": b"bytes 0-4/9"},
+                                  phrase=b"Partial Content"), b"/s", id="hit-206"),
+])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_every_way_writes_the_same_bytes(make: Any, request_bytes: bytes, method: bytes) -> None:
+    # The fast hit, the direct miss and the resource write one head, field
+    # for field in the same order (a client that keeps the connection open).
+    node = Node()
+    node.failover.make = make
+    request = b"%s %s HTTP/1.1\r\nHost: www.test.com\r\n\r\n" % (method, request_bytes)
+    node.send(b"GET %s HTTP/1.1\r\nHost: www.test.com\r\n\r\n" % request_bytes)  # (stored, or marked)
+    before = node.requests
+    ordinary = node.send(request, ordinary=True)
+    fast = node.send(request)
+    assert node.requests == before + 1, "the fast way made a twisted.web Request"
+    assert _same_date(fast) == _same_date(ordinary)
