@@ -11,7 +11,6 @@ import re
 from typing import Any
 
 import pytest
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH
 
