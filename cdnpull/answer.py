@@ -49,7 +49,7 @@ from typing import Any, Iterable, Optional
 from twisted.web.http import RESPONSES, datetimeToString
 
 from .compat import fill_headers
-from .headers import _WIRE_NAMES, HOP_BY_HOP, VIA, connection_names, wire_name
+from .headers import HOP_BY_HOP, VIA, connection_names, wire_name
 
 __all__ = ["Answer", "relay_fields", "not_modified_fields", "own_fields", "ranged",
            "unsatisfiable", "render", "apply", "relay_skip", "http_date", "phrase_of",
@@ -145,6 +145,24 @@ class Answer:
         return f"<Answer {self.code} {self.cache} {sorted(self.fields)}>"
 
 
+_X_CACHE = {s: s.encode("ascii") for s in ("HIT", "MISS", "STALE", "BYPASS")}
+_NAMED: dict = {}
+
+
+def _and_named(skip: frozenset, connection: list) -> frozenset:
+    """C{skip} and the names a C{Connection} field lists (made once per value seen)."""
+    if len(connection) != 1:
+        return skip | connection_names(connection)
+    key = (skip, connection[0])
+    out = _NAMED.get(key)
+    if out is None:
+        out = skip | connection_names(connection)
+        if len(_NAMED) >= 256:
+            _NAMED.clear()
+        _NAMED[key] = out
+    return out
+
+
 def relay_fields(fields: dict, skip: frozenset, cache: str, length: Optional[int] = None,
                  age: Optional[int] = None, ranges: bool = False) -> dict:
     """
@@ -162,7 +180,7 @@ def relay_fields(fields: dict, skip: frozenset, cache: str, length: Optional[int
     """
     connection = fields.get(b"connection")
     if connection:
-        skip = skip | connection_names(connection)
+        skip = _and_named(skip, connection)
     # Server and Date first, where twisted.web's Request puts them.
     out = {b"server": [SERVER], b"date": fields.get(b"date") or [http_date()]}
     for name, values in fields.items():
@@ -172,7 +190,7 @@ def relay_fields(fields: dict, skip: frozenset, cache: str, length: Optional[int
         out[b"content-length"] = [b"%d" % length]
     via = fields.get(b"via")
     out[b"via"] = [b", ".join([*via, VIA]) if via else VIA]
-    out[b"x-cache"] = [cache.encode("ascii")]
+    out[b"x-cache"] = [_X_CACHE.get(cache) or cache.encode("ascii")]
     if age is not None:
         out[b"age"] = [b"%d" % age]
     elif b"age" not in out:
@@ -189,7 +207,7 @@ def not_modified_fields(fields: dict, skip: frozenset, cache: str, age: Optional
     """
     connection = fields.get(b"connection")
     if connection:
-        skip = skip | connection_names(connection)
+        skip = _and_named(skip, connection)
     kept = {name: fields[name] for name in NOT_MODIFIED_HEADERS
             if name in fields and name not in skip}
     for name in (b"date", b"via"):  # (the node's to place; Via: ours appended)
@@ -222,6 +240,9 @@ def own_fields(length: int, cache: str) -> dict:
             b"age": [b"0"]}
 
 
+_LINE_STARTS: dict = {}  # lower-case name -> b"Name: " (the names seen, a few thousand at most)
+
+
 def render(version: bytes, code: int, phrase: Optional[bytes], fields: dict,
            chunked: bool = False, close: bool = False, end: bool = True) -> bytes:
     """
@@ -232,11 +253,18 @@ def render(version: bytes, code: int, phrase: Optional[bytes], fields: dict,
     close}) and, unless not C{end}, the empty line.
     """
     out = [b"%s %d %s\r\n" % (version, code, phrase or RESPONSES.get(code, b"Unknown Status"))]
-    names = _WIRE_NAMES
+    add = out.append
+    starts = _LINE_STARTS
     for name, values in fields.items():
-        wire = names.get(name) or wire_name(name)
+        start = starts.get(name)
+        if start is None:
+            start = wire_name(name) + b": "
+            if len(starts) < 4096:
+                starts[name] = start
         for value in values:
-            out.append(b"%s: %s\r\n" % (wire, value))
+            add(start)
+            add(value)
+            add(b"\r\n")
     if b"date" not in fields:
         out.append(b"Date: %s\r\n" % http_date())
     if chunked:
