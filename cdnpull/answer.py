@@ -3,9 +3,10 @@ Every answer the node gives a client has its head made here, by one set
 of rules, whichever way it goes out: the fast hit (L{cdnpull.cache.hit},
 bytes kept ready with the stored entry), the direct miss
 (L{cdnpull.direct}, bytes written on the connection), and the resource
-(L{cdnpull.edge} and L{cdnpull.cache.handler}, fields set on a twisted.web
-C{Request}).  An answer is an L{Answer}: status, reason phrase, the fields
-of its head, its X-Cache status and which origin served it.
+(fields set on a twisted.web C{Request} by L{cdnpull.edge.deliver}, for
+the L{Answer} the cache returns or the edge relays): status, reason
+phrase, the fields of its head, its X-Cache status, which origin served it
+and where its body comes from.
 
 The head of an answer relayed from an origin, or served from a stored one
 (L{relay_fields}):
@@ -52,7 +53,7 @@ from .compat import fill_headers
 from .headers import HOP_BY_HOP, VIA, connection_names, wire_name
 
 __all__ = ["Answer", "relay_fields", "not_modified_fields", "own_fields", "ranged",
-           "unsatisfiable", "render", "apply", "relay_skip", "http_date", "phrase_of",
+           "unsatisfiable", "render", "apply", "relay_skip", "date_now",
            "NO_BODY_CODES", "NOT_MODIFIED_HEADERS", "RELAY_SKIP", "SERVER"]
 
 SERVER = b"cdnpull"
@@ -76,18 +77,13 @@ def relay_skip(targeted: Iterable[bytes]) -> frozenset:
 _date: list = [0, b""]
 
 
-def http_date() -> bytes:
+def date_now() -> bytes:
     """Now, as a C{Date} value (made once a second)."""
     now = int(time.time())
     if _date[0] != now:
         _date[0] = now
         _date[1] = datetimeToString(now)
     return _date[1]
-
-
-def phrase_of(code: int, phrase: Optional[bytes] = None) -> bytes:
-    """The reason phrase an answer is written with: the origin's, else the standard one."""
-    return phrase or RESPONSES.get(code, b"Unknown Status")
 
 
 class Answer:
@@ -182,7 +178,7 @@ def relay_fields(fields: dict, skip: frozenset, cache: str, length: Optional[int
     if connection:
         skip = _and_named(skip, connection)
     # Server and Date first, where twisted.web's Request puts them.
-    out = {b"server": [SERVER], b"date": fields.get(b"date") or [http_date()]}
+    out = {b"server": [SERVER], b"date": fields.get(b"date") or [date_now()]}
     for name, values in fields.items():
         if name not in skip:
             out[name] = values
@@ -234,7 +230,7 @@ def unsatisfiable(fields: dict, size: int) -> dict:
 
 def own_fields(length: int, cache: str) -> dict:
     """The head of an answer the node makes itself: C{length} bytes of plain text."""
-    return {b"server": [SERVER], b"date": [http_date()],
+    return {b"server": [SERVER], b"date": [date_now()],
             b"content-type": [b"text/plain; charset=utf-8"],
             b"content-length": [b"%d" % length], b"x-cache": [cache.encode("ascii")],
             b"age": [b"0"]}
@@ -266,7 +262,7 @@ def render(version: bytes, code: int, phrase: Optional[bytes], fields: dict,
             add(value)
             add(b"\r\n")
     if b"date" not in fields:
-        out.append(b"Date: %s\r\n" % http_date())
+        out.append(b"Date: %s\r\n" % date_now())
     if chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
     if close:

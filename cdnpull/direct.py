@@ -18,8 +18,9 @@ a domain without C{forward_headers}, HSTS or C{https_only}.  Everything else
 goes the ordinary way (L{cdnpull.edge.Edge.render}), which answers the same.
 
 The origin request goes through the same failover chain; the answer head
-is written in one piece with the first body bytes, the body relayed with
-back-pressure (the origin connection is the client connection's producer).
+(made by the rules of every answer, L{cdnpull.answer}) is written in one
+piece with the first body bytes, the body relayed with back-pressure (the
+origin connection is the client connection's producer).
 A hit-for-miss answer renews the key's mark as the cache would; one that
 turns out storable lifts it, so the next request goes the ordinary way and
 stores the object.
@@ -50,6 +51,7 @@ __all__ = ["DirectAnswer", "direct_answer"]
 
 # Request headers that send a request the ordinary way: the cache answers them.
 _CACHE_ANSWERS = frozenset(CLIENT_ONLY)
+
 
 def direct_answer(edge: Any, live: Any, head: Any, conn: Any, host: str, scheme: str,
                   found: tuple, now: float) -> Optional["DirectAnswer"]:

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
-from .answer import RELAY_SKIP, Answer, apply, own_fields, relay_fields
+from .answer import RELAY_SKIP, SERVER, Answer, apply, own_fields, relay_fields
 from .cache import Cache
 from .cache.collapse import header_map
 from .cache.fill import Fill, Reader, StaticSource
@@ -369,8 +369,6 @@ def _has_body(request: Request) -> bool:
     return bool(request.getHeader(b"content-length") not in (None, b"0")
                 or request.getHeader(b"transfer-encoding"))
 
-
-SERVER = b"cdnpull"
 
 
 class EdgeRequest(Request):

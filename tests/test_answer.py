@@ -107,10 +107,12 @@ def test_the_skip_set_is_made_once_per_cache() -> None:
     ({}, []),
     ({"chunked": True}, [(b"Transfer-Encoding", b"chunked")]),
     ({"close": True}, [(b"Connection", b"close")]),
-    ({"chunked": True, "close": True}, [(b"Transfer-Encoding", b"chunked"), (b"Connection", b"close")]),
+    ({"chunked": True, "close": True},
+     [(b"Transfer-Encoding", b"chunked"), (b"Connection", b"close")]),
 ])
 def test_framing_comes_last(kw: dict, framing: list) -> None:
-    _, lines = rendered(relay_fields(fields(date=b"Mon, 30 Nov 2026 00:00:00 GMT"), SKIP, "HIT"), **kw)
+    origin = fields(date=b"Mon, 30 Nov 2026 00:00:00 GMT")
+    _, lines = rendered(relay_fields(origin, SKIP, "HIT"), **kw)
     assert lines[len(lines) - len(framing):] == framing
     assert (b"Date", b"Mon, 30 Nov 2026 00:00:00 GMT") in lines  # the origin's stays
 
@@ -250,7 +252,8 @@ def test_every_way_writes_the_same_bytes(make: Any, request_bytes: bytes, method
     node = Node()
     node.failover.make = make
     request = b"%s %s HTTP/1.1\r\nHost: www.test.com\r\n\r\n" % (method, request_bytes)
-    node.send(b"GET %s HTTP/1.1\r\nHost: www.test.com\r\n\r\n" % request_bytes)  # (stored, or marked)
+    # (Stored, or marked hit-for-miss.)
+    node.send(b"GET %s HTTP/1.1\r\nHost: www.test.com\r\n\r\n" % request_bytes)
     before = node.requests
     ordinary = node.send(request, ordinary=True)
     fast = node.send(request)
