@@ -65,10 +65,35 @@ def wait_quiet(limit: float, most: float = 0.2) -> list[float]:
             return load
 
 
+def process_ticks(pid: int) -> int:
+    """User and system CPU ticks of process C{pid} and its children (nginx's worker)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12]) + sum(process_ticks(c) for c in children)
+
+
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all cores: time the hypervisor gave another guest."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[7] if len(v) > 7 else 0), sum(v)
+
+
+STEALS: list[float] = []  # the share of each wrk run's time stolen, in order
+
+
 def wrk(port: int, path: str, seconds: int, connections: int) -> float:
+    steal0, total0 = steal_ticks()
     out = subprocess.run(pinned("1", ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
                                       "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}{path}"]),
                          capture_output=True, text=True).stdout
+    steal1, total1 = steal_ticks()
+    STEALS.append((steal1 - steal0) / max(1, total1 - total0))
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
@@ -154,6 +179,7 @@ def main() -> None:
             """))
 
     procs: list[subprocess.Popen] = []
+    pids: dict = {}  # the measured servers' process ids, by port key
 
     def start(core: str, argv: list[str], **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
         p = subprocess.Popen(pinned(core, argv), stdout=subprocess.DEVNULL,
@@ -163,15 +189,17 @@ def main() -> None:
 
     try:
         start("1", ["nginx", "-c", os.path.join(work, "nginx-origin.conf"), "-g", "daemon off;"])
-        start("0", ["nginx", "-c", os.path.join(work, "nginx-proxy.conf"), "-g", "daemon off;"])
+        pids["nginx"] = start("0", ["nginx", "-c", os.path.join(work, "nginx-proxy.conf"),
+                                    "-g", "daemon off;"]).pid
         py = sys.executable
-        start("0", [py, os.path.join(HERE, "twisted_peers.py"), "static", www, str(ports["static"])])
-        start("0", [py, os.path.join(HERE, "twisted_peers.py"), "proxy",
-                    f"127.0.0.2:{origin_port}", str(ports["proxy"])])
-        start("0", [py, os.path.join(HERE, "canned.py"), str(ports["canned"])])
+        pids["static"] = start("0", [py, os.path.join(HERE, "twisted_peers.py"), "static", www,
+                                     str(ports["static"])]).pid
+        pids["proxy"] = start("0", [py, os.path.join(HERE, "twisted_peers.py"), "proxy",
+                                    f"127.0.0.2:{origin_port}", str(ports["proxy"])]).pid
+        pids["canned"] = start("0", [py, os.path.join(HERE, "canned.py"), str(ports["canned"])]).pid
         env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
-        start("0", cdn_argv(work, site, f"tcp:{ports['cdn']}:interface=127.0.0.1:backlog=1024",
-                            logfile=os.path.join(work, "twistd.log")), env=env)
+        pids["cdn"] = start("0", cdn_argv(work, site, f"tcp:{ports['cdn']}:interface=127.0.0.1:backlog=1024",
+                                          logfile=os.path.join(work, "twistd.log")), env=env).pid
         wait_port(origin_port, "127.0.0.2")
         for p in ports.values():
             wait_port(p)
@@ -201,16 +229,24 @@ def main() -> None:
         print(f"servers on core 0, wrk -t1 -c{args.connections} -d{args.seconds}s and the origin on core 1; "
               f"{args.rounds} rounds, median (min-max)")
         results: dict = {}
+        steals: dict = {}
+        shares: dict = {}  # the server's own CPU use during each run (1.0: a whole core)
         loads: list[float] = []
         for rnd in range(args.rounds):
             for row, path, peers in rows:
                 for label, key in peers:
                     load = wait_quiet(args.quiet_wait)
                     loads.append(max(load))
+                    cpu0 = process_ticks(pids[key])
                     rps = wrk(ports[key], path, args.seconds, args.connections)
+                    busy_share = (process_ticks(pids[key]) - cpu0) / os.sysconf("SC_CLK_TCK") / args.seconds
+                    shares.setdefault((row, label), []).append(busy_share)
                     results.setdefault((row, label), []).append(rps)
+                    steals.setdefault((row, label), []).append(STEALS[-1])
         print(f"busiest core before a run: median {statistics.median(loads):.0%}, "
-              f"max {max(loads):.0%} (other work on the machine)\n")
+              f"max {max(loads):.0%} (other work on the machine); CPU time stolen by the "
+              f"hypervisor during runs: median {statistics.median(STEALS):.0%}, "
+              f"max {max(STEALS):.0%}\n")
         print(f"{'':18s} {'server':22s} {'req/s':>22s} {'cdnpull is':>14s}")
         for row, path, peers in rows:
             ours = statistics.median(results[(row, "cdnpull")])
@@ -219,7 +255,9 @@ def main() -> None:
                 med = statistics.median(v)
                 ratio = "" if label == "cdnpull" else f"{ours / med:.2f}x" if med else "-"
                 print(f"{row:18s} {label:22s} {med:9.0f} ({min(v):.0f}-{max(v):.0f}) {ratio:>14s}"
-                      + (f"   rounds: {' '.join(f'{x:.0f}' for x in v)}" if args.each else ""))
+                      + (f"   rounds: {' '.join(f'{x:.0f}' for x in v)}   stolen: "
+                         f"{' '.join(f'{x:.0%}' for x in steals[(row, label)])}   server CPU: "
+                         f"{' '.join(f'{x:.0%}' for x in shares[(row, label)])}" if args.each else ""))
             print()
     finally:
         stop(procs)
