@@ -18,8 +18,9 @@ a domain without C{forward_headers}, HSTS or C{https_only}.  Everything else
 goes the ordinary way (L{cdnpull.edge.Edge.render}), which answers the same.
 
 The origin request goes through the same failover chain; the answer head
-is written in one piece with the first body bytes, the body relayed with
-back-pressure (the origin connection is the client connection's producer).
+(made by the rules of every answer, L{cdnpull.answer}) is written in one
+piece with the first body bytes, the body relayed with back-pressure (the
+origin connection is the client connection's producer).
 A hit-for-miss answer renews the key's mark as the cache would; one that
 turns out storable lifts it, so the next request goes the ordinary way and
 stores the object.
@@ -27,16 +28,15 @@ stores the object.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
-from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from .answer import NO_BODY_CODES, own_fields, relay_fields, render
 from .cache.collapse import authorized, header_map
 from .cache.handler import CLIENT_ONLY
 from .cache.policy import parse_cache_control, storable
@@ -44,25 +44,13 @@ from .compat import eager_write
 from .errors import error_body, failure_status, log_gateway_error
 from .failover import OriginRequest, PullResult
 from .http.client import RESPONSE_DONE
-from .headers import _WIRE_NAMES, VIA, connection_names, origin_fields, wire_name
+from .headers import origin_fields
 from .stream import Discard, body_loss
 
 __all__ = ["DirectAnswer", "direct_answer"]
 
-NO_BODY_CODES = (204, 304)
 # Request headers that send a request the ordinary way: the cache answers them.
 _CACHE_ANSWERS = frozenset(CLIENT_ONLY)
-
-_date: list = [0, b""]
-
-
-def _http_date() -> bytes:
-    """The C{Date} of an answer, made once a second."""
-    now = int(time.time())
-    if _date[0] != now:
-        _date[0] = now
-        _date[1] = datetimeToString(now)
-    return _date[1]
 
 
 def direct_answer(edge: Any, live: Any, head: Any, conn: Any, host: str, scheme: str,
@@ -101,24 +89,6 @@ def direct_answer(edge: Any, live: Any, head: Any, conn: Any, host: str, scheme:
         if group.kind.scheme(scheme) != "http":
             return None
     return DirectAnswer(edge, conn, head, live, scheme, host, status, key, rule, now)
-
-
-_STATUS = {"MISS": b"MISS", "BYPASS": b"BYPASS"}
-_SKIPS: dict = {}
-
-
-def _relay_skip(base: frozenset, sized: bool, ranges: bool) -> frozenset:
-    """C{base} (the cache's relay_skip) and the framing and ranges fields the answer sets."""
-    key = (base, sized, ranges)
-    skip = _SKIPS.get(key)
-    if skip is None:
-        skip = base | {b"content-length"} if sized else base
-        if ranges:
-            skip = skip | {b"accept-ranges"}
-        if len(_SKIPS) > 64:
-            _SKIPS.clear()
-        _SKIPS[key] = skip
-    return skip
 
 
 class DirectAnswer:
@@ -188,47 +158,23 @@ class DirectAnswer:
         head = self.head
         method = head.method
         self.code = code
-        ranges = self.key is not None and code == 200 and length is not UNKNOWN_LENGTH
-        sized = length is not UNKNOWN_LENGTH and method != b"HEAD"
-        # What the node writes itself: hop-by-hop, ours, targeted fields,
-        # and the framing and ranges it sets.
-        skip = _relay_skip(self.edge.cache.relay_skip, sized, ranges)
-        connection = fields.get(b"connection")
-        if connection:
-            skip = skip | connection_names(connection)
-        out = [b"%s %d %s\r\nServer: cdnpull\r\n" % (head.version, code,
-                                                      response.phrase or RESPONSES.get(code, b"Unknown Status"))]
-        names = _WIRE_NAMES
-        for name, values in fields.items():
-            if name in skip:
-                continue
-            wire = names.get(name) or wire_name(name)
-            for value in values:
-                out.append(b"%s: %s\r\n" % (wire, value))
-        if b"date" not in fields:
-            out.append(b"Date: %s\r\n" % _http_date())
-        if sized:
-            out.append(b"Content-Length: %d\r\n" % length)
-        elif length is UNKNOWN_LENGTH:
-            if head.version == b"HTTP/1.1" and method != b"HEAD" and code not in NO_BODY_CODES:
-                out.append(b"Transfer-Encoding: chunked\r\n")
+        conn = self.conn
+        bodiless = method == b"HEAD" or code in NO_BODY_CODES
+        known = length is not UNKNOWN_LENGTH
+        if not (known or bodiless):
+            if head.version == b"HTTP/1.1":
                 self.chunked = True
             else:
                 self.framed = False  # ends with the connection
-                self.conn.persistent = False
-        via = fields.get(b"via")
-        out.append(b"Via: %s\r\nX-Cache: %s\r\n" % (b", ".join([*via, VIA]) if via else VIA,
-                                                      _STATUS[self.status]))
-        if b"age" not in fields:
-            out.append(b"Age: 0\r\n")
-        if ranges:
-            out.append(b"Accept-Ranges: bytes\r\n")
-        if not self.conn.persistent:
-            out.append(b"Connection: close\r\n")
-        out.append(b"\r\n")
+                conn.persistent = False
+        # The head by the rules of every relayed answer (cdnpull.answer).
+        fields = relay_fields(fields, self.edge.cache.relay_skip, self.status,
+                              length if known and method != b"HEAD" else None, None,
+                              self.key is not None and code == 200 and known)
         self.startedWriting = True
-        self.conn.send_head(b"".join(out))
-        writer = self.writer = _BodyWriter(self, method == b"HEAD" or code in NO_BODY_CODES)
+        conn.send_head(render(head.version, code, response.phrase, fields, self.chunked,
+                              not conn.persistent))
+        writer = self.writer = _BodyWriter(self, bodiless)
         response.deliverBody(writer)
 
     def _remember(self, code: int, length: Any, headers: dict) -> None:
@@ -283,12 +229,8 @@ class DirectAnswer:
         self.code = status
         self.startedWriting = True
         conn = self.conn
-        out = (b"%s %d %s\r\nServer: cdnpull\r\nDate: %s\r\n"
-               b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-               b"X-Cache: %s\r\nAge: 0\r\n%s\r\n"
-               % (self.head.version, status, RESPONSES.get(status, b"Error"), _http_date(),
-                  len(body), self.status.encode(),
-                  b"" if conn.persistent else b"Connection: close\r\n"))
+        out = render(self.head.version, status, None, own_fields(len(body), self.status),
+                     close=not conn.persistent)
         if self.head.method != b"HEAD":
             out += body
             self.sent = len(body)

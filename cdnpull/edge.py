@@ -1,7 +1,8 @@
 """
-The client-facing resource: route by Host, pull from the origins through the
-failover chain, stream the answer back, and log one access line.  Every error
-becomes an HTTP status here and only here.
+The client-facing resource: route by Host, ask the cache for the answer (or
+pull from the origins through the failover chain itself), write it
+(L{deliver}: the one place an L{Answer} meets a twisted.web C{Request}), and
+log one access line.  Every error becomes an HTTP status here and only here.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
+from .answer import RELAY_SKIP, SERVER, Answer, apply, own_fields, relay_fields
 from .cache import Cache
+from .cache.collapse import header_map
+from .cache.fill import Fill, Reader, StaticSource
 from .compat import request_gone
 from .errors import EdgeError, error_body, failure_status, log_gateway_error
 from .cache.hit import fresh_hit, lookup
 from .direct import DirectAnswer, direct_answer
 from .http import ClientConnection, ClientLimits, Sweeper
 from .upload import BodyPipe
-from .headers import VIA, end_to_end, origin_headers
+from .headers import origin_headers
 from .live import Routes
 from .metrics import Metrics
 from .failover import OriginRequest, PullResult, FailoverChain
@@ -211,22 +215,27 @@ class Edge(Resource):
         )
 
         cache = self.cache
-
-        async def passthrough() -> None:
+        answer: Union[Answer, str] = "BYPASS"
+        if cache is not None and request.method in (b"GET", b"HEAD"):
+            # The cache decides the answer (a client that leaves cancels it),
+            # or leaves it to the origin.
+            ctx.pending = Deferred.fromCoroutine(
+                cache.handle(live, oreq, header_map(request.requestHeaders), ctx.start))
+            try:
+                answer = await ctx.pending
+            finally:
+                ctx.pending = None
+        if isinstance(answer, str):
+            ctx.cache = answer
             ctx.pending = self.failover.pull(live, oreq)
-            result: PullResult = await ctx.pending
-            ctx.pending = None
+            try:
+                result: PullResult = await ctx.pending
+            finally:
+                ctx.pending = None
             if cache is not None and request.method not in SAFE_METHODS and 200 <= result.response.code < 400:
                 cache.invalidate(live, oreq, result.response.headers)
-            ctx.group = result.group
-            ctx.origin = str(result.address)
-            ctx.origin_ms = result.elapsed * 1000
-            await self._respond(request, ctx, result)
-
-        if cache is not None and request.method in (b"GET", b"HEAD"):
-            await cache.handle(request, live, oreq, ctx, passthrough)
-        else:
-            await passthrough()
+            answer = self._relayed(request, result, answer)
+        await deliver(request, ctx, answer)
 
     def _body_producer(self, request: Request):
         content = request.content
@@ -238,32 +247,18 @@ class Edge(Resource):
 
         return make
 
-    async def _respond(self, request: Request, ctx: _Context, result: PullResult) -> None:
+    def _relayed(self, request: Request, result: PullResult, cache: str) -> Answer:
+        """The answer of an origin the edge asked itself, relayed as it comes."""
         response = result.response
-        if ctx.gone:
-            # The client left while the origin was answering.
-            response.deliverBody(Discard(stop=True))
-            return
-        request.setResponseCode(response.code, response.phrase)
-        out = request.responseHeaders
-        # Like nginx, the origin's Server header is replaced by ours; its
-        # Date stays (it dates the content, and caches compute Age from it).
-        # Targeted cache-control fields (CDN-Cache-Control) are for this node only.
-        ours = self.cache.targeted if self.cache is not None else ()
-        for name, values in end_to_end(response.headers, drop=(b"server",) + ours).getAllRawHeaders():
-            out.setRawHeaders(name, list(values))
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
-            out.setRawHeaders(b"content-length", [b"%d" % response.length])
-        out.setRawHeaders(b"via", [b", ".join(response.headers.getRawHeaders(b"via", []) + [VIA])])
-        out.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
-        if not out.hasHeader(b"age"):
-            out.setRawHeaders(b"age", [b"0"])  # every answer says its Age (docs/cache.md)
-        relay = BodyRelay(request)
-        ctx.relay = relay
-        response.deliverBody(relay)
-        complete = await relay.done
-        if complete and not ctx.gone:
-            request.finish()
+        length = response.length
+        field_map = getattr(response, "field_map", None)
+        fields = field_map() if field_map is not None else header_map(response.headers)
+        skip = self.cache.relay_skip if self.cache is not None else RELAY_SKIP
+        return Answer.pulled(result, response.code, response.phrase,
+                             relay_fields(fields, skip, cache,
+                                          length if length is not UNKNOWN_LENGTH
+                                          and request.method != b"HEAD" else None),
+                             cache, response)
 
     # -- endings ---------------------------------------------------------
 
@@ -279,11 +274,7 @@ class Edge(Resource):
             (request.transport or request.channel).abortConnection()  # type: ignore[union-attr]
             return
         body = error_body(status, message)
-        request.setResponseCode(status)
-        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
-        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
-        request.responseHeaders.setRawHeaders(b"x-cache", [ctx.cache.encode("ascii")])
-        request.responseHeaders.setRawHeaders(b"age", [b"0"])
+        apply(request, status, None, own_fields(len(body), ctx.cache))
         log_gateway_error(self.log, status, ctx.domain, uri, message)
         request.write(body)
         request.finish()
@@ -323,6 +314,39 @@ class Edge(Resource):
 
 
 
+async def deliver(request: Request, ctx: Any, answer: Answer) -> None:
+    """
+    Write an L{Answer} on a twisted.web C{Request}: its head (the one way
+    a resource sets one, L{cdnpull.answer.apply}), then its body as it
+    comes, with the client's pace; C{ctx} notes what the access log says
+    of it and what to stop when the client leaves.
+    """
+    ctx.cache, ctx.group, ctx.origin, ctx.origin_ms = (answer.cache, answer.group, answer.origin,
+                                                        answer.origin_ms)
+    body = answer.body
+    if body is None or isinstance(body, bytes):
+        apply(request, answer.code, answer.phrase, answer.fields)
+        if body and request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+    elif isinstance(body, (Fill, StaticSource)):
+        # (Attached at once: a fill starts when its answer's readers are.)
+        apply(request, answer.code, answer.phrase, answer.fields)
+        reader = Reader(body, request, answer.first, answer.last)
+        ctx.relay = reader
+        reader.pump()
+        await reader.done
+    elif ctx.gone:
+        body.deliverBody(Discard(stop=True))  # the client left while the origin answered
+    else:
+        apply(request, answer.code, answer.phrase, answer.fields)
+        relay = BodyRelay(request)
+        ctx.relay = relay
+        body.deliverBody(relay)
+        if await relay.done and not ctx.gone:
+            request.finish()
+
+
 def _client_ip(request: Request) -> Optional[str]:
     peer = request.getClientAddress()
     return getattr(peer, "host", None)
@@ -345,8 +369,6 @@ def _has_body(request: Request) -> bool:
     return bool(request.getHeader(b"content-length") not in (None, b"0")
                 or request.getHeader(b"transfer-encoding"))
 
-
-SERVER = b"cdnpull"
 
 
 class EdgeRequest(Request):

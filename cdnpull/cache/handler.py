@@ -21,12 +21,17 @@ address, so the standby's answer is cached like the primary's.
 
 A stored body that vanished between lookup and read (purged, evicted,
 damaged on disk) is fetched again, never a 5xx.
+
+The cache decides and never writes: L{Cache.handle} returns an
+L{cdnpull.answer.Answer} (its head made by the rules of
+L{cdnpull.answer}, its body a stored body, a fill, an origin answer or
+none), which the edge writes (L{cdnpull.edge.deliver}).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol, Union
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -34,15 +39,16 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from ..answer import (Answer, not_modified_fields, own_fields, ranged, relay_fields, relay_skip,
+                      unsatisfiable)
 from ..errors import OriginTimeout, OriginUnavailable
-from ..compat import fill_headers, request_gone
-from ..headers import HOP_BY_HOP, VIA, connection_names, end_to_end
+from ..headers import end_to_end
 from ..failover import OriginRequest, PullResult
-from ..stream import BodyRelay, Discard
+from ..stream import Discard
 from ..routing import normalise_host
 from .collapse import Flight, Unshared, authorized, header_map
-from .fill import Fill, FillBudget, Reader, StaticSource
-from .hit import NOT_MODIFIED_HEADERS
+from .fill import Fill, FillBudget, StaticSource
+from .hit import stored_fields
 from .policy import (
     byte_ranges,
     current_age,
@@ -94,14 +100,18 @@ class _Vanished(Exception):
 class _Ask:
     """One client request on its way through the cache."""
 
-    request: Any
     live: Any
-    oreq: OriginRequest
-    ctx: Any
+    oreq: OriginRequest  # (its method is the client's)
     key: str
     rule: Any
     reqh: dict
-    passthrough: Callable
+    started: Optional[float]  # when the client's request came (its time budget)
+
+
+# What handle() returns for a request the edge relays from the origin itself
+# (the X-Cache status of the answer): nothing is stored, looked up or shared.
+BYPASS = "BYPASS"  # a CacheRule with ttl=0
+PASS_MISS = "MISS"  # a HEAD of nothing stored (a HEAD never fills the cache)
 
 
 def _client_range(reqh: dict) -> Optional[bytes]:
@@ -182,7 +192,7 @@ class Cache:
         self.targeted = tuple(targeted)
         # What an answer relayed to a client never carries from the origin:
         # hop-by-hop fields, the ones the node sets, the targeted ones.
-        self.relay_skip = HOP_BY_HOP | frozenset((b"server", b"x-cache", b"via") + self.targeted)
+        self.relay_skip = relay_skip(self.targeted)
         self.puller = puller
         self.clock = clock
         self.max_object = max_object
@@ -254,20 +264,28 @@ class Cache:
 
     # -- one request -------------------------------------------------------
 
-    async def handle(self, request: Any, live: Any, oreq: OriginRequest, ctx: Any,
-                     passthrough: Callable) -> None:
+    async def handle(self, live: Any, oreq: OriginRequest, reqh: dict,
+                     started: Optional[float] = None) -> Union[Answer, str]:
+        """
+        The answer to a client's GET or HEAD (C{oreq}, with the client's
+        method), for the edge to write; or L{BYPASS} or L{PASS_MISS}: the
+        X-Cache status of an answer the edge relays from the origin itself.
+        The client leaving cancels the Deferred of this coroutine (and the
+        pull or wait it is in).
+
+        @param reqh: the client's headers, lower-case name -> [values].
+        @param started: when the client's request came (its time budget).
+        """
         path = oreq.target.split(b"?", 1)[0].decode("latin-1")
         rule = match_rule(live.config.cache, path)
         if rule is not None and rule.ttl == 0:
-            ctx.cache = "BYPASS"
-            if _only_if_cached(request.requestHeaders.getRawHeaders(b"cache-control")):
-                return self._not_cached(request, ctx)
-            return await passthrough()
+            if _only_if_cached(reqh.get(b"cache-control")):
+                return self._not_cached()
+            return BYPASS
         # key_extra: the values of headers the domain forwards (forward_headers).
         key = self.key_of(oreq.client_scheme, oreq.host, oreq.target,
                           bool(rule and rule.ignore_query)) + oreq.key_extra
-        ask = _Ask(request, live, oreq, ctx, key, rule, header_map(request.requestHeaders), passthrough)
-        await self._lookup(ask, alone=False)
+        return await self._lookup(_Ask(live, oreq, key, rule, reqh, started), alone=False)
 
     def _find(self, ask: _Ask) -> Optional[Entry]:
         auth = authorized(ask.reqh)
@@ -280,7 +298,7 @@ class Cache:
                 return candidate
         return None
 
-    async def _lookup(self, ask: _Ask, alone: bool) -> None:
+    async def _lookup(self, ask: _Ask, alone: bool) -> Union[Answer, str]:
         """
         Serve from the store, else through the origin.  C{alone}: without
         collapsing (the request was turned away from a shared pull).
@@ -300,7 +318,7 @@ class Cache:
                     status = "STALE"
             if status is None:
                 if _only_if_cached(ask.reqh.get(b"cache-control")):
-                    return self._not_cached(ask.request, ask.ctx)
+                    return self._not_cached()
                 return await self._fetch(ask, alone, stale=(entry, age))
             try:
                 return await self._serve_entry(ask, entry, status, age)
@@ -308,16 +326,14 @@ class Cache:
                 self.log.info("cache: {key} vanished before it was read; asking the origin",
                               key=ask.key)
         if _only_if_cached(ask.reqh.get(b"cache-control")):
-            return self._not_cached(ask.request, ask.ctx)
-        if ask.request.method == b"HEAD":
-            # Not filled from a HEAD (there is no body to store).
-            ask.ctx.cache = "MISS"
-            return await ask.passthrough()
+            return self._not_cached()
+        if ask.oreq.method == b"HEAD":
+            return PASS_MISS  # not filled from a HEAD (there is no body to store)
         return await self._fetch(ask, alone)
 
     # -- serving a stored answer ------------------------------------------------
 
-    async def _serve_entry(self, ask: _Ask, entry: Entry, status: str, age: float) -> None:
+    async def _serve_entry(self, ask: _Ask, entry: Entry, status: str, age: float) -> Answer:
         """
         @raise _Vanished: the body is gone (nothing was sent: the caller
             asks the origin instead).
@@ -325,58 +341,43 @@ class Cache:
         full = await self.store.body(entry)
         if full is None:
             raise _Vanished(entry.key)
-        request, ctx, reqh = ask.request, ask.ctx, ask.reqh
-        ctx.cache = status
-        ctx.group, ctx.origin = "cache", "-"
-        out = request.responseHeaders
-        headers = entry.header_map()
+        reqh = ask.reqh
+        headers = stored_fields(entry)
         if not_modified(reqh, headers) and entry.status == 200:
-            self._answer_304(request, headers, status, age)
-            return
-        request.setResponseCode(entry.status, entry.phrase)
-        for name, values in headers.items():
-            if name not in (b"age", b"content-length"):
-                out.setRawHeaders(name, values)
-        self._answer_headers(out, status, age)
-        first, last, size = 0, None, full.length
-        if entry.status == 200:
-            chosen = self._apply_range(request, reqh, headers, size)
-            if chosen is None:
-                return
-            first, last, size = chosen
-        out.setRawHeaders(b"content-length", [b"%d" % size])
-        if request.method == b"HEAD" or size == 0:
-            request.finish()
-            return
-        reader = Reader(StaticSource(full.body or b""), request, first, last)
-        ctx.relay = reader
-        reader.pump()
-        await reader.done
+            return self._answer_304(headers, status, age)
+        size = full.length
+        code, phrase = entry.status, entry.phrase  # type: tuple[int, Optional[bytes]]
+        fields = relay_fields(headers, self.relay_skip, status, size, int(age), code == 200)
+        first, last = 0, None
+        if code == 200:
+            cut = self._cut(reqh, headers, fields, size)
+            if cut is None:
+                return Answer.stored(416, None, fields, status)
+            first, last = cut
+            if last is not None:
+                code, phrase, size = 206, None, last - first + 1
+        if ask.oreq.method == b"HEAD" or size == 0:
+            return Answer.stored(code, phrase, fields, status)
+        return Answer.stored(code, phrase, fields, status, StaticSource(full.body or b""),
+                             first, last)
 
-    def _apply_range(self, request: Any, reqh: dict, headers: dict,
-                     size: int) -> Optional[tuple[int, Optional[int], int]]:
+    def _cut(self, reqh: dict, headers: dict, fields: dict,
+             size: int) -> Optional[tuple[int, Optional[int]]]:
         """
-        Answer the client's Range on a 200 of C{size} bytes: returns (first,
-        last, length to send), or None when a 416 was answered.
+        The client's Range on a 200 of C{size} bytes whose answer has these
+        C{fields}: (first, last) to send (last None: the whole body; else
+        C{fields} are made a 206's), or None: C{fields} are made a 416's.
         """
-        out = request.responseHeaders
-        out.setRawHeaders(b"accept-ranges", [b"bytes"])
         try:
             wanted = self._range(reqh, headers, size)
         except ValueError:
-            request.setResponseCode(416)
-            for name in (b"content-type", b"etag", b"last-modified", b"cache-control", b"expires"):
-                out.removeHeader(name)
-            out.setRawHeaders(b"content-range", [b"bytes */%d" % size])
-            out.setRawHeaders(b"content-length", [b"0"])
-            request.finish()
+            unsatisfiable(fields, size)
             return None
         if wanted is None:
-            return 0, None, size
+            return 0, None
         first, last = wanted
-        request.setResponseCode(206)
-        out.setRawHeaders(b"content-range", [b"bytes %d-%d/%d" % (first, last, size)])
-        return first, last, last - first + 1
+        ranged(fields, first, last, size)
+        return first, last
 
     @staticmethod
     def _range(reqh: dict, headers: dict, size: int) -> Optional[tuple[int, int]]:
@@ -393,46 +394,25 @@ class Cache:
         return parse_range(value, size)
 
     @staticmethod
-    def _not_cached(request: Any, ctx: Any) -> None:
+    def _not_cached() -> Answer:
         """
         RFC 9111 5.2.1.7: C{only-if-cached} and nothing fresh stored is a 504,
         without asking the origin (answered here: the origin did not fail, so
         no warning is logged).
         """
         body = b"504 Gateway Timeout\n"
-        ctx.cache, ctx.group, ctx.origin = "MISS", "cache", "-"
-        request.setResponseCode(504)
-        out = request.responseHeaders
-        out.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
-        out.setRawHeaders(b"content-length", [b"%d" % len(body)])
-        out.setRawHeaders(b"age", [b"0"])
-        out.setRawHeaders(b"x-cache", [b"MISS"])
-        if request.method != b"HEAD":
-            request.write(body)
-        request.finish()
+        return Answer.stored(504, None, own_fields(len(body), "MISS"), "MISS", body)
 
-    def _answer_304(self, request: Any, headers: dict, status: str, age: float) -> None:
-        out = request.responseHeaders
-        request.setResponseCode(304)
-        for name in NOT_MODIFIED_HEADERS:
-            if name in headers:
-                out.setRawHeaders(name, headers[name])
-        self._answer_headers(out, status, age)
-        request.finish()
-
-    def _answer_headers(self, out: Headers, status: str, age: Optional[float]) -> None:
+    def _answer_304(self, headers: dict, status: str, age: float,
+                    result: Optional[PullResult] = None) -> Answer:
         """
-        Age (None: keep the origin's, else 0; docs/cache.md: it is on every
-        answer), Via, X-Cache; targeted cache-control fields are ours only.
+        A 304 for the 200 with these C{headers}: stored, or the origin's
+        C{result} (age 0).
         """
-        for name in self.targeted:
-            out.removeHeader(name)
-        if age is not None:
-            out.setRawHeaders(b"age", [b"%d" % int(age)])
-        elif not out.hasHeader(b"age"):
-            out.setRawHeaders(b"age", [b"0"])
-        out.setRawHeaders(b"via", [b", ".join([*out.getRawHeaders(b"via", []), VIA])])
-        out.setRawHeaders(b"x-cache", [status.encode("ascii")])
+        fields = not_modified_fields(headers, self.relay_skip, status, int(age))
+        if result is not None:
+            return Answer.pulled(result, 304, None, fields, status)
+        return Answer.stored(304, None, fields, status)
 
     # -- misses and revalidation ------------------------------------------------------
 
@@ -461,19 +441,19 @@ class Cache:
         flight.launch(ask.live, oreq, rule, reqh, stale=entry if extra else None,
                       refresh=lambda e, result, t: self._refreshed(e, result, t, rule, reqh))
 
-    async def _fetch(self, ask: _Ask, alone: bool, stale: Optional[tuple] = None) -> None:
+    async def _fetch(self, ask: _Ask, alone: bool,
+                     stale: Optional[tuple] = None) -> Union[Answer, str]:
         """
         A miss, or with C{stale} (entry, age) a revalidation, through one
         origin pull per key that the other requests for the key wait on.
         """
-        ctx = ask.ctx
         entry, age = stale if stale is not None else (None, 0.0)
         why = self.unshared.why(ask.key)
         if entry is None and self._passes_range(ask, why):
             # Not even behind a pull in flight: if its client leaves, this
             # request alone would keep the whole object coming.
             return await self._pass_range(ask)
-        if (entry is None and why == "private" and ask.request.method == b"GET"
+        if (entry is None and why == "private" and ask.oreq.method == b"GET"
                 and not ask.reqh.get(b"range")):
             # Hit-for-miss: the last answer was not stored, so nobody joins
             # this pull; unless the answer turns out storable, it is relayed
@@ -485,19 +465,17 @@ class Cache:
             # Hit-for-miss: the last answer was not shared, so do not queue.
             flight = Flight(self, ask.key, register=not alone and why != "private")
             waiter = flight.join()
-            self._launch(flight, ask, entry, ctx.start)
+            self._launch(flight, ask, entry, ask.started)
         else:
             waiter = flight.join()
-        ctx.pending = waiter.ready  # a client that leaves stops waiting
         failure: Optional[BaseException] = None
         try:
-            await waiter.ready
+            await waiter.ready  # (a client that leaves cancels it: it stops waiting)
         except CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - decided below: stale, own try, or the error
             failure = e
         finally:
-            ctx.pending = None
             flight.leave(waiter)
 
         if failure is not None:
@@ -529,9 +507,9 @@ class Cache:
             return await self._serve_stale(ask, stale, None)  # type: ignore[arg-type]
         if not leader and fill.base > 0:
             return await self._lookup(ask, alone=True)  # joined too late to share it
-        await self._stream(ask, fill, "MISS", strip_cookies=flight.strip_cookies and not leader)
+        return self._stream(ask, fill, "MISS", strip_cookies=flight.strip_cookies and not leader)
 
-    async def _direct(self, ask: _Ask) -> None:
+    async def _direct(self, ask: _Ask) -> Answer:
         """
         A GET miss of a key marked not shared ("private"): the origin's
         answer goes to this request alone.  When the answer is storable
@@ -539,75 +517,64 @@ class Cache:
         is relayed as it arrives and the mark is renewed, as
         L{Flight.adopt} would.
         """
-        ctx = ask.ctx
         request_time = self.clock.seconds()
-        ctx.pending = self.puller.pull(ask.live, self._origin_request(ask.oreq, None, ctx.start))
-        try:
-            result = await ctx.pending
-        finally:
-            ctx.pending = None
-        response = result.response
-        headers = header_map(response.headers)
-        now = self.clock.seconds()
-        verdict = storable(b"GET", ask.reqh, response.code, headers, ask.rule, now, self.targeted)
-        if verdict.ok:
-            # Storable now: stored (or shared) through a Flight, as a miss.
-            # The reader must be attached when the flight releases its
-            # waiters, before the fill starts (as in _fetch): the request
-            # waits on the flight before it adopts the answer.
-            flight = Flight(self, ask.key, register=False)
-            streamed = Deferred.fromCoroutine(self._join(ask, flight, flight.join()))
-            flight.adopt(result, ask.rule, ask.reqh, request_time)
-            return await streamed
-        self.unshared.learn(ask.key, False, response.code,
-                            response.length is not UNKNOWN_LENGTH and response.length > self.max_object,
-                            authorized(ask.reqh))
-        await self._relay(ask, result, headers)
+        # Through a Flight of its own (nobody joins it), adopted only when the
+        # answer is storable after all: the flight releases this request
+        # (whose edge attaches the reader as soon as it has the answer)
+        # before its fill starts, as in _fetch.  A client that leaves
+        # cancels the pull (Flight.leave).
+        flight = Flight(self, ask.key, register=False)
+        waiter = flight.join()
+        relayed: list = []
 
-    async def _join(self, ask: _Ask, flight: Flight, waiter: Any) -> None:
+        def got(result: PullResult) -> None:
+            flight.pending = None
+            response = result.response
+            headers = header_map(response.headers)
+            verdict = storable(b"GET", ask.reqh, response.code, headers, ask.rule,
+                               self.clock.seconds(), self.targeted)
+            if verdict.ok:
+                flight.adopt(result, ask.rule, ask.reqh, request_time)  # stored, as a miss
+                return
+            self.unshared.learn(ask.key, False, response.code,
+                                response.length is not UNKNOWN_LENGTH
+                                and response.length > self.max_object,
+                                authorized(ask.reqh))
+            relayed.append(self._relay(result, headers, ask.reqh))
+            waiter.ready.callback(flight)
+
+        def failed(failure: Any) -> None:
+            flight.pending = None
+            if not waiter.ready.called:
+                waiter.ready.errback(failure)
+            elif not failure.check(CancelledError):
+                self.log.failure("cache: relaying {key}", failure, key=ask.key)
+
+        pulled = flight.pending = self.puller.pull(
+            ask.live, self._origin_request(ask.oreq, None, ask.started))
+        pulled.addCallback(got).addErrback(failed)
         try:
             await waiter.ready
         finally:
             flight.leave(waiter)
+        if relayed:
+            return relayed[0]
         assert flight.fill is not None
-        await self._stream(ask, flight.fill, "MISS")
+        return self._stream(ask, flight.fill, "MISS")
 
-    async def _relay(self, ask: _Ask, result: Any, headers: dict) -> None:
-        """An origin answer that is not stored, written to its one client as it comes."""
-        request, ctx, reqh = ask.request, ask.ctx, ask.reqh
+    def _relay(self, result: Any, headers: dict, reqh: dict) -> Answer:
+        """An origin answer that is not stored, relayed to its one client as it comes."""
         response = result.response
-        ctx.cache = "MISS"
-        ctx.group = result.group
-        ctx.origin = str(result.address)
-        ctx.origin_ms = result.elapsed * 1000
-        # end_to_end(), on the map: no hop-by-hop field, none named in
-        # Connection, and our Server instead of the origin's.
-        skip = HOP_BY_HOP | connection_names(headers.get(b"connection", ())) | {b"server"}
-        headers = {name: values for name, values in headers.items() if name not in skip}
         if response.code == 200 and not_modified(reqh, headers):
             response.deliverBody(Discard(stop=True))
-            self._answer_304(request, headers, "MISS", 0)
-            return
-        request.setResponseCode(response.code, response.phrase)
-        # What _common does, on the map; then one fill of the response
-        # headers (the origin's fields were checked by its parser).
-        for name in self.targeted:
-            headers.pop(name, None)
-        if b"age" not in headers:
-            headers[b"age"] = [b"0"]
-        headers[b"via"] = [b", ".join(headers.get(b"via", []) + [VIA])]
-        headers[b"x-cache"] = [b"MISS"]
+            return self._answer_304(headers, "MISS", 0, result)
         length = response.length
-        if response.code == 200 and length is not UNKNOWN_LENGTH:
-            headers[b"accept-ranges"] = [b"bytes"]
-        if length is not UNKNOWN_LENGTH:
-            headers[b"content-length"] = [b"%d" % length]
-        fill_headers(request.responseHeaders, headers)
-        relay = BodyRelay(request)
-        ctx.relay = relay
-        response.deliverBody(relay)
-        if await relay.done and not request_gone(request):
-            request.finish()
+        known = length is not UNKNOWN_LENGTH
+        return Answer.pulled(result, response.code, response.phrase,
+                             relay_fields(headers, self.relay_skip, "MISS",
+                                          length if known else None, None,
+                                          response.code == 200 and known),
+                             "MISS", response)
 
     def _passes_range(self, ask: _Ask, why: Optional[str]) -> bool:
         """
@@ -626,7 +593,7 @@ class Cache:
         another unit is ignored (RFC 9110 14.2): the client gets the whole
         object, which is what it costs.
         """
-        if ask.request.method != b"GET":
+        if ask.oreq.method != b"GET":
             return False
         value = _client_range(ask.reqh)
         if value is None:
@@ -639,9 +606,8 @@ class Cache:
         return not any(first is not None and last is None and first < RANGE_READ_AHEAD
                        for first, last in ranges)
 
-    async def _pass_range(self, ask: _Ask) -> None:
+    async def _pass_range(self, ask: _Ask) -> Answer:
         """The client's Range goes to the origin; a storable object is filled behind."""
-        ctx = ask.ctx
         flight = Flight(self, ask.key, register=False, remember=False)
         waiter = flight.join()
         oreq = ask.oreq
@@ -653,19 +619,17 @@ class Cache:
             headers = oreq.request_headers().copy()
             headers.setRawHeaders(b"range", [sent])
             oreq = replace(oreq, headers=headers)
-        flight.launch(ask.live, replace(oreq, method=b"GET", started=ctx.start), ask.rule,
+        flight.launch(ask.live, replace(oreq, method=b"GET", started=ask.started), ask.rule,
                       ask.reqh)
-        ctx.pending = waiter.ready
         try:
             await waiter.ready
         finally:
-            ctx.pending = None
             flight.leave(waiter)
         fill = flight.fill
         assert fill is not None
         if fill.result.response.code == 206:
             self._fill_behind(ask, fill.result.response)
-        await self._stream(ask, fill, "MISS")
+        return self._stream(ask, fill, "MISS")
 
     def _fill_behind(self, ask: _Ask, response: Any) -> None:
         """Fetch and store the whole object when the 206 shows it will be stored."""
@@ -684,40 +648,36 @@ class Cache:
         # (Its interim answers (103) are nobody's: the client has its range.)
         self._launch(Flight(self, ask.key, background=True), ask)
 
-    async def _stream(self, ask: _Ask, fill: Fill, status: str, strip_cookies: bool = False) -> None:
-        request, ctx, reqh = ask.request, ask.ctx, ask.reqh
+    def _stream(self, ask: _Ask, fill: Fill, status: str, strip_cookies: bool = False) -> Answer:
+        """
+        The answer a fill is read for (from its start, or the client's
+        range of it); the edge attaches its reader at once (before the
+        fill starts: see L{Fill.start}).
+        """
+        reqh = ask.reqh
         result = fill.result
         response = result.response
-        ctx.cache = status
-        ctx.group = result.group
-        ctx.origin = str(result.address)
-        ctx.origin_ms = result.elapsed * 1000
-        out = request.responseHeaders
-        headers = header_map(end_to_end(response.headers, drop=(b"server",)))
+        headers = header_map(response.headers)
         if strip_cookies:
             headers.pop(b"set-cookie", None)
         if response.code == 200 and not_modified(reqh, headers):
-            self._answer_304(request, headers, status, 0)
-            return
-        request.setResponseCode(response.code, response.phrase)
-        for name, values in headers.items():
-            out.setRawHeaders(name, values)
-        self._answer_headers(out, status, None)  # fresh from the origin: its own Age, or 0
-        first, last, length = 0, None, response.length
-        if response.code == 200 and length is not UNKNOWN_LENGTH:
-            chosen = self._apply_range(request, reqh, headers, length)
-            if chosen is None:
-                return
-            first, last, length = chosen
-        if length is not UNKNOWN_LENGTH:
-            out.setRawHeaders(b"content-length", [b"%d" % length])
-        if request.method == b"HEAD":
-            request.finish()
-            return
-        reader = Reader(fill, request, first, last)
-        ctx.relay = reader
-        reader.pump()
-        await reader.done
+            return self._answer_304(headers, status, 0, result)
+        code, phrase, length = response.code, response.phrase, response.length
+        known = length is not UNKNOWN_LENGTH
+        # Fresh from the origin: its own Age, or 0.
+        fields = relay_fields(headers, self.relay_skip, status, length if known else None, None,
+                              code == 200 and known)
+        first, last = 0, None
+        if code == 200 and known:
+            cut = self._cut(reqh, headers, fields, length)
+            if cut is None:
+                return Answer.pulled(result, 416, None, fields, status)
+            first, last = cut
+            if last is not None:
+                code, phrase = 206, None
+        if ask.oreq.method == b"HEAD":
+            return Answer.pulled(result, code, phrase, fields, status)
+        return Answer.pulled(result, code, phrase, fields, status, fill, first, last)
 
     def _refreshed(self, entry: Entry, result: Any, request_time: float, rule: Any,
                    reqh: dict) -> Entry:
@@ -749,7 +709,7 @@ class Cache:
             return False
         return limit > 0 and age - entry.lifetime <= limit
 
-    async def _serve_stale(self, ask: _Ask, stale: tuple, error: Optional[Exception]) -> None:
+    async def _serve_stale(self, ask: _Ask, stale: tuple, error: Optional[Exception]) -> Answer:
         entry, age = stale
         if not self._stale_ok(entry, age):
             if error is not None:
@@ -760,7 +720,7 @@ class Cache:
                       why=str(error) if error else "origin answered 5xx")
         now = self.clock.seconds()
         try:
-            await self._serve_entry(ask, entry, "STALE",
+            return await self._serve_entry(ask, entry, "STALE",
                                     current_age(entry.header_map(), entry.request_time,
                                                 entry.response_time, now))
         except _Vanished:

@@ -13,44 +13,50 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..headers import VIA, wire_name
+from twisted.web.http import datetimeToString
+
+from ..answer import NOT_MODIFIED_HEADERS, not_modified_fields, relay_fields, render
 from .policy import current_age, match_rule, not_modified, vary_key
 from .store import Entry
 
-__all__ = ["fresh_hit", "lookup", "Wire", "NOT_MODIFIED_HEADERS"]
-
-# Headers a 304 carries from the stored answer (RFC 9110 section 15.4.5).
-NOT_MODIFIED_HEADERS = (b"cache-control", b"content-location", b"date", b"etag", b"expires",
-                        b"vary", b"last-modified")
+__all__ = ["fresh_hit", "lookup", "stored_fields", "Wire", "NOT_MODIFIED_HEADERS"]
 
 JOIN_BELOW = 16 * 1024  # bodies up to this size are sent in one buffer with their head
 
-def _block(lines: list) -> bytes:
-    return b"".join(b"%s: %s\r\n" % (wire_name(n), v) for n, v in lines)
+
+def stored_fields(entry: Entry) -> dict:
+    """
+    A stored answer's fields (lower-case name -> [values]), dated when it
+    was received if its origin gave no C{Date} (RFC 9110 6.6.1): every hit
+    of it says the same date, whichever way it is answered.
+    """
+    fields = entry.header_map()
+    if b"date" not in fields:
+        fields[b"date"] = [datetimeToString(int(entry.response_time))]
+    return fields
 
 
 class Wire:
-    """What every hit of one stored entry shares, computed once."""
+    """
+    What every hit of one stored entry shares, computed once: its head as
+    L{cdnpull.answer} renders it, but for the C{Age} (and
+    C{Connection: close}) each hit adds.
+    """
 
     __slots__ = ("headers", "base_age", "full", "not_modified", "validators")
 
-    def __init__(self, entry: Entry, targeted: tuple = ()) -> None:
-        headers = entry.header_map()
+    def __init__(self, entry: Entry, skip: frozenset) -> None:
+        headers = stored_fields(entry)
         self.headers = headers
         # Age at the response time; every hit adds the time since (RFC 9111 4.2.3).
         self.base_age = current_age(headers, entry.request_time, entry.response_time,
                                     entry.response_time)
-        via = b", ".join(headers.get(b"via", []) + [VIA])
-        common = [(b"server", b"cdnpull"), (b"via", via), (b"x-cache", b"HIT")]
-        # Targeted cache-control fields (CDN-Cache-Control) are the node's only.
-        drop = (b"age", b"content-length", b"via") + tuple(targeted)
-        own = [(n, v) for n, v in entry.headers if n not in drop]
-        status = b"HTTP/1.1 %d %s\r\n" % (entry.status, entry.phrase)
-        extra = [(b"accept-ranges", b"bytes")] if entry.status == 200 else []
-        self.full = (status + _block(common + own + extra)
-                     + b"Content-Length: %d\r\n" % entry.length)
-        kept = [(n, v) for n in NOT_MODIFIED_HEADERS if n not in targeted for v in headers.get(n, ())]
-        self.not_modified = b"HTTP/1.1 304 Not Modified\r\n" + _block(common + kept)
+        full = relay_fields(headers, skip, "HIT", entry.length, 0, entry.status == 200)
+        del full[b"age"]
+        self.full = render(b"HTTP/1.1", entry.status, entry.phrase, full, end=False)
+        short = not_modified_fields(headers, skip, "HIT", 0)
+        del short[b"age"]
+        self.not_modified = render(b"HTTP/1.1", 304, b"Not Modified", short, end=False)
         self.validators = bool(headers.get(b"etag") or headers.get(b"last-modified"))
 
 
@@ -95,7 +101,7 @@ def fresh_hit(cache: Any, found: tuple, method: bytes, fields: dict, now: float,
         return None
     wire = entry.wire
     if wire is None:
-        wire = entry.wire = Wire(entry, cache.targeted)
+        wire = entry.wire = Wire(entry, cache.relay_skip)
     age = wire.base_age + max(0.0, now - entry.response_time)
     if age >= entry.lifetime:
         return None
