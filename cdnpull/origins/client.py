@@ -103,22 +103,11 @@ class _Attempt:
     def connect(self, factory: Any) -> Deferred:
         return tcp_endpoint(self.reactor, self.address, self.connect_timeout).connect(factory)
 
-    def watch(self, d: Deferred, fresh: bool = False) -> Deferred:
-        """
-        C{d} (the try's answer) under the first-byte timeout, its failures
-        classified.  C{fresh}: C{d} may be called before the answer (waiting
-        on another Deferred, as Agent's is once connected): the answer comes
-        on a new Deferred that is not, so that a cancel always reaches its
-        canceller (L{cdnpull.compat.before_cancel}).
-        """
+    def watch(self, d: Deferred) -> Deferred:
+        """C{d} (the try's answer) under the first-byte timeout, its failures classified."""
         self.d = d
         self.timer = self.reactor.callLater(self.first_byte_timeout, self._time_out)
-        d.addBoth(self._classify)
-        if not fresh:
-            return d
-        out: Deferred = Deferred(lambda _: d.cancel())
-        d.chainDeferred(out)
-        return out
+        return d.addBoth(self._classify)
 
     def _time_out(self) -> None:
         self.timed_out = True
@@ -320,8 +309,6 @@ class OriginClient:
             wildcard domain): its state is bounded (see the class).
         @param on_interim: called with (status, reason, [(name, value)]) for
             each interim (1xx) answer before the final one.
-        @return: a Deferred not called before the answer or the failure (a
-            hook on its canceller always runs).
         """
         attempt = _Attempt(self.reactor, address, server_name, connect_timeout, first_byte_timeout)
         if scheme == "http":
@@ -340,7 +327,7 @@ class OriginClient:
                 # The headers object travels to the connection's protocol
                 # unchanged (it has Host), so it carries the callback there.
                 headers = InterimHeaders(dict(headers.getAllRawHeaders()), on_interim)
-            return attempt.watch(agent.request(method, url, headers, body), fresh=True)
+            d = agent.request(method, url, headers, body)
         return attempt.watch(d)
 
     def close(self, grace: float = 1.0) -> Deferred:
