@@ -175,6 +175,7 @@ class OriginConnection(Protocol):
         self._on_interim: Any = None
         self._heard = False  # a byte of an answer to the current request came
         self._paused = False  # its body's reader paused its reading
+        self._fed = 0  # the length of the bytes being parsed
         # A GET or HEAD sent on a reused connection: (endpoint, attempt,
         # target, headers), to send it once more if the connection is lost
         # before any answer (L{OriginPool.request}).
@@ -266,6 +267,7 @@ class OriginConnection(Protocol):
         if self.state == "dead":
             return
         self._heard = True
+        self._fed = len(data)
         try:
             self._parser.feed_data(data)
         except _Stop:
@@ -313,19 +315,20 @@ class OriginConnection(Protocol):
         if len(headers) > MAX_HEADERS:
             self._refuse(f"more than {MAX_HEADERS} header fields")
             raise _Stop()
+        # Its fields are measured only when the bytes it came in could hold
+        # more than MAX_HEAD (a head is never larger than those).
+        if self._head_seen + self._fed > MAX_HEAD and \
+                sum([len(n) + len(v) + 4 for n, v in headers]) > MAX_HEAD:
+            self._refuse(f"response head larger than {MAX_HEAD} bytes")
+            raise _Stop()
         fields: dict = {}
-        size = 0
         for name, value in headers:
-            size += len(name) + len(value)
             lower = name.lower()
             values = fields.get(lower)
             if values is None:
                 fields[lower] = [value]
             else:
                 values.append(value)
-        if size + 4 * len(headers) > MAX_HEAD:
-            self._refuse(f"response head larger than {MAX_HEAD} bytes")
-            raise _Stop()
         # Headers the origin names in Connection are for this hop only.
         connection = fields.get(b"connection")
         named = connection_names(connection) if connection else _NO_NAMES
