@@ -18,7 +18,7 @@ import types
 from typing import Any, Callable, Optional
 
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web import client as _client
 from twisted.web._newclient import HTTP11ClientProtocol
@@ -27,7 +27,7 @@ from twisted.web.http_headers import Headers, _nameEncoder
 __all__ = [
     "HookedClientProtocol", "HookedConnectionPool", "request_gone", "raise_listen_errors",
     "stop_rereading_resolv_conf", "eager_write", "fill_headers", "before_cancel",
-    "lean_dispatch",
+    "lean_dispatch", "canceller_of", "cancel_with",
 ]
 
 
@@ -113,6 +113,26 @@ def before_cancel(d: Deferred, hook: Callable[[], None]) -> Deferred:
 
     d._canceller = cancel
     return d
+
+
+def canceller_of(d: Deferred) -> Optional[Callable[[Deferred], None]]:
+    """C{d}'s canceller as it is now (a hook may be put before it later: L{before_cancel})."""
+    return d._canceller
+
+
+def cancel_with(d: Deferred, canceller: Callable[[Deferred], None]) -> None:
+    """
+    Cancel C{d} as C{Deferred.cancel} does, through C{canceller} (what
+    L{canceller_of} said before any hook was put before it): the hook is
+    not told.
+    """
+    if d.called:
+        if isinstance(d.result, Deferred):
+            d.result.cancel()
+        return
+    canceller(d)
+    if not d.called:
+        d.errback(Failure(CancelledError()))
 
 
 def raise_listen_errors(service: Any) -> None:

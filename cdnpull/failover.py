@@ -205,32 +205,21 @@ class FailoverChain:
         if sent is None:
             return self._run(live, req, stop, deadline, (*plan, None))
         first, started, address, _ = sent
-        current = [first]  # what a cancel reaches: the first try, then the coroutine
 
-        def cancel(_: Deferred) -> None:
-            stop.cancelled = True
-            current[0].cancel()
-
-        result: "Deferred[PullResult]" = Deferred(cancel)
-
-        def answered(response: IResponse) -> None:
+        # The first try's Deferred is the pull's: a cancel sets the stop
+        # flag, then reaches the try, or (once the try is answered and the
+        # coroutine took over) the coroutine that first now waits on.
+        def answered(response: IResponse) -> Union[PullResult, Deferred]:
             if not stop.cancelled and self._final(live, standby, response):
-                try:
-                    done = self._answered(live, primary, address, response, started)
-                except Exception:
-                    result.errback(Failure())
-                    return
-                result.callback(done)
-                return
-            resume(succeed(response))
+                return self._answered(live, primary, address, response, started)
+            return self._run(live, req, stop, deadline, (*plan, (succeed(response), *sent[1:])))
 
-        def resume(outcome: Deferred) -> None:
-            rest = current[0] = self._run(live, req, stop, deadline,
-                                          (*plan, (outcome, *sent[1:])))
-            rest.chainDeferred(result)
+        def failed(failure: Failure) -> Union[Failure, Deferred]:
+            if stop.cancelled:
+                return stop.trap(failure)  # (the try cut short counts against nothing)
+            return self._run(live, req, stop, deadline, (*plan, (fail(failure), *sent[1:])))
 
-        first.addCallbacks(answered, lambda f: resume(fail(f)))
-        return result
+        return before_cancel(first, stop.cancel).addCallbacks(answered, failed)
 
     def _run(self, live: LiveDomain, req: OriginRequest, stop: _Stop, deadline: float,
              resume: Optional[tuple]) -> "Deferred[PullResult]":

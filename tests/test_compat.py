@@ -18,6 +18,8 @@ from twisted.web.test.requesthelper import DummyChannel
 from cdnpull.compat import (
     HookedClientProtocol,
     before_cancel,
+    cancel_with,
+    canceller_of,
     HookedConnectionPool,
     raise_listen_errors,
     request_gone,
@@ -96,6 +98,31 @@ def test_a_hook_runs_before_a_deferreds_own_canceller() -> None:
     done.callback(1)
     before_cancel(done, lambda: seen.append("late")).cancel()
     assert seen[-1] == "bare"
+
+
+def test_a_cancel_with_the_canceller_from_before_a_hook_does_not_tell_the_hook() -> None:
+    # The first-byte timer of an origin try cancels it; the failover chain's
+    # hook on the same Deferred means "the client left" and must not hear it.
+    seen: list = []
+    d: Deferred = Deferred(lambda d: seen.append("canceller"))
+    own = canceller_of(d)
+    before_cancel(d, lambda: seen.append("hook"))
+    failures: list = []
+    d.addErrback(failures.append)
+    assert own is not None
+    cancel_with(d, own)
+    assert seen == ["canceller"] and failures[0].check(CancelledError)
+    cancel_with(d, own)  # once called: nothing more
+    assert seen == ["canceller"]
+    # Waiting on another Deferred: that one is cancelled.
+    inner: Deferred = Deferred()
+    outer: Deferred = Deferred()
+    outer.addCallback(lambda _: inner)
+    outer.callback(None)
+    cancel_with(outer, lambda _: seen.append("unused"))
+    assert inner.called and seen == ["canceller"]
+    inner.addErrback(lambda f: None)
+    outer.addErrback(lambda f: None)
 
 
 def test_lean_dispatch_delivers_reads_errors_and_closes_as_twisted_does() -> None:

@@ -28,7 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from ..compat import HookedConnectionPool
+from ..compat import HookedConnectionPool, cancel_with, canceller_of
 from ..config import Address
 from ..errors import ClientBodyInterrupted, ConnectFailed, FirstByteTimeout, NoResponse, TLSFailed
 from ..http.client import OriginPool
@@ -85,7 +85,7 @@ class _Attempt:
     """
 
     __slots__ = ("reactor", "address", "server_name", "connect_timeout", "first_byte_timeout",
-                 "connecting", "connected", "timed_out", "timer", "d")
+                 "connecting", "connected", "timed_out", "timer", "d", "canceller")
 
     def __init__(self, reactor: Any, address: Address, server_name: str, connect_timeout: float,
                  first_byte_timeout: float) -> None:
@@ -99,19 +99,38 @@ class _Attempt:
         self.timed_out = False
         self.timer: Any = None
         self.d: Any = None
+        self.canceller: Any = None
 
     def connect(self, factory: Any) -> Deferred:
         return tcp_endpoint(self.reactor, self.address, self.connect_timeout).connect(factory)
 
-    def watch(self, d: Deferred) -> Deferred:
-        """C{d} (the try's answer) under the first-byte timeout, its failures classified."""
+    def watch(self, d: Deferred, fresh: bool = False) -> Deferred:
+        """
+        C{d} (the try's answer) under the first-byte timeout, its failures
+        classified.  C{fresh}: C{d} may be called before the answer (waiting
+        on another Deferred, as Agent's is once connected): the answer comes
+        on a new Deferred that is not, so that a cancel always reaches its
+        canceller (L{cdnpull.compat.before_cancel}).
+        """
         self.d = d
         self.timer = self.reactor.callLater(self.first_byte_timeout, self._time_out)
-        return d.addBoth(self._classify)
+        d.addBoth(self._classify)
+        if not fresh:
+            # The caller may put a hook before d's canceller (the failover
+            # chain's "the client left"): the timeout is not that, and
+            # cancels with the canceller d has now.
+            self.canceller = canceller_of(d)
+            return d
+        out: Deferred = Deferred(lambda _: d.cancel())
+        d.chainDeferred(out)
+        return out
 
     def _time_out(self) -> None:
         self.timed_out = True
-        self.d.cancel()
+        if self.canceller is not None:
+            cancel_with(self.d, self.canceller)
+        else:
+            self.d.cancel()
 
     def _classify(self, result: Any) -> Any:
         timer = self.timer
@@ -309,6 +328,8 @@ class OriginClient:
             wildcard domain): its state is bounded (see the class).
         @param on_interim: called with (status, reason, [(name, value)]) for
             each interim (1xx) answer before the final one.
+        @return: a Deferred not called before the answer or the failure (a
+            hook on its canceller always runs).
         """
         attempt = _Attempt(self.reactor, address, server_name, connect_timeout, first_byte_timeout)
         if scheme == "http":
@@ -327,7 +348,7 @@ class OriginClient:
                 # The headers object travels to the connection's protocol
                 # unchanged (it has Host), so it carries the callback there.
                 headers = InterimHeaders(dict(headers.getAllRawHeaders()), on_interim)
-            d = agent.request(method, url, headers, body)
+            return attempt.watch(agent.request(method, url, headers, body), fresh=True)
         return attempt.watch(d)
 
     def close(self, grace: float = 1.0) -> Deferred:
