@@ -192,3 +192,57 @@ def test_lean_dispatch_delivers_reads_errors_and_closes_as_twisted_does() -> Non
         for _ in range(5):
             r.doIteration(0)
         r._poller.close()
+
+
+def test_lean_dispatch_logs_a_failing_connection_lost_and_goes_on_as_twisted_does() -> None:
+    # Twisted's doPoll runs each event inside log.callWithLogger, which also
+    # catches and logs what escapes _doReadOrWrite: a protocol whose
+    # connectionLost raises (called from _disconnectSelectable, outside
+    # _doReadOrWrite's own try).  Without it the exception leaves
+    # doIteration, the rest of that poll's events wait a turn, and the main
+    # loop logs "Unexpected error in main loop".
+    import socket
+
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.logger import globalLogPublisher
+
+    from cdnpull.compat import lean_dispatch
+
+    class Buggy(Protocol):
+        lost: list = []
+
+        def connectionLost(self, reason: Any = None) -> None:
+            Buggy.lost.append(reason.type.__name__)
+            raise RuntimeError("connectionLost bug")
+
+    r = EPollReactor()
+    assert lean_dispatch(r)
+    logged: list = []
+    globalLogPublisher.addObserver(logged.append)
+    port = r.listenTCP(0, Factory.forProtocol(Buggy), interface="127.0.0.1")
+    escaped: list = []
+    try:
+        a = socket.create_connection(("127.0.0.1", port.getHost().port))
+        for _ in range(50):  # accepted
+            r.doIteration(0.01)
+            if len(r._selectables) > 2:
+                break
+        a.close()
+        for _ in range(200):
+            try:
+                r.doIteration(0.01)
+            except RuntimeError as e:
+                escaped.append(e)
+            if Buggy.lost:
+                break
+        assert Buggy.lost == ["ConnectionDone"]
+        assert not escaped, "an exception left doIteration (Twisted's doPoll logs it)"
+        failures = [e.get("log_failure") or e.get("failure") for e in logged]
+        assert any(f is not None and f.check(RuntimeError) for f in failures), logged
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        port.stopListening()
+        for _ in range(5):
+            r.doIteration(0)
+        r._poller.close()
