@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.python import log as _log
 from twisted.python.failure import Failure
 from twisted.web import client as _client
 from twisted.web._newclient import HTTP11ClientProtocol
@@ -268,4 +269,12 @@ def _lean_poll(self: Any, timeout: Optional[float]) -> None:
     for fd, event in events:
         selectable = selectables.get(fd)
         if selectable is not None:
-            dispatch(selectable, fd, event)
+            try:
+                dispatch(selectable, fd, event)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                # As callWithLogger: what escapes _doReadOrWrite (a protocol's
+                # connectionLost raising, called from _disconnectSelectable) is
+                # logged, and the poll's other events are still handled.
+                _log.err()
