@@ -391,3 +391,38 @@ def test_no_second_try_once_the_pool_is_closed():  # type: ignore[no-untyped-def
     pool.close()
     first.protocol.connectionLost(Failure(ConnectionLost()))
     assert result(d).check(NoResponse) and len(endpoint.transports) == 1
+
+
+def test_trailers_are_bounded_like_a_head():  # type: ignore[no-untyped-def]
+    # llhttp reports a chunked body's trailer fields through on_header, after
+    # the head: an origin that never ends its trailer section must not grow
+    # the node's memory without bound (the limits of a head: MAX_HEADERS
+    # fields, MAX_HEAD bytes).
+    from cdnpull.http.client import MAX_HEADERS
+
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    transport = endpoint.transports[0]
+    conn = transport.protocol
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n")
+    reader = Reader()
+    result(d).deliverBody(reader)
+    for _ in range(20):
+        conn.dataReceived(b"".join(b"X-%d: v\r\n" % i for i in range(1000)))
+    assert reader.data == b"hello"
+    assert reader.reason is not None and not reader.reason.check(ResponseDone)
+    assert transport.disconnecting  # aborted, never pooled
+    assert len(conn._headers) <= 2 * MAX_HEADERS + 1000  # (one read's worth at most)
+
+
+def test_a_few_trailers_end_the_body_as_usual():  # type: ignore[no-untyped-def]
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    transport = endpoint.transports[0]
+    transport.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                    b"5\r\nhello\r\n0\r\nX-Checksum: 1\r\nX-More: 2\r\n\r\n")
+    reader = Reader()
+    result(d).deliverBody(reader)
+    assert reader.data == b"hello" and reader.reason.check(ResponseDone)
+    ask(pool, endpoint)
+    assert len(endpoint.transports) == 1  # reused
