@@ -10,7 +10,8 @@ never pooled): what llhttp refuses (a bad status line, bare CR or LF,
 folded or NUL-carrying headers, an invalid or repeated C{Content-Length},
 C{Content-Length} with C{Transfer-Encoding}, a bad chunk), a
 C{Transfer-Encoding} other than exactly C{chunked}, a C{Content-Length}
-over 2^63-1, a head over 64 KiB or with more than 200 fields, an HTTP
+over 2^63-1, a head over 64 KiB or with more than 200 fields (a chunked
+body's trailer section counts with its head), an HTTP
 version other than 1.0 and 1.1.  Interim (1xx) answers go to the request's
 C{on_interim} callback (not 101), without their hop-by-hop headers;
 headers the final answer names in C{Connection} are removed from it.  Bytes
@@ -304,6 +305,23 @@ class OriginConnection(Protocol):
         # (Counted and measured once the head is complete; a head that never
         # completes is bounded by what dataReceived has seen.)
         self._headers.append((name, value))
+        if self.state != "head":
+            self._trailer(len(name) + len(value) + 4)
+
+    def _trailer(self, size: int) -> None:
+        """
+        A field of a chunked body's trailer section (llhttp reports those
+        here too, after the head): bounded as a head is, with it.
+        """
+        self._head_seen += size
+        if len(self._headers) > MAX_HEADERS or self._head_seen > MAX_HEAD:
+            self.log.warn("refused an origin response: trailer section over {n} fields "
+                          "or {size} bytes", n=MAX_HEADERS, size=MAX_HEAD)
+            self._reusable = False
+            self.state = "dead"
+            self._end(Failure(ResponseFailed([Failure(ValueError("trailer section too large"))])))
+            self._abort()
+            raise _Stop()
 
     def on_headers_complete(self) -> None:
         parser = self._parser
