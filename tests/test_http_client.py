@@ -426,3 +426,28 @@ def test_a_few_trailers_end_the_body_as_usual():  # type: ignore[no-untyped-def]
     assert reader.data == b"hello" and reader.reason.check(ResponseDone)
     ask(pool, endpoint)
     assert len(endpoint.transports) == 1  # reused
+
+
+def test_a_connection_whose_parser_failed_is_never_pooled():  # type: ignore[no-untyped-def]
+    # The parser is kept between responses now: one that llhttp left in its
+    # error state (here a body reader that raises as the body ends: llhttp
+    # reports a callback error) must not go back to the pool, where the next
+    # request would read its answer through it (a GET is sent again once
+    # the abort lands; a POST fails).
+    class Raising(Reader):
+        def connectionLost(self, reason: Failure) -> None:
+            super().connectionLost(reason)
+            raise RuntimeError("reader bug")
+
+    pool, endpoint, clock = setup()
+    d = ask(pool, endpoint)
+    transport = endpoint.transports[0]
+    conn = transport.protocol
+    reader = Raising()
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+    result(d).deliverBody(reader)
+    conn.dataReceived(b"lo")
+    assert reader.data == b"hello" and reader.reason.check(ResponseDone)
+    assert transport.disconnecting
+    ask(pool, endpoint)
+    assert len(endpoint.transports) == 2  # a new connection, not the aborted one
