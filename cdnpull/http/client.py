@@ -276,6 +276,7 @@ class OriginConnection(Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse("an upgrade the node did not ask for")
         except httptools.HttpParserError as e:
+            self._reusable = False  # (llhttp stays in its error state: never pooled)
             if self.state == "head":
                 self._refuse(str(e))
             else:
