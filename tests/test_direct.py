@@ -424,3 +424,17 @@ def test_a_draining_site_closes_idle_connections_now_and_busy_ones_after_their_a
     assert transport.disconnecting and transport.value().endswith(b"\r\n\r\nabcd")
     proto.connectionLost(Failure(Exception("closed")))
     assert node.site.drain() == 0
+
+
+@pytest.mark.parametrize("code", [204, 304])
+def test_a_relayed_204_or_304_has_no_content_length(code: int) -> None:
+    # RFC 9110 8.6: no Content-Length in a 204; in a 304 only the length the
+    # 200 would have had (a "0" makes a client's cache think its stored body
+    # is empty).  The origin client gives these answers length 0 (no body).
+    node = Node()
+    node.failover.make = lambda: Response(code, (), {b"etag": b'"e"'}, phrase=b"X")
+    request = GET.replace(b"\r\n\r\n", b"\r\nIf-None-Match: \"e\"\r\n\r\n")
+    for ordinary in (True, False):
+        got, fields, body = head_of(node.send(request, ordinary=ordinary))
+        assert got == code and body == b""
+        assert b"content-length" not in fields, ("ordinary" if ordinary else "direct", fields)
