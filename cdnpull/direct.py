@@ -169,7 +169,7 @@ class DirectAnswer:
                 conn.persistent = False
         # The head by the rules of every relayed answer (cdnpull.answer).
         fields = relay_fields(fields, self.edge.cache.relay_skip, self.status,
-                              length if known and method != b"HEAD" else None, None,
+                              length if known and not bodiless else None, None,
                               self.key is not None and code == 200 and known)
         self.startedWriting = True
         conn.send_head(render(head.version, code, response.phrase, fields, self.chunked,

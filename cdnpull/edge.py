@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .accesslog import AccessLog, AccessRecord
-from .answer import RELAY_SKIP, SERVER, Answer, apply, own_fields, relay_fields
+from .answer import NO_BODY_CODES, RELAY_SKIP, SERVER, Answer, apply, own_fields, relay_fields
 from .cache import Cache
 from .cache.collapse import header_map
 from .cache.fill import Fill, Reader, StaticSource
@@ -257,7 +257,8 @@ class Edge(Resource):
         return Answer.pulled(result, response.code, response.phrase,
                              relay_fields(fields, skip, cache,
                                           length if length is not UNKNOWN_LENGTH
-                                          and request.method != b"HEAD" else None),
+                                          and request.method != b"HEAD"
+                                          and response.code not in NO_BODY_CODES else None),
                              cache, response)
 
     # -- endings ---------------------------------------------------------

@@ -39,8 +39,8 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from ..answer import (Answer, not_modified_fields, own_fields, ranged, relay_fields, relay_skip,
-                      unsatisfiable)
+from ..answer import (NO_BODY_CODES, Answer, not_modified_fields, own_fields, ranged, relay_fields,
+                      relay_skip, unsatisfiable)
 from ..errors import OriginTimeout, OriginUnavailable
 from ..headers import end_to_end
 from ..failover import OriginRequest, PullResult
@@ -347,7 +347,8 @@ class Cache:
             return self._answer_304(headers, status, age)
         size = full.length
         code, phrase = entry.status, entry.phrase  # type: tuple[int, Optional[bytes]]
-        fields = relay_fields(headers, self.relay_skip, status, size, int(age), code == 200)
+        fields = relay_fields(headers, self.relay_skip, status,
+                              None if code in NO_BODY_CODES else size, int(age), code == 200)
         first, last = 0, None
         if code == 200:
             cut = self._cut(reqh, headers, fields, size)
@@ -572,7 +573,8 @@ class Cache:
         known = length is not UNKNOWN_LENGTH
         return Answer.pulled(result, response.code, response.phrase,
                              relay_fields(headers, self.relay_skip, "MISS",
-                                          length if known else None, None,
+                                          length if known and response.code not in NO_BODY_CODES
+                                          else None, None,
                                           response.code == 200 and known),
                              "MISS", response)
 
@@ -665,7 +667,8 @@ class Cache:
         code, phrase, length = response.code, response.phrase, response.length
         known = length is not UNKNOWN_LENGTH
         # Fresh from the origin: its own Age, or 0.
-        fields = relay_fields(headers, self.relay_skip, status, length if known else None, None,
+        fields = relay_fields(headers, self.relay_skip, status,
+                              length if known and code not in NO_BODY_CODES else None, None,
                               code == 200 and known)
         first, last = 0, None
         if code == 200 and known:

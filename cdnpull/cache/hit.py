@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from twisted.web.http import datetimeToString
 
-from ..answer import NOT_MODIFIED_HEADERS, not_modified_fields, relay_fields, render
+from ..answer import NO_BODY_CODES, NOT_MODIFIED_HEADERS, not_modified_fields, relay_fields, render
 from .policy import current_age, match_rule, not_modified, vary_key
 from .store import Entry
 
@@ -51,7 +51,9 @@ class Wire:
         # Age at the response time; every hit adds the time since (RFC 9111 4.2.3).
         self.base_age = current_age(headers, entry.request_time, entry.response_time,
                                     entry.response_time)
-        full = relay_fields(headers, skip, "HIT", entry.length, 0, entry.status == 200)
+        full = relay_fields(headers, skip, "HIT",
+                            None if entry.status in NO_BODY_CODES else entry.length, 0,
+                            entry.status == 200)
         del full[b"age"]
         self.full = render(b"HTTP/1.1", entry.status, entry.phrase, full, end=False)
         short = not_modified_fields(headers, skip, "HIT", 0)
