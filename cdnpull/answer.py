@@ -19,7 +19,8 @@ The head of an answer relayed from an origin, or served from a stored one
    cache-control fields this node obeys (RFC 9213, C{CDN-Cache-Control} by
    default: they are for this node only);
  - B{replaced}: C{Content-Length} by the length the node sends (a HEAD
-   keeps the origin's, which tells the GET's length); C{Age} by the stored
+   keeps the origin's, which tells the GET's length; a 204 or 304 has
+   none: RFC 9110 8.6); C{Age} by the stored
    answer's current age (a relayed answer keeps the origin's);
    C{Accept-Ranges} by C{bytes} where the node answers ranges itself;
  - B{added}: C{Server: cdnpull} and C{Date} first, C{Via} (the origin's with
