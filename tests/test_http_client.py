@@ -451,3 +451,47 @@ def test_a_connection_whose_parser_failed_is_never_pooled():  # type: ignore[no-
     assert transport.disconnecting
     ask(pool, endpoint)
     assert len(endpoint.transports) == 2  # a new connection, not the aborted one
+
+
+@pytest.mark.parametrize("how", ["timeout", "client"])
+def test_a_resent_try_times_out_or_is_cancelled_through_the_right_canceller(how):  # type: ignore[no-untyped-def]
+    # The failover chain hooks "the client left" before a try's canceller
+    # (compat.before_cancel); the try's own first-byte timer must cancel
+    # around that hook, also once a reused connection was lost and the
+    # request went once more on a new one that is still connecting.
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectingCancelledError
+    from twisted.internet.testing import MemoryReactorClock
+
+    from cdnpull.compat import before_cancel
+    from cdnpull.errors import FirstByteTimeout
+    from cdnpull.origins.client import OriginClient
+
+    reactor = MemoryReactorClock()
+    client = OriginClient(reactor)
+    kw = dict(address=ADDRESS, scheme="http", server_name="o", method=b"GET", target=b"/",
+              headers=b"Host: o\r\n", connect_timeout=5, first_byte_timeout=10)
+    d1 = client.request(**kw)
+    host, port, factory, _, _ = reactor.tcpClients[0]
+    proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport()
+    transport.connected = True
+    proto.makeConnection(transport)
+    conn = proto._wrappedProtocol
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert result(d1).code == 200
+    told: list = []
+    d2 = before_cancel(client.request(**kw), lambda: told.append("client left"))
+    assert len(reactor.tcpClients) == 1  # the pooled connection
+    conn.connectionLost(Failure(ConnectionDone()))
+    assert len(reactor.tcpClients) == 2  # sent once more: connecting
+    if how == "timeout":
+        reactor.advance(10)
+        failure = result(d2)
+        assert failure.check(FirstByteTimeout) and "no connection" in str(failure.value)
+        assert told == []
+    else:
+        d2.cancel()
+        assert result(d2).check(ConnectingCancelledError) and told == ["client left"]
+    assert reactor.connectors[1].stoppedConnecting
+    assert not [c for c in reactor.getDelayedCalls() if c.active()]
