@@ -229,29 +229,51 @@ def lean_dispatch(reactor: Any) -> bool:
     legacy log context (see above); what the selectable does with the event,
     and how a failing one is logged and disconnected, is Twisted's own
     C{_doReadOrWrite}.  Returns whether it did: only a reactor that is
-    exactly Twisted's C{EPollReactor}, with that class's C{doPoll}, is
-    changed (another reactor, or a Twisted whose poll this does not know,
-    is left as it is).
+    exactly Twisted's C{EPollReactor}, whose C{doPoll} is one this copies
+    (L{KNOWN_POLLS}), is changed; another reactor, or a Twisted release
+    whose poll differs, is left as it is (correct, only slower).
     """
     try:
         from twisted.internet.epollreactor import EPollReactor
     except ImportError:  # pragma: no cover - not Linux
         return False
-    if type(reactor) is not EPollReactor or type(reactor).doIteration is not _KNOWN_POLL:
+    if type(reactor) is not EPollReactor or type(reactor).doIteration is not EPollReactor.doPoll:
+        return False
+    if poll_fingerprint() not in KNOWN_POLLS:
         return False
     setattr(reactor, "doIteration", types.MethodType(_lean_poll, reactor))
     return True
 
 
-def _known_poll() -> Any:
+# The fingerprints (poll_fingerprint) of EPollReactor.doPoll in the Twisted
+# releases _lean_poll was compared with: 24.7.0, 24.10.0, 24.11.0, 25.5.0
+# and 26.10.0 share this one.
+KNOWN_POLLS = frozenset({"6bf79e90073fbdf3ef5a685c4e3b94909ad79a37756b50005112bf8d4e531d46"})
+
+
+def poll_fingerprint() -> Optional[str]:
+    """
+    The SHA-256 of the syntax tree of the installed
+    C{EPollReactor.doPoll} (its code and docstring, not its layout), or
+    None when its source cannot be read.
+    """
+    import ast
+    import hashlib
+    import inspect
+    import sys
+
     try:
         from twisted.internet.epollreactor import EPollReactor
-    except ImportError:  # pragma: no cover - not Linux
+
+        source = inspect.getsource(sys.modules[EPollReactor.__module__])
+    except (ImportError, OSError, TypeError):
         return None
-    return EPollReactor.doPoll
-
-
-_KNOWN_POLL = _known_poll()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == "EPollReactor":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "doPoll":
+                    return hashlib.sha256(ast.dump(item).encode()).hexdigest()
+    return None
 
 
 def _lean_poll(self: Any, timeout: Optional[float]) -> None:

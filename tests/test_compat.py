@@ -246,3 +246,20 @@ def test_lean_dispatch_logs_a_failing_connection_lost_and_goes_on_as_twisted_doe
         for _ in range(5):
             r.doIteration(0)
         r._poller.close()
+
+
+def test_lean_dispatch_leaves_a_poll_it_does_not_know(monkeypatch: Any) -> None:
+    from twisted.internet.epollreactor import EPollReactor
+
+    import cdnpull.compat as compat
+
+    assert compat.poll_fingerprint() in compat.KNOWN_POLLS  # (this Twisted's is known)
+    r = EPollReactor()
+    try:
+        monkeypatch.setattr(compat, "poll_fingerprint", lambda: "another release's")
+        assert not compat.lean_dispatch(r)
+        assert "doIteration" not in vars(r)
+        monkeypatch.undo()
+        assert compat.lean_dispatch(r) and "doIteration" in vars(r)
+    finally:
+        r._poller.close()
