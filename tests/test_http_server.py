@@ -294,6 +294,9 @@ def test_the_fast_hook_answers_without_a_request():  # type: ignore[no-untyped-d
     conn.dataReceived(b"GET /a HTTP/1.1\r\n" + H + b"\r\nHEAD /b HTTP/1.1\r\n" + H + b"\r\n")
     assert seen == [(b"GET", b"/a", [b"www.test.com"], True), (b"HEAD", b"/b", [b"www.test.com"], True)]
     assert resource.seen == [] and answers(transport) == [b"200", b"200"]
+    # Idle again, it keeps no queue of requests (a deque is 600 bytes: most
+    # of what an idle connection would cost).
+    assert conn._queue is None
 
 
 def test_an_upgrade_request_is_answered_then_the_connection_closes():  # type: ignore[no-untyped-def]

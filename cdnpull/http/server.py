@@ -380,8 +380,14 @@ class ClientConnection(Protocol):
             if head is not None and head.request is not None and not head.started:
                 self._start(head)  # a streamed body made to wait: its turn now
                 continue
-            if self._queue:
-                self._start(self._queue.popleft())
+            queue = self._queue
+            if queue:
+                head = queue.popleft()
+                if not queue:
+                    # (An idle connection keeps no deque: its block of 64
+                    # slots was most of an idle connection's memory.)
+                    self._queue = None
+                self._start(head)
                 continue
             if self._stopped:
                 # After an Upgrade request or a bad one behind good ones.
