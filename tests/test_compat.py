@@ -187,11 +187,7 @@ def test_lean_dispatch_delivers_reads_errors_and_closes_as_twisted_does() -> Non
         assert b.recv(10) == b""  # closed by the node
         b.close()
     finally:
-        globalLogPublisher.removeObserver(logged.append)
-        port.stopListening()
-        for _ in range(5):
-            r.doIteration(0)
-        r._poller.close()
+        _stop_test_reactor(r, port, logged)
 
 
 def test_lean_dispatch_logs_a_failing_connection_lost_and_goes_on_as_twisted_does() -> None:
@@ -241,11 +237,7 @@ def test_lean_dispatch_logs_a_failing_connection_lost_and_goes_on_as_twisted_doe
         failures = [e.get("log_failure") or e.get("failure") for e in logged]
         assert any(f is not None and f.check(RuntimeError) for f in failures), logged
     finally:
-        globalLogPublisher.removeObserver(logged.append)
-        port.stopListening()
-        for _ in range(5):
-            r.doIteration(0)
-        r._poller.close()
+        _stop_test_reactor(r, port, logged)
 
 
 def test_lean_dispatch_leaves_a_poll_it_does_not_know(monkeypatch: Any) -> None:
@@ -263,3 +255,14 @@ def test_lean_dispatch_leaves_a_poll_it_does_not_know(monkeypatch: Any) -> None:
         assert compat.lean_dispatch(r) and "doIteration" in vars(r)
     finally:
         r._poller.close()
+
+
+def _stop_test_reactor(r: Any, port: Any, logged: list) -> None:
+    """Stop listening on a test's own EPollReactor and close it."""
+    from twisted.logger import globalLogPublisher
+
+    globalLogPublisher.removeObserver(logged.append)
+    port.stopListening()
+    for _ in range(5):
+        r.doIteration(0)
+    r._poller.close()
