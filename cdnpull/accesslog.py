@@ -68,25 +68,21 @@ def _stamp(when: float) -> str:
     return _stamp_cache[1]
 
 
-def _line(client: str, method: str, uri: str, version: str, status: int, sent: int,
-          referer: str, agent: str, when: float, tail: str) -> str:
-    """The combined-format part of an access line, then C{tail}."""
-    return (f'{client} - - [{_stamp(when)}] "{_q(method)} {_q(uri)} {version}" '
-            f'{status} {sent} "{_q(referer)}" "{_q(agent)}" {tail}')
-
-
-def _tail(domain: str, cache: str, group: str, origin: str, origin_ms: Optional[float],
-          total_ms: float) -> str:
-    """The CDN fields after the combined format."""
+def access_line(client: str, method: str, uri: str, version: str, status: int, sent: int,
+                referer: str, agent: str, when: float, domain: str, cache: str, group: str,
+                origin: str, origin_ms: Optional[float], total_ms: float) -> str:
+    """One access line: the combined format, then the CDN fields (made in one piece)."""
     ms = "-" if origin_ms is None else f"{origin_ms:.0f}"
-    return (f"domain={domain or '-'} cache={cache} group={group or '-'} origin={origin or '-'} "
+    return (f'{client} - - [{_stamp(when)}] "{_q(method)} {_q(uri)} {version}" '
+            f'{status} {sent} "{_q(referer)}" "{_q(agent)}" '
+            f"domain={domain or '-'} cache={cache} group={group or '-'} origin={origin or '-'} "
             f"origin_ms={ms} total_ms={total_ms:.0f}")
 
 
 def format_record(r: AccessRecord) -> str:
-    return _line(r.client, r.method, r.uri, r.version, r.status, r.sent, r.referer,
-                 r.user_agent, r.when, _tail(r.domain, r.cache, r.group, r.origin, r.origin_ms,
-                                            r.total_ms))
+    return access_line(r.client, r.method, r.uri, r.version, r.status, r.sent, r.referer,
+                       r.user_agent, r.when, r.domain, r.cache, r.group, r.origin, r.origin_ms,
+                       r.total_ms)
 
 
 class AccessLog:
@@ -134,16 +130,11 @@ class AccessLog:
             return
         referer = fields.get(b"referer")
         agent = fields.get(b"user-agent")
-        # (format_record's line, made in one piece: this is every hit's and
-        # every direct miss's cost.)
-        ms = "-" if origin_ms is None else f"{origin_ms:.0f}"
-        self.write_line(
-            f'{client} - - [{_stamp(when)}] "{_q(method.decode("latin-1"))} '
-            f'{_q(uri.decode("latin-1"))} {version.decode("latin-1")}" {status} {sent} '
-            f'"{_q(referer[0].decode("latin-1")) if referer else "-"}" '
-            f'"{_q(agent[0].decode("latin-1")) if agent else "-"}" '
-            f"domain={domain or '-'} cache={cache} group={group or '-'} origin={origin or '-'} "
-            f"origin_ms={ms} total_ms={total_ms:.0f}")
+        self.write_line(access_line(
+            client, method.decode("latin-1"), uri.decode("latin-1"), version.decode("latin-1"),
+            status, sent, referer[0].decode("latin-1") if referer else "",
+            agent[0].decode("latin-1") if agent else "", when, domain, cache, group, origin,
+            origin_ms, total_ms))
 
     def write_line(self, line: str) -> None:
         """One access line: to the file's buffer, or to the next event."""
