@@ -354,14 +354,14 @@ class FailoverChain:
         the address, the server name), or None (and nothing done) when the
         time budget is used up.
         """
-        remaining = deadline - self.clock.seconds()
+        now = self.clock.seconds()
+        remaining = deadline - now
         if remaining <= 0:
             return None
         domain = live.config
         kind = group.kind
         scheme = kind.scheme(req.client_scheme)
         address = state.address.with_port(DEFAULT_PORTS[scheme])
-        now = self.clock.seconds()
         headers: Union[Headers, bytes]
         if scheme == "http" and _adds_host_only(kind):
             # No Headers made or copied: Host and the request's own lines.
