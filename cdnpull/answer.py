@@ -51,7 +51,7 @@ from typing import Any, Iterable, Optional
 from twisted.web.http import RESPONSES, datetimeToString
 
 from .compat import fill_headers
-from .headers import HOP_BY_HOP, VIA, connection_names, wire_name
+from .headers import HOP_BY_HOP, VIA, connection_names, field_lines
 
 __all__ = ["Answer", "relay_fields", "not_modified_fields", "own_fields", "ranged",
            "unsatisfiable", "render", "apply", "relay_skip", "date_now",
@@ -237,9 +237,6 @@ def own_fields(length: int, cache: str) -> dict:
             b"age": [b"0"]}
 
 
-_LINE_STARTS: dict = {}  # lower-case name -> b"Name: " (the names seen, a few thousand at most)
-
-
 def render(version: bytes, code: int, phrase: Optional[bytes], fields: dict,
            chunked: bool = False, close: bool = False, end: bool = True) -> bytes:
     """
@@ -250,18 +247,7 @@ def render(version: bytes, code: int, phrase: Optional[bytes], fields: dict,
     close}) and, unless not C{end}, the empty line.
     """
     out = [b"%s %d %s\r\n" % (version, code, phrase or RESPONSES.get(code, b"Unknown Status"))]
-    add = out.append
-    starts = _LINE_STARTS
-    for name, values in fields.items():
-        start = starts.get(name)
-        if start is None:
-            start = wire_name(name) + b": "
-            if len(starts) < 4096:
-                starts[name] = start
-        for value in values:
-            add(start)
-            add(value)
-            add(b"\r\n")
+    out += field_lines(fields)
     if b"date" not in fields:
         out.append(b"Date: %s\r\n" % date_now())
     if chunked:

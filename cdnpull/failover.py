@@ -50,7 +50,7 @@ from .origins.client import OriginClient
 from .live import LiveDomain
 from .origins.buffered import read_whole
 from .origins.group import AddressState, OriginGroup
-from .headers import wire_name
+from .headers import field_lines
 from .http.client import header_lines
 from .origins.kinds import OriginKind, host_field
 
@@ -111,8 +111,7 @@ class OriginRequest:
         fields = self.fields
         if self.headers is not None or fields is None:
             return header_lines(self.request_headers())
-        return b"".join([b"%s: %s\r\n" % (wire_name(name), value)
-                         for name, values in fields.items() for value in values])
+        return b"".join(field_lines(fields))
 
 
 @dataclass

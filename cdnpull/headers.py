@@ -30,7 +30,7 @@ from .compat import fill_headers
 from .config import STEERING_HEADERS
 
 __all__ = ["HOP_BY_HOP", "STEERING", "connection_names", "connection_tokens", "end_to_end",
-           "origin_fields", "origin_headers", "forwarded_key", "wire_name", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
+           "origin_fields", "origin_headers", "forwarded_key", "wire_name", "field_lines", "VIA", "FIELD_NAME", "CONTROL_CHAR"]
 
 # A header field name: an RFC 9110 token.
 FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -82,6 +82,31 @@ def wire_name(name: bytes) -> bytes:
         out = _CAPS.get(name) or b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
         if len(_WIRE_NAMES) < 4096:
             _WIRE_NAMES[name] = out
+    return out
+
+
+_LINE_STARTS: dict = {}  # lower-case name -> b"Name: " (the names seen, a few thousand at most)
+
+
+def field_lines(fields: dict) -> list:
+    """
+    C{fields} (lower-case name -> [values]) as they go on the wire, in
+    pieces to join: C{b"Name: "}, the value and CRLF for each value, names
+    written as twisted.web writes them (L{wire_name}).
+    """
+    out: list = []
+    add = out.append
+    starts = _LINE_STARTS
+    for name, values in fields.items():
+        start = starts.get(name)
+        if start is None:
+            start = wire_name(name) + b": "
+            if len(starts) < 4096:
+                starts[name] = start
+        for value in values:
+            add(start)
+            add(value)
+            add(b"\r\n")
     return out
 
 
