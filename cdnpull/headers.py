@@ -69,20 +69,14 @@ _REQUEST_DROP = frozenset((b"host", b"content-length", b"expect")) | STEERING
 _CAPS = {b"etag": b"ETag", b"te": b"TE", b"www-authenticate": b"WWW-Authenticate",
          b"content-md5": b"Content-MD5", b"dnt": b"DNT", b"p3p": b"P3P",
          b"x-xss-protection": b"X-XSS-Protection"}
-_WIRE_NAMES: dict = {}
 
 
 def wire_name(name: bytes) -> bytes:
     """
     A lower-case header name as twisted.web writes it (C{content-type} ->
-    C{Content-Type}); the names seen are kept (a few thousand at most).
+    C{Content-Type}); L{field_lines} keeps the names it has seen.
     """
-    out = _WIRE_NAMES.get(name)
-    if out is None:
-        out = _CAPS.get(name) or b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
-        if len(_WIRE_NAMES) < 4096:
-            _WIRE_NAMES[name] = out
-    return out
+    return _CAPS.get(name) or b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
 
 
 _LINE_STARTS: dict = {}  # lower-case name -> b"Name: " (the names seen, a few thousand at most)
